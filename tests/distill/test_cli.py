@@ -1,0 +1,107 @@
+"""The training command end to end on a 2-layer model: fit, best checkpoint to a save_pretrained folder, resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distill.__main__ import main
+
+
+@pytest.fixture(autouse=True)
+def plain_argv(monkeypatch):
+    """LightningCLI reads sys.argv too; pytest's own arguments must not reach it."""
+    monkeypatch.setattr("sys.argv", ["distill"])
+
+
+CONFIGS = sorted(Path(__file__).parents[2].joinpath("configs").rglob("*.yaml"))
+
+
+def tiny_config(tmp_path: Path, dataset_dir: Path, tokenizer_dir: Path, max_steps: int) -> Path:
+    run = tmp_path / "run"
+    config = {
+        "seed_everything": 7,
+        "trainer": {
+            "max_steps": max_steps, "val_check_interval": 4, "check_val_every_n_epoch": None,
+            "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
+            "default_root_dir": str(run),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(run), "name": "logs"}},
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(run / "ckpt"), "filename": "best-{step}", "monitor": "val_bleu",
+                               "mode": "max", "save_top_k": 1}},
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(run / "ckpt"), "every_n_train_steps": 2, "save_top_k": 0,
+                               "save_last": True}},
+            ],
+        },
+        "model": {"model_config": {"d_model": 32, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2,
+                                   "num_heads": 2, "d_kv": 16},
+                  "warmup_steps": 2, "val_generate_examples": 8, "max_new_tokens": 8},
+        "data": {"tokenizer": str(tokenizer_dir), "path": str(dataset_dir), "extra_columns": ["fr_darby"],
+                 "max_tokens": 512},
+        "out": str(tmp_path / "model"),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_fit_writes_best_model_and_resumes(tmp_path, dataset_dir, tokenizer_dir):
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    config = tiny_config(tmp_path, dataset_dir, tokenizer_dir, max_steps=4)
+    main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    meta = json.loads((tmp_path / "model" / "train_meta.json").read_text())
+    assert meta["global_step"] == 4 and meta["monitor"] == "val_bleu" and "val_bleu" in meta["last_validation"]
+    model = T5ForConditionalGeneration.from_pretrained(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "model")
+    assert model.config.num_layers == 2 and len(tokenizer) == model.config.vocab_size
+    assert model.config.task_specific_params["translation_en_to_fr"]["prefix"] == "translate English to French: "
+
+    # a second run with a higher step budget resumes from last.ckpt instead of starting over
+    main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps", "8"])
+    meta = json.loads((tmp_path / "model" / "train_meta.json").read_text())
+    assert meta["global_step"] == 8
+    versions = sorted((tmp_path / "run" / "logs").iterdir())
+    steps = [int(row.split(",")[1]) for row in (versions[-1] / "metrics.csv").read_text().splitlines()[1:]
+             if row.split(",")[1]]
+    assert min(steps) >= 4  # the second run's log starts where the first stopped
+
+
+@pytest.mark.slow
+def test_score_command_writes_metrics(tmp_path, dataset_dir, tokenizer_dir):
+    from distill.score import main as score_main
+
+    config = tiny_config(tmp_path, dataset_dir, tokenizer_dir, max_steps=2)
+    main(["fit", "--config", str(config)])
+    out = tmp_path / "metrics.json"
+    score_main(["--model", str(tmp_path / "model"), "--data", str(dataset_dir), "--split", "test",
+                "--extra-references", "fr_darby", "--max-new-tokens", "8", "--out", str(out),
+                "--predictions", str(tmp_path / "pred.txt")])
+    metrics = json.loads(out.read_text())
+    assert {"bleu", "chrf", "bleu_multi_ref"} <= set(metrics) and 0 <= metrics["bleu"] <= 100
+    assert metrics["examples"] == len((dataset_dir / "test.jsonl").read_text().splitlines())
+    assert metrics["decoding"]["task_prefix"] == "translate English to French: "
+    assert len((tmp_path / "pred.txt").read_text().splitlines()) == metrics["examples"]
+
+
+def test_unknown_yaml_key_is_named(tmp_path, dataset_dir, tokenizer_dir, capsys):
+    config = tiny_config(tmp_path, dataset_dir, tokenizer_dir, max_steps=1)
+    data = yaml.safe_load(config.read_text())
+    data["model"]["learning_rat"] = 0.1
+    config.write_text(yaml.safe_dump(data))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config)])
+    assert "learning_rat" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "model_config" in capsys.readouterr().out
