@@ -8,8 +8,9 @@ configurable; a dotted column (`translation.en`) reads a field of a nested colum
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -124,7 +125,8 @@ class TokenBatchSampler(Sampler[list[int]]):
 
     Sorting by length within pools of `pool` batches cuts padding (each padded token is wasted compute) while the
     pools and the batch order stay shuffled (seeded, reshuffled by `set_epoch`). With several processes, rank r
-    takes every world_size-th batch, all ranks the same number of batches.
+    takes every world_size-th batch, all ranks the same number of batches. `skip(epoch, n)` makes the next pass over
+    `epoch` start at its batch n: how a run resumed mid-epoch continues where it stopped.
     """
 
     def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool = True, seed: int = 0,
@@ -134,9 +136,13 @@ class TokenBatchSampler(Sampler[list[int]]):
         self.lengths, self.max_tokens, self.shuffle, self.seed = list(lengths), max_tokens, shuffle, seed
         self.pool, self.rank, self.world_size, self.max_batch_size = pool, rank, world_size, max_batch_size
         self.epoch = 0
+        self._skip: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip(self, epoch: int, batches: int) -> None:
+        self._skip = (epoch, batches)
 
     def _batches(self) -> list[list[int]]:
         order = list(range(len(self.lengths)))
@@ -165,10 +171,33 @@ class TokenBatchSampler(Sampler[list[int]]):
         return batches[self.rank::self.world_size][:per_rank]
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        batches = self._batches()
+        if self._skip is not None and self._skip[0] == self.epoch:
+            batches = batches[self._skip[1]:]
+            self._skip = None
+        return iter(batches)
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position Lightning saves in every checkpoint and restores on resume.
+
+    `batches_done()` tells how many batches of the current epoch were trained on (the trainer's count, which, unlike a
+    count of batches drawn, is not fooled by prefetching); on resume the sampler skips them, so a run killed mid-epoch
+    continues with the batches it had not seen instead of starting the epoch over.
+    """
+
+    def __init__(self, *args, batches_done: Callable[[], int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches_done = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batch_sampler.epoch, "batches_done": self.batches_done()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.skip(state["epoch"], state["batches_done"])
 
 
 class EncodedDataset(torch.utils.data.Dataset):
@@ -243,18 +272,26 @@ class Seq2SeqDataModule(L.LightningDataModule):
             self.encoded[split] = encode(dataset, tokenizer, self.data_config, hp.max_source_length,
                                          hp.max_target_length)
 
-    def _loader(self, split: str, max_tokens: int, shuffle: bool) -> DataLoader:
+    def _sampler(self, split: str, max_tokens: int, shuffle: bool) -> TokenBatchSampler:
         encoded = self.encoded[split]
         lengths = [len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets, strict=True)]
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = TokenBatchSampler(lengths, max_tokens, shuffle=shuffle, seed=self.hparams.seed, rank=rank,
-                                    world_size=world if shuffle else 1)
-        return DataLoader(EncodedDataset(encoded), batch_sampler=sampler,
-                          collate_fn=lambda rows: collate(rows, self.pad_id))
+        return TokenBatchSampler(lengths, max_tokens, shuffle=shuffle, seed=self.hparams.seed, rank=rank,
+                                 world_size=world if shuffle else 1)
+
+    def _loader(self, split: str, max_tokens: int, shuffle: bool) -> DataLoader:
+        return DataLoader(EncodedDataset(self.encoded[split]), batch_sampler=self._sampler(split, max_tokens, shuffle),
+                          collate_fn=partial(collate, pad_id=self.pad_id))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.max_tokens, shuffle=True)
+        def batches_done() -> int:
+            # called while a checkpoint is saved, after the batch's optimizer step: `processed` counts it already
+            return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+        return ResumableLoader(EncodedDataset(self.encoded["train"]),
+                               batch_sampler=self._sampler("train", self.hparams.max_tokens, shuffle=True),
+                               collate_fn=partial(collate, pad_id=self.pad_id), batches_done=batches_done)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation", self.hparams.eval_max_tokens, shuffle=False)

@@ -107,3 +107,28 @@ def test_collate_pads_sources_and_masks_labels():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["labels"].tolist() == [[7, 1, -100], [8, 9, 1]]
     assert batch["index"].dtype == torch.long and batch["references"] == [["a"], ["b"]]
+
+
+def test_resumable_loader_continues_where_the_epoch_stopped():
+    from distill.data import Encoded, EncodedDataset, ResumableLoader
+
+    lengths = [(i * 13) % 20 + 2 for i in range(200)]
+    encoded = Encoded([[5] * (n // 2) for n in lengths], [[6] * (n - n // 2) for n in lengths], [""] * 200,
+                      [[""]] * 200)
+
+    def loader(done: int) -> ResumableLoader:
+        return ResumableLoader(EncodedDataset(encoded), batch_sampler=TokenBatchSampler(lengths, 120, seed=2),
+                               collate_fn=collate, batches_done=lambda: done)
+
+    for epoch in (0, 1):
+        full = loader(0)
+        full.batch_sampler.set_epoch(epoch)
+        expected = [b["index"].tolist() for b in full]
+        state = loader(3).state_dict()
+        assert state == {"epoch": 0, "batches_done": 3}
+        resumed = loader(0)
+        resumed.load_state_dict({"epoch": epoch, "batches_done": 3})
+        resumed.batch_sampler.set_epoch(epoch)
+        assert [b["index"].tolist() for b in resumed] == expected[3:]
+        resumed.batch_sampler.set_epoch(epoch + 1)  # the skip applies once, to the interrupted epoch only
+        assert sorted(i for b in resumed for i in b["index"].tolist()) == list(range(200))
