@@ -8,11 +8,13 @@ The folder follows optimum's layout and input/output names (so `ORTModelForSeq2S
     encoder_model.onnx             input_ids, attention_mask -> last_hidden_state
     decoder_model.onnx             first step: input_ids, encoder_attention_mask, encoder_hidden_states
                                    -> logits, present.{i}.decoder.key|value, present.{i}.encoder.key|value
-    decoder_with_past_model.onnx   one token: input_ids (B, 1), encoder_attention_mask, past_key_values.{i}.decoder|encoder.key|value
-                                   -> logits, present.{i}.decoder.key|value  (cross-attention K/V come from the first step)
+    decoder_with_past_model.onnx   one token: input_ids (B, 1), encoder_attention_mask,
+                                   past_key_values.{i}.decoder|encoder.key|value
+                                   -> logits, present.{i}.decoder.key|value (cross-attention K/V: the first step's)
     *_quantized.onnx               with --int8: dynamic int8 MatMuls (onnxruntime.quantization)
     config.json generation_config.json tokenizer files    what `OnnxT5` and transformers read
-    export_meta.json               opset, versions, per-graph per-output max |diff| against PyTorch, sizes, int8 agreement
+    export_meta.json               opset, versions, max |diff| against PyTorch per graph and output, sizes,
+                                   int8 token agreement
 
 Everything is written to a hidden folder next to `--out` and renamed into place only after onnxruntime matched PyTorch
 on a padded batch (first decoder step with several tokens, then several steps with past), so a crash or a failed check
@@ -26,7 +28,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -36,8 +37,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.runtime import (DECODER, DECODER_WITH_PAST, ENCODER, GRAPHS, OnnxT5, quantized_name, source_fingerprint,
-                            source_id)
+from export.runtime import (
+    DECODER,
+    DECODER_WITH_PAST,
+    ENCODER,
+    GRAPHS,
+    OnnxT5,
+    quantized_name,
+    source_fingerprint,
+    source_id,
+)
 
 T5_FAMILY = ("t5", "mt5")  # model_type values whose checkpoints T5ForConditionalGeneration loads faithfully
 DEFAULT_OPSET = 17  # T5's causal mask needs aten::triu (opset >= 14); 17 adds LayerNormalization, runs on ORT >= 1.11
@@ -90,7 +99,7 @@ def _cache(self_kv: list[tuple[torch.Tensor, torch.Tensor]], cross_kv: list[tupl
 
     if not self_kv:
         return EncoderDecoderCache(DynamicCache(), DynamicCache())
-    return EncoderDecoderCache(DynamicCache(self_kv), DynamicCache(cross_kv))  # cross K/V present: reused, not recomputed
+    return EncoderDecoderCache(DynamicCache(self_kv), DynamicCache(cross_kv))  # filled cross K/V: reused as they are
 
 
 class EncoderGraph(nn.Module):
@@ -167,7 +176,7 @@ def load_model(name_or_dir: str):
 
 
 # ---- export ----------------------------------------------------------------------------------------------------------
-def example_batch(config, enc_lengths: list[int] | tuple[int, ...], dec_length: int, seed: int) -> dict[str, np.ndarray]:
+def example_batch(config, enc_lengths: tuple[int, ...], dec_length: int, seed: int) -> dict[str, np.ndarray]:
     """Padded encoder ids and mask, and decoder ids starting with the start token; ids avoid pad and EOS (0, 1)."""
     rng = np.random.default_rng(seed)
     batch, enc_len = len(enc_lengths), max(enc_lengths)
@@ -191,7 +200,7 @@ def export_graphs(model, folder: Path, opset: int = DEFAULT_OPSET) -> dict[str, 
     """Write the three fp32 graphs of `model` into `folder` (no validation; `export` validates)."""
     specs = graph_specs(model.config.num_decoder_layers)
     # The first-step example must have more than one decoder token, or the trace bakes in "no causal mask".
-    ex = {k: torch.from_numpy(v) for k, v in example_batch(model.config, [6, 4], dec_length=3, seed=0).items()}
+    ex = {k: torch.from_numpy(v) for k, v in example_batch(model.config, (6, 4), dec_length=3, seed=0).items()}
     with torch.no_grad():
         hidden = model.get_encoder()(input_ids=ex["input_ids"], attention_mask=ex["attention_mask"]).last_hidden_state
         first = DecoderGraph(model).eval()(ex["decoder_input_ids"], ex["attention_mask"], hidden)
@@ -327,16 +336,18 @@ def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[st
     return excluded
 
 
-def int8_agreement(folder: Path, check: Validation, model_config) -> dict[str, float]:
+def int8_agreement(folder: Path, check: Validation, model_config) -> dict[str, float | int]:
     """Greedy tokens of the int8 graphs against the fp32 graphs on the validation batch (EOS suppressed)."""
     ex = example_batch(model_config, check.enc_lengths, 1, check.seed)
+    ids, mask = ex["input_ids"], ex["attention_mask"]
     kwargs = {"max_new_tokens": INT8_CHECK_NEW_TOKENS, "min_new_tokens": INT8_CHECK_NEW_TOKENS, "num_beams": 1,
               "do_sample": False}
-    fp32 = OnnxT5.from_pretrained(folder).generate(ex["input_ids"], ex["attention_mask"], **kwargs)[:, 1:]
-    int8 = OnnxT5.from_pretrained(folder, quantized=True).generate(ex["input_ids"], ex["attention_mask"], **kwargs)
-    int8 = int8[:, 1:]
+    runtimes = [OnnxT5.from_pretrained(folder, quantized=q) for q in (False, True)]
+    fp32, int8 = (rt.generate(ids, mask, **kwargs)[:, 1:] for rt in runtimes)
+    first = [rt._first_step(ex["decoder_input_ids"], mask, rt._encode(ids, mask))[0] for rt in runtimes]
     return {"greedy_token_agreement": float(np.mean(fp32 == int8)),
             "greedy_sequence_agreement": float(np.mean(np.all(fp32 == int8, axis=1))),
+            "first_step_logits_max_abs_diff": float(np.max(np.abs(first[0] - first[1]))),
             "new_tokens": INT8_CHECK_NEW_TOKENS, "batch": len(check.enc_lengths)}
 
 
@@ -379,8 +390,11 @@ def _versions() -> dict[str, str]:
 
 
 def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, int8: bool = False,
-           int8_keep_fp32: tuple[str, ...] = (), check: Validation | None = None) -> Path:
-    """Export, validate and (optionally) quantize `model_name_or_dir` into `out`; returns `out`."""
+           int8_keep_fp32: tuple[str, ...] = (), check: Validation | None = None, command: str | None = None) -> Path:
+    """Export, validate and (optionally) quantize `model_name_or_dir` into `out`; returns `out`.
+
+    `command` is recorded in export_meta.json (the CLI passes its own command line).
+    """
     out = Path(out).expanduser().resolve()
     check = check or Validation()
     if out.exists() and not (out / "export_meta.json").is_file():
@@ -406,7 +420,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
         meta = {
             "source": source_id(model_name_or_dir),
             "source_fingerprint": source_fingerprint(model_name_or_dir),
-            "command": "python -m export " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else None,
+            "command": command,
             "opset": opset,
             "exporter": "torch.onnx.export(dynamo=False)",
             "versions": _versions(),

@@ -35,7 +35,7 @@ def quantized_name(graph: str) -> str:
 # ---- generation settings -------------------------------------------------------------------------------------------
 @dataclass
 class Settings:
-    """The `generate` options OnnxT5 implements; None means "from generation_config.json, else transformers' default"."""
+    """The `generate` options OnnxT5 implements; None: from generation_config.json, else transformers' default."""
 
     max_new_tokens: int | None = None
     max_length: int | None = None  # decoder length including the start token (transformers' meaning)
@@ -75,8 +75,8 @@ NEUTRAL = {"typical_p": 1.0, "encoder_repetition_penalty": 1.0, "encoder_no_repe
 def _settings_from_file(path: Path) -> Settings:
     data = json.loads(path.read_text()) if path.is_file() else {}
     known = {f.name for f in fields(Settings)}
-    problems = [f"{key}={value!r}" for key, value in data.items()
-                if key not in known and key not in NO_EFFECT and value is not None and NEUTRAL.get(key, object()) != value]
+    problems = [f"{key}={value!r}" for key, value in data.items() if key not in known and key not in NO_EFFECT
+                and value is not None and NEUTRAL.get(key, object()) != value]
     if problems:
         raise ValueError(f"{path} sets {', '.join(problems)}, which OnnxT5 does not implement (it implements "
                          f"{', '.join(sorted(known))}). Remove those keys from the file or generate with transformers.")
@@ -159,7 +159,7 @@ def _resolve(base: Settings, kwargs: dict[str, Any]) -> _Resolved:
     return r
 
 
-# ---- logits processors (transformers' order; scores (N, V) float32, sequences (N, cur_len) int64) -----------------------
+# ---- logits processors (transformers' order; scores (N, V) float32, sequences (N, cur_len) int64) -------------------
 def _process(scores: np.ndarray, seqs: np.ndarray, s: _Resolved, beam: bool) -> np.ndarray:
     cur_len = seqs.shape[1]
     if s.repetition_penalty != 1.0:
@@ -237,7 +237,8 @@ class OnnxT5:
         self.config = config
         past = [i.name for i in self.decoder_with_past.get_inputs() if i.name.startswith("past_key_values.")]
         self.num_layers = len(past) // 4
-        self._self_names = [f"past_key_values.{i}.decoder.{kv}" for i in range(self.num_layers) for kv in ("key", "value")]
+        self._self_names = [f"past_key_values.{i}.decoder.{kv}" for i in range(self.num_layers)
+                            for kv in ("key", "value")]
         self._cross_names = [f"past_key_values.{i}.encoder.{kv}" for i in range(self.num_layers)
                              for kv in ("key", "value")]
         outs = [o.name for o in self.decoder.get_outputs()]
@@ -251,7 +252,8 @@ class OnnxT5:
     def session_options(threads: int | None = None) -> ort.SessionOptions:
         """The options every session gets; chosen for one-request-at-a-time decoding on CPU."""
         options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # fuses layer norms, GELU, MatMul+Add
+        # ENABLE_ALL: layer-norm, GELU and MatMul fusions on top of constant folding; what the export is validated with
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # T5's graphs are one chain: no parallel branches
         options.inter_op_num_threads = 1
         options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default, one thread per physical core
@@ -319,7 +321,7 @@ class OnnxT5:
             self._tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         return self._tokenizer
 
-    # ---- graph calls ---------------------------------------------------------------------------------------------------
+    # ---- graph calls -------------------------------------------------------------------------------------------------
     def _encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0]
 
@@ -335,7 +337,7 @@ class OnnxT5:
         out = self.decoder_with_past.run(None, feed)
         return out[0][:, -1, :], out[1:]
 
-    # ---- generate ------------------------------------------------------------------------------------------------------
+    # ---- generate ----------------------------------------------------------------------------------------------------
     def generate(self, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> np.ndarray:
         """Token ids (N, length) int64, laid out as transformers' `generate` returns them for T5.
 
@@ -454,10 +456,8 @@ class OnnxT5:
 
             cur_len += 1
             # early-stop heuristic: can a running beam still beat the worst finished one?
-            if s.early_stopping == "never" and s.length_penalty > 0.0:
-                best_len = max_length - 1
-            else:
-                best_len = cur_len - 1
+            never = s.early_stopping == "never" and s.length_penalty > 0.0  # then assume the longest possible beam
+            best_len = max_length - 1 if never else cur_len - 1
             best_possible = running_scores[:, :1] / np.float32(best_len ** s.length_penalty)
             worst = np.where(finished, np.min(beam_scores, axis=1, keepdims=True), NEG)
             improvable = improvable & np.any(best_possible > worst, axis=-1, keepdims=True)

@@ -5,6 +5,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from distill.__main__ import main
@@ -78,10 +79,18 @@ def test_fit_writes_best_model_and_resumes(tmp_path, dataset_dir, tokenizer_dir)
 
 @pytest.mark.slow
 def test_score_command_writes_metrics(tmp_path, dataset_dir, tokenizer_dir):
+    from distill.checkpoint import checkpoint_to_pretrained
     from distill.score import main as score_main
 
     config = tiny_config(tmp_path, dataset_dir, tokenizer_dir, max_steps=2)
     main(["fit", "--config", str(config)])
+    # a checkpoint converts to the same folder that fit wrote from it
+    copy = checkpoint_to_pretrained(tmp_path / "run" / "ckpt" / "last.ckpt", tmp_path / "from_ckpt")
+    from safetensors.torch import load_file
+
+    converted, fitted = load_file(copy / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
+    assert converted.keys() == fitted.keys()  # no validation in 2 steps: fit wrote the final (= last) weights
+    assert all(torch.equal(converted[k], fitted[k]) for k in fitted)
     out = tmp_path / "metrics.json"
     score_main(["--model", str(tmp_path / "model"), "--data", str(dataset_dir), "--split", "test",
                 "--extra-references", "fr_darby", "--max-new-tokens", "8", "--out", str(out),

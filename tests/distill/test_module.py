@@ -91,3 +91,30 @@ def test_non_t5_model_is_refused(tmp_path):
 def test_missing_local_model_folder_is_named(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         load_t5(str(tmp_path / "missing"))
+
+
+def test_hub_id_while_offline_says_hub_unreachable(monkeypatch):
+    import transformers
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    with pytest.raises(ModelError, match=r"(?s)'t5-small'.*hub may be unreachable.*local folder"):
+        load_t5("t5-small")
+    from distill.module import load_tokenizer
+
+    with pytest.raises(ModelError, match=r"(?s)tokenizer 't5-small'.*hub may be unreachable"):
+        load_tokenizer("t5-small")
+
+
+def test_checkpoint_that_is_missing_or_foreign_is_named(tmp_path):
+    from distill.checkpoint import checkpoint_to_pretrained
+
+    with pytest.raises(ModelError, match="does not exist"):
+        checkpoint_to_pretrained(tmp_path / "none.ckpt", tmp_path / "out")
+    torch.save({"weights": 1}, tmp_path / "other.ckpt")
+    with pytest.raises(ModelError, match="not a Lightning checkpoint"):
+        checkpoint_to_pretrained(tmp_path / "other.ckpt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

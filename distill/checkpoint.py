@@ -1,0 +1,43 @@
+"""Write a `save_pretrained` folder from a Lightning checkpoint of `Seq2SeqModule` (e.g. the best one of a run that
+is still training, or of one that was interrupted).
+
+    python -m distill.checkpoint --ckpt runs/teacher/checkpoints/best-step=4000-val_bleu=17.10.ckpt --out models/teacher
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from distill.module import ModelError, Seq2SeqModule
+
+
+def checkpoint_to_pretrained(ckpt: Path, out: Path) -> Path:
+    if not ckpt.is_file():
+        raise ModelError(f"Checkpoint {ckpt} does not exist.")
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own file: hparams need pickle
+    if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
+        raise ModelError(f"{ckpt} is not a Lightning checkpoint of the distill module (no hyper_parameters).")
+    module = Seq2SeqModule(**checkpoint["hyper_parameters"])
+    module.load_state_dict(checkpoint["state_dict"])
+    callbacks = checkpoint.get("callbacks", {})
+    best = {k: v.get("best_model_score") for k, v in callbacks.items() if isinstance(v, dict)}
+    meta = {"checkpoint": str(ckpt), "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),
+            "best_scores": {k: float(v) for k, v in best.items() if v is not None},
+            "command": "python -m distill.checkpoint " + " ".join(sys.argv[1:])}
+    return module.save_pretrained(out, {"train_meta.json": meta})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    print(f"wrote {checkpoint_to_pretrained(args.ckpt, args.out)}")
+
+
+if __name__ == "__main__":
+    main()

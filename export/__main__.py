@@ -1,0 +1,45 @@
+"""Export a T5-family model (folder or hub id) to ONNX with a key/value cache; see export/onnx.py for the layout.
+
+    python -m export --model models/teacher --out runs/export/teacher
+    python -m export --model runs/distill/student --out runs/export/student --int8 --int8-keep-fp32 lm_head,wo
+
+The graphs are checked against PyTorch before the folder appears; `export_meta.json` records the differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from export.onnx import ATOL_LOGITS, DEFAULT_OPSET, Validation, export
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="T5-family save_pretrained folder or hub id (safetensors)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (replaced only by a valid export)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
+    parser.add_argument("--int8", action="store_true", help="also write *_quantized.onnx (dynamic int8 MatMuls)")
+    parser.add_argument("--int8-keep-fp32", default="", metavar="NAMES",
+                        help="comma-separated module names whose MatMuls stay fp32 with --int8, e.g. lm_head,wo")
+    parser.add_argument("--atol", type=float, default=ATOL_LOGITS,
+                        help="max |logits diff| against PyTorch (default %(default)s); other outputs: atol * max|ref|")
+    args = parser.parse_args(argv)
+    args.int8_keep_fp32 = tuple(name.strip() for name in args.int8_keep_fp32.split(",") if name.strip())
+    if args.int8_keep_fp32 and not args.int8:
+        parser.error("--int8-keep-fp32 needs --int8")
+    if args.opset < 14:
+        parser.error(f"--opset {args.opset}: T5's causal mask needs opset 14 or newer (aten::triu)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = export(args.model, args.out, opset=args.opset, int8=args.int8, int8_keep_fp32=args.int8_keep_fp32,
+                 check=Validation(atol=args.atol), command=" ".join(["python -m export", *(argv or sys.argv[1:])]))
+    print(f"wrote {out} (graphs validated against PyTorch; see {out / 'export_meta.json'})")
+
+
+if __name__ == "__main__":
+    main()

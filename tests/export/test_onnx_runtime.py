@@ -1,0 +1,173 @@
+"""OnnxT5 against transformers' generate on the same weights: token for token, greedy and beam, padded batches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from export import OnnxT5
+
+LENGTHS = [9, 6, 3, 8, 1]  # a padded batch of 5, one row of a single token
+GREEDY = {
+    "greedy": {"max_new_tokens": 12},
+    "greedy-min-new-tokens": {"max_new_tokens": 12, "min_new_tokens": 6},
+    "greedy-no-repeat-penalty": {"max_new_tokens": 10, "no_repeat_ngram_size": 2, "repetition_penalty": 1.3},
+}
+BEAM = {
+    "beam3": {"num_beams": 3, "max_new_tokens": 10},
+    "beam4-return2-lp0.6": {"num_beams": 4, "num_return_sequences": 2, "length_penalty": 0.6, "max_new_tokens": 10},
+    "beam3-early-stopping": {"num_beams": 3, "early_stopping": True, "max_new_tokens": 8, "min_new_tokens": 3},
+    "beam3-never-no-repeat": {"num_beams": 3, "early_stopping": "never", "no_repeat_ngram_size": 2,
+                              "max_new_tokens": 8},
+}
+
+
+def _reference(model, ids: np.ndarray, mask: np.ndarray | None, **kwargs) -> np.ndarray:
+    with torch.no_grad():
+        return model.generate(input_ids=torch.from_numpy(ids),
+                              attention_mask=None if mask is None else torch.from_numpy(mask), **kwargs).numpy()
+
+
+@pytest.mark.parametrize("kwargs", list({**GREEDY, **BEAM}.values()), ids=list({**GREEDY, **BEAM}))
+def test_generate_matches_transformers_token_for_token(exported, kwargs, batch):
+    ids, mask = batch(LENGTHS)
+    runtime = OnnxT5.from_pretrained(exported.onnx_dir)
+    want = _reference(exported.model, ids, mask, **kwargs)
+    got = runtime.generate(ids, mask, **kwargs)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(want[:, 1:])) > 4  # the model does not just repeat one token
+
+
+def test_comparisons_see_early_eos_and_full_length_rows(tied, batch):
+    ids, mask = batch(LENGTHS)
+    out = OnnxT5.from_pretrained(tied.onnx_dir).generate(ids, mask, max_new_tokens=12)
+    ended = (out == 1).any(axis=1)
+    assert ended.any() and not ended.all()  # so pad-after-EOS and running rows are both compared
+
+
+def test_teacher_forced_logits_match_pytorch_within_1e_4(exported, batch):
+    """First step with one token, then steps with past, against one full PyTorch forward (no cache)."""
+    ids, mask = batch([7, 4, 2, 5], seed=3)
+    decoder = np.random.default_rng(4).integers(2, 48, (4, 6))
+    decoder[:, 0] = 0
+    runtime = OnnxT5.from_pretrained(exported.onnx_dir)
+    hidden = runtime._encode(ids, mask)
+    logits, own, cross = runtime._first_step(decoder[:, :1], mask, hidden)
+    steps = [logits]
+    for t in range(1, decoder.shape[1]):
+        logits, own = runtime._step(decoder[:, t:t + 1], mask, own, cross)
+        steps.append(logits)
+    with torch.no_grad():
+        want = exported.model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                              decoder_input_ids=torch.from_numpy(decoder)).logits.numpy()
+    diff = np.max(np.abs(np.stack(steps, axis=1) - want))
+    assert diff < 1e-4, f"max |logits diff| {diff:.2e}"
+
+
+def test_generate_takes_tensors_lists_and_infers_the_mask(tied, batch):
+    ids, mask = batch(LENGTHS)
+    runtime = OnnxT5.from_pretrained(tied.onnx_dir)
+    want = runtime.generate(ids, mask, max_new_tokens=6)
+    np.testing.assert_array_equal(runtime.generate(torch.from_numpy(ids), torch.from_numpy(mask), max_new_tokens=6),
+                                  want)
+    np.testing.assert_array_equal(runtime.generate(ids.tolist(), mask.tolist(), max_new_tokens=6), want)
+    # without a mask, padding is inferred from pad_token_id as transformers does
+    np.testing.assert_array_equal(runtime.generate(ids, max_new_tokens=6),
+                                  _reference(tied.model, ids, None, max_new_tokens=6))
+
+
+def test_sampling_is_seeded_and_honours_its_options(tied, batch):
+    ids, mask = batch(LENGTHS)
+    runtime = OnnxT5.from_pretrained(tied.onnx_dir)
+    kwargs = {"do_sample": True, "max_new_tokens": 8, "temperature": 1.5, "top_p": 0.9}
+    first = runtime.generate(ids, mask, seed=7, **kwargs)
+    np.testing.assert_array_equal(first, runtime.generate(ids, mask, seed=7, **kwargs))
+    assert not np.array_equal(first, runtime.generate(ids, mask, seed=8, **kwargs))
+    # top_k=1 leaves one candidate: sampling then is greedy decoding
+    np.testing.assert_array_equal(runtime.generate(ids, mask, do_sample=True, top_k=1, seed=0, max_new_tokens=8),
+                                  runtime.generate(ids, mask, max_new_tokens=8))
+    several = runtime.generate(ids, mask, do_sample=True, num_return_sequences=3, seed=1, max_new_tokens=5)
+    assert several.shape[0] == 3 * len(LENGTHS)
+    beam_sample = runtime.generate(ids, mask, do_sample=True, num_beams=3, num_return_sequences=2, seed=1,
+                                   max_new_tokens=5, top_k=10)
+    assert beam_sample.shape[0] == 2 * len(LENGTHS) and (beam_sample[:, 0] == 0).all()
+
+
+def test_defaults_come_from_generation_config(tied, tmp_path, batch):
+    folder = tmp_path / "onnx"
+    shutil.copytree(tied.onnx_dir, folder)
+    config = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**config, "max_new_tokens": 4, "num_beams": 2}))
+    ids, mask = batch(LENGTHS)
+    got = OnnxT5.from_pretrained(folder).generate(ids, mask)
+    np.testing.assert_array_equal(got, _reference(tied.model, ids, mask, max_new_tokens=4, num_beams=2))
+
+    (folder / "generation_config.json").write_text(json.dumps({**config, "bad_words_ids": [[5]]}))
+    with pytest.raises(ValueError, match="bad_words_ids"):
+        OnnxT5.from_pretrained(folder)
+
+
+def test_unsupported_or_inconsistent_options_raise(tied, batch):
+    runtime = OnnxT5.from_pretrained(tied.onnx_dir)
+    ids, mask = batch(LENGTHS)
+    with pytest.raises(TypeError, match="num_beam_groups"):
+        runtime.generate(ids, mask, num_beam_groups=2)
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        runtime.generate(ids, mask, num_return_sequences=2)  # greedy returns one sequence per input
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        runtime.generate(ids, mask, num_beams=2, num_return_sequences=3)
+    with pytest.raises(ValueError, match="2-D"):
+        runtime.generate(ids[0], mask[0])
+
+
+def test_missing_graph_is_named(tied, tmp_path):
+    folder = tmp_path / "onnx"
+    shutil.copytree(tied.onnx_dir, folder)
+    (folder / "decoder_with_past_model.onnx").unlink()
+    with pytest.raises(FileNotFoundError, match="decoder_with_past_model.onnx"):
+        OnnxT5.from_pretrained(folder)
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        OnnxT5.from_pretrained(tmp_path / "nothing")
+
+
+def test_quantized_without_int8_graphs_says_how_to_make_them(tied):
+    with pytest.raises(FileNotFoundError, match="--int8"):
+        OnnxT5.from_pretrained(tied.onnx_dir, quantized=True)
+
+
+def test_runtime_imports_neither_torch_nor_transformers():
+    code = ("import export, sys; from export import OnnxT5; "
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, "
+            "sorted(m for m in ('torch', 'transformers') if m in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_from_model_exports_once_then_reuses(tmp_path, monkeypatch, batch, tiny_t5):
+    import export.onnx
+
+    tiny_t5(tmp_path / "model", "3enc-1dec")
+    runtime = OnnxT5.from_model(tmp_path / "model", onnx_path=tmp_path / "onnx")
+    ids, mask = batch(LENGTHS)
+    first = runtime.generate(ids, mask, max_new_tokens=5)
+
+    calls = []
+    monkeypatch.setattr(export.onnx, "export", lambda *a, **k: calls.append(a))
+    again = OnnxT5.from_model(str(tmp_path / "model"), onnx_path=tmp_path / "onnx")
+    assert calls == []
+    np.testing.assert_array_equal(again.generate(ids, mask, max_new_tokens=5), first)
+
+    (tmp_path / "model" / "model.safetensors").touch()  # changed weights: exported again
+    OnnxT5.from_model(tmp_path / "model", onnx_path=tmp_path / "onnx")
+    assert len(calls) == 1
+
+    tiny_t5(tmp_path / "other", "3enc-1dec", seed=2)
+    with pytest.raises(ValueError, match="holds an export of"):
+        OnnxT5.from_model(tmp_path / "other", onnx_path=tmp_path / "onnx")
