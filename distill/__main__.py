@@ -1,6 +1,7 @@
 """Train or fine-tune a T5 with Lightning, configured by YAML (LightningCLI).
 
-    python -m distill fit --config configs/teacher.yaml --ckpt_path last     # make teacher
+    python -m distill fit --config configs/teacher.yaml --ckpt_path last          # make teacher
+    python -m distill fit --config configs/distill/sft.yaml --ckpt_path last      # make distill
     python -m distill fit --config configs/teacher.yaml --print_config       # every option, with its value
 
 `--ckpt_path last` resumes from the last checkpoint when there is one (a fresh run otherwise). After `fit`, the best
@@ -22,8 +23,8 @@ from distill.module import Seq2SeqModule
 
 class CLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.tokenizer", "model.tokenizer")
-        parser.link_arguments("data.task_prefix", "model.task_prefix")
+        parser.link_arguments("data.tokenizer", "model.init_args.tokenizer")
+        parser.link_arguments("data.task_prefix", "model.init_args.task_prefix")
         parser.add_argument("--out", type=Path | None, default=None,
                             help="save_pretrained folder written from the best checkpoint after fit")
 
@@ -51,8 +52,10 @@ class CLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    CLI(Seq2SeqModule, Seq2SeqDataModule, seed_everything_default=1234, save_config_kwargs={"overwrite": True},
-        args=args)
+    # subclass mode: a config names its module, `distill.module.Seq2SeqModule` (training, fine-tuning) or
+    # `distill.distillation.DistillModule` (students), under `model.class_path`
+    CLI(Seq2SeqModule, Seq2SeqDataModule, subclass_mode_model=True, seed_everything_default=1234,
+        save_config_kwargs={"overwrite": True}, args=args)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from typing import Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from distill._files import replace_dir
+from distill.losses import label_smoothed_ce
 
 T5_FAMILY = ("t5", "mt5")  # model_type values whose checkpoints T5ForConditionalGeneration loads faithfully
 
@@ -131,9 +131,6 @@ class Seq2SeqModule(L.LightningModule):
         max_new_tokens: int = 200,
     ):
         super().__init__()
-        if (model is None) == (model_config is None):
-            raise ModelError("Give exactly one of `model.model` (a T5 folder or hub id to fine-tune) and "
-                             "`model.model_config` (T5Config fields to train from scratch).")
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(tokenizer)
         self.model = self._build_model()
@@ -143,6 +140,9 @@ class Seq2SeqModule(L.LightningModule):
         from transformers import T5Config, T5ForConditionalGeneration
 
         hp = self.hparams
+        if (hp.model is None) == (hp.model_config is None):
+            raise ModelError("Give exactly one of `model.model` (a T5 folder or hub id to fine-tune) and "
+                             "`model.model_config` (T5Config fields to train from scratch).")
         if hp.model is not None:
             model = load_t5(hp.model)
         else:
@@ -158,11 +158,16 @@ class Seq2SeqModule(L.LightningModule):
                 # transformers 5.x ties lm_head to the shared embedding for every fresh T5 and keeps only the missing
                 # output scaling (`scale_decoder_outputs`) for v1.1; a v1.1-style model has its own lm_head.
                 model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+        self._set_task_params(model)
+        return model.train()  # from_pretrained returns eval mode; Lightning would keep dropout off
+
+    def _set_task_params(self, model) -> None:
+        """Record the task prefix in the config, as t5-small's `task_specific_params` do."""
+        hp = self.hparams
         params = getattr(model.config, "task_specific_params", None) or {}  # transformers 5 has no default
         model.config.task_specific_params = {**params, hp.task: {"prefix": hp.task_prefix,
                                                                   "max_length": hp.max_new_tokens,
                                                                   "num_beams": hp.num_beams}}
-        return model.train()  # from_pretrained returns eval mode; Lightning would keep dropout off
 
     # ---- training -------------------------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **_) -> torch.Tensor:
@@ -173,8 +178,7 @@ class Seq2SeqModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(**batch)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100,
-                               label_smoothing=self.hparams.label_smoothing)
+        loss = label_smoothed_ce(logits, batch["labels"], self.hparams.label_smoothing)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         self.log("target_tokens", (batch["labels"] != -100).sum().float(), reduce_fx="sum",
                  batch_size=batch["input_ids"].shape[0])
@@ -203,7 +207,7 @@ class Seq2SeqModule(L.LightningModule):
 
     def _eval_step(self, batch: dict, prefix: str, generate_all: bool) -> None:
         logits = self(**batch)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=-100)
+        loss = label_smoothed_ce(logits, batch["labels"])
         self.log(f"{prefix}_loss", loss, batch_size=batch["input_ids"].shape[0])
         index = batch["index"]
         if generate_all:

@@ -1,10 +1,13 @@
 """Run an exported T5 with onnxruntime: `generate` as transformers' does it, without torch or transformers.
 
     from export import OnnxT5
-    model = OnnxT5.from_pretrained("runs/export/student")                   # quantized=True: the int8 graphs
-    batch = model.tokenizer.encode_batch(["translate English to French: In the beginning"])
-    ids = model.generate([b.ids for b in batch], num_beams=4, max_new_tokens=64)
-    OnnxT5.from_model("t5-small", onnx_path="runs/export/t5-small")          # exports on first use (needs torch)
+    model = OnnxT5.from_pretrained("runs/export/student")           # quantized=True: the int8 graphs
+    tok = model.tokenizer                                           # tokenizers.Tokenizer from tokenizer.json
+    tok.enable_padding(pad_id=0, pad_token="<pad>")
+    batch = tok.encode_batch(["translate English to French: In the beginning", "translate English to French: Amen"])
+    ids = model.generate([b.ids for b in batch], [b.attention_mask for b in batch], num_beams=4, max_new_tokens=64)
+    print(tok.decode_batch(ids.tolist(), skip_special_tokens=True))
+    OnnxT5.from_model("t5-small", onnx_path="runs/export/t5-small")  # exports on first use (that needs torch)
 
 Imports only numpy, onnxruntime and (for `.tokenizer`) tokenizers. Greedy and beam search follow transformers 5.x
 `generate` step by step (same processors, order, stopping rules and output layout), so on the same weights they return
@@ -343,13 +346,14 @@ class OnnxT5:
 
         N = batch * num_return_sequences; each row starts with the decoder start token. Greedy rows that end early
         are padded with pad_token_id after their EOS; beam search fills as transformers 5.x does (with pad_token_id
-        unless it is 0, then with the first EOS id). kwargs: see `Settings`; any other raises TypeError.
+        unless it is 0, then with the first EOS id). Without `attention_mask` every position is attended to, as in
+        transformers 5.x for encoder-decoders: pass the tokenizer's mask with padded batches.
+        kwargs: see `Settings`; any other raises TypeError.
         """
         s = _resolve(self.settings, kwargs)
         ids = _as_array(input_ids, "input_ids")
-        if attention_mask is None:
-            infer = s.pad is not None and bool(np.any(ids == s.pad)) and s.pad not in s.eos
-            mask = (ids != s.pad).astype(np.int64) if infer else np.ones_like(ids)
+        if attention_mask is None:  # as transformers 5.x for encoder-decoders: no mask inferred from padding
+            mask = np.ones_like(ids)
         else:
             mask = _as_array(attention_mask, "attention_mask")
             if mask.shape != ids.shape:
@@ -390,7 +394,7 @@ class OnnxT5:
         rng = np.random.default_rng(s.seed)
         keep = max(2, 1 + s.eos.size) * beams  # candidates kept per step, so that `beams` unfinished ones remain
         top_beam_mask = np.arange(keep) < beams
-        fill = s.pad if s.pad else (int(s.eos[0]) if s.eos.size else -1)  # transformers: `pad or eos[0]`
+        fill = (s.pad or int(s.eos[0])) if s.eos.size else -1  # transformers 5.x: `pad or eos[0]`: EOS when pad is 0
         running = np.full((batch, beams, max_length), fill, dtype=np.int64)
         running[:, :, 0] = s.start
         sequences = running.copy()

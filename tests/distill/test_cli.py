@@ -39,9 +39,10 @@ def tiny_config(tmp_path: Path, dataset_dir: Path, tokenizer_dir: Path, max_step
                                "save_last": True}},
             ],
         },
-        "model": {"model_config": {"d_model": 32, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2,
-                                   "num_heads": 2, "d_kv": 16},
-                  "warmup_steps": 2, "val_generate_examples": 8, "max_new_tokens": 8},
+        "model": {"class_path": "distill.module.Seq2SeqModule",
+                  "init_args": {"model_config": {"d_model": 32, "d_ff": 64, "num_layers": 2, "num_decoder_layers": 2,
+                                                 "num_heads": 2, "d_kv": 16},
+                                "warmup_steps": 2, "val_generate_examples": 8, "max_new_tokens": 8}},
         "data": {"tokenizer": str(tokenizer_dir), "path": str(dataset_dir), "extra_columns": ["fr_darby"],
                  "max_tokens": 512},
         "out": str(tmp_path / "model"),
@@ -105,7 +106,7 @@ def test_score_command_writes_metrics(tmp_path, dataset_dir, tokenizer_dir):
 def test_unknown_yaml_key_is_named(tmp_path, dataset_dir, tokenizer_dir, capsys):
     config = tiny_config(tmp_path, dataset_dir, tokenizer_dir, max_steps=1)
     data = yaml.safe_load(config.read_text())
-    data["model"]["learning_rat"] = 0.1
+    data["model"]["init_args"]["learning_rat"] = 0.1
     config.write_text(yaml.safe_dump(data))
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(config)])
@@ -117,4 +118,4 @@ def test_every_shipped_config_parses(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
-    assert "model_config" in capsys.readouterr().out
+    assert "learning_rate" in capsys.readouterr().out

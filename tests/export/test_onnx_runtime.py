@@ -53,7 +53,7 @@ def test_comparisons_see_early_eos_and_full_length_rows(tied, batch):
 
 
 def test_teacher_forced_logits_match_pytorch_within_1e_4(exported, batch):
-    """First step with one token, then steps with past, against one full PyTorch forward (no cache)."""
+    """The runtime's first step, then steps reusing its cache, against PyTorch stepping with its own cache."""
     ids, mask = batch([7, 4, 2, 5], seed=3)
     decoder = np.random.default_rng(4).integers(2, 48, (4, 6))
     decoder[:, 0] = 0
@@ -64,21 +64,33 @@ def test_teacher_forced_logits_match_pytorch_within_1e_4(exported, batch):
     for t in range(1, decoder.shape[1]):
         logits, own = runtime._step(decoder[:, t:t + 1], mask, own, cross)
         steps.append(logits)
+    want, cache = [], None
     with torch.no_grad():
-        want = exported.model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                              decoder_input_ids=torch.from_numpy(decoder)).logits.numpy()
-    diff = np.max(np.abs(np.stack(steps, axis=1) - want))
+        encoded = exported.model.get_encoder()(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+        for t in range(decoder.shape[1]):
+            out = exported.model(encoder_outputs=encoded, attention_mask=torch.from_numpy(mask), use_cache=True,
+                                 decoder_input_ids=torch.from_numpy(decoder[:, t:t + 1]), cache=cache)
+            want.append(out.logits[:, -1].numpy())
+            cache = out.cache
+    diff = np.max(np.abs(np.stack(steps, axis=1) - np.stack(want, axis=1)))
     assert diff < 1e-4, f"max |logits diff| {diff:.2e}"
 
 
-def test_generate_takes_tensors_lists_and_infers_the_mask(tied, batch):
+def test_long_inputs_and_outputs_cross_the_relative_position_max_distance(tied, batch):
+    ids, mask = batch([200, 150], seed=2)  # T5's relative buckets saturate at 128 positions
+    kwargs = {"max_new_tokens": 140, "min_new_tokens": 140}
+    np.testing.assert_array_equal(OnnxT5.from_pretrained(tied.onnx_dir).generate(ids, mask, **kwargs),
+                                  _reference(tied.model, ids, mask, **kwargs))
+
+
+def test_generate_takes_tensors_and_lists(tied, batch):
     ids, mask = batch(LENGTHS)
     runtime = OnnxT5.from_pretrained(tied.onnx_dir)
     want = runtime.generate(ids, mask, max_new_tokens=6)
     np.testing.assert_array_equal(runtime.generate(torch.from_numpy(ids), torch.from_numpy(mask), max_new_tokens=6),
                                   want)
     np.testing.assert_array_equal(runtime.generate(ids.tolist(), mask.tolist(), max_new_tokens=6), want)
-    # without a mask, padding is inferred from pad_token_id as transformers does
+    # without a mask every position is attended to, padding included, as in transformers 5.x for encoder-decoders
     np.testing.assert_array_equal(runtime.generate(ids, max_new_tokens=6),
                                   _reference(tied.model, ids, None, max_new_tokens=6))
 
@@ -131,7 +143,7 @@ def test_missing_graph_is_named(tied, tmp_path):
     folder = tmp_path / "onnx"
     shutil.copytree(tied.onnx_dir, folder)
     (folder / "decoder_with_past_model.onnx").unlink()
-    with pytest.raises(FileNotFoundError, match="decoder_with_past_model.onnx"):
+    with pytest.raises(FileNotFoundError, match=r"decoder_with_past_model\.onnx"):
         OnnxT5.from_pretrained(folder)
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         OnnxT5.from_pretrained(tmp_path / "nothing")
@@ -159,14 +171,18 @@ def test_from_model_exports_once_then_reuses(tmp_path, monkeypatch, batch, tiny_
     first = runtime.generate(ids, mask, max_new_tokens=5)
 
     calls = []
-    monkeypatch.setattr(export.onnx, "export", lambda *a, **k: calls.append(a))
-    again = OnnxT5.from_model(str(tmp_path / "model"), onnx_path=tmp_path / "onnx")
-    assert calls == []
+    with monkeypatch.context() as patch:
+        patch.setattr(export.onnx, "export", lambda *a, **k: calls.append(a))
+        again = OnnxT5.from_model(str(tmp_path / "model"), onnx_path=tmp_path / "onnx")
+    assert calls == []  # reused
     np.testing.assert_array_equal(again.generate(ids, mask, max_new_tokens=5), first)
 
-    (tmp_path / "model" / "model.safetensors").touch()  # changed weights: exported again
+    (tmp_path / "model" / "model.safetensors").touch()  # changed weights: exported again, replacing the folder
     OnnxT5.from_model(tmp_path / "model", onnx_path=tmp_path / "onnx")
-    assert len(calls) == 1
+    meta = json.loads((tmp_path / "onnx" / "export_meta.json").read_text())
+    weights = tmp_path / "model" / "model.safetensors"
+    assert meta["source_fingerprint"]["model.safetensors"] == [weights.stat().st_size, weights.stat().st_mtime_ns]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "onnx"]  # no staging or old folder left
 
     tiny_t5(tmp_path / "other", "3enc-1dec", seed=2)
     with pytest.raises(ValueError, match="holds an export of"):

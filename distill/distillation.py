@@ -1,0 +1,185 @@
+"""Shrink-and-fine-tune, knowledge distillation and pseudo-label training of a T5 student, as one Lightning module.
+
+    python -m distill fit --config configs/distill/sft.yaml --ckpt_path last     # make distill
+
+The student is built from the teacher by `distill.student.make_student` (maximally spaced layers) unless `student`
+names a folder made beforehand. The training loss is
+
+    alpha_mlm * CE(student, data) + alpha_ce * KL(teacher/T || student/T) * T^2 + alpha_hid * MSE(hidden states)
+
+SFT is alpha_mlm = 1 with the others 0 (the teacher is then not even run); pseudo-labels are SFT on a dataset whose
+targets are the teacher's outputs (`python -m distill.pseudo`). The teacher is frozen, in eval mode, without
+gradients, and kept out of checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from distill.losses import default_hidden_pairs, distill_kl, hidden_mse, label_smoothed_ce
+from distill.module import ModelError, Seq2SeqModule, load_t5
+from distill.student import make_student
+
+
+class DistillModule(Seq2SeqModule):
+    """A student trained from a frozen teacher.
+
+    Args:
+        teacher: teacher folder or hub id (T5 family).
+        student: a student folder made beforehand (`python -m distill.student`); None builds it from the teacher.
+        decoder_layers / encoder_layers: student depths (None: as many as the teacher), layers per `LAYERS_TO_COPY`.
+        decoder_map / encoder_map: explicit teacher layers to copy, overriding the depths.
+        alpha_mlm: weight of the cross-entropy on the dataset's targets.
+        alpha_ce: weight of the KL divergence to the teacher's softened distribution.
+        alpha_hid: weight of the hidden-state MSE between paired layers of the shrunk stacks.
+        temperature: softmax temperature of the KL term.
+        hidden_pairs: {"decoder": [[student_layer, teacher_layer], ...], "encoder": [...]}; default: each student layer
+            matches the teacher layer just before the next copied one (`losses.default_hidden_pairs`).
+        normalize_hidden: layer-normalize hidden states before the MSE.
+        freeze_embeddings: keep the shared embedding (and a tied lm_head) fixed, as Shleifer's SFT runs did.
+        freeze_encoder: keep the whole encoder fixed (useful when only the decoder was shrunk).
+        **kwargs: the fine-tuning options of `Seq2SeqModule` (learning rate, schedule, metric, ...).
+    """
+
+    def __init__(
+        self,
+        teacher: str,
+        student: str | None = None,
+        decoder_layers: int | None = 2,
+        encoder_layers: int | None = None,
+        decoder_map: list[int] | None = None,
+        encoder_map: list[int] | None = None,
+        alpha_mlm: float = 1.0,
+        alpha_ce: float = 0.0,
+        alpha_hid: float = 0.0,
+        temperature: float = 2.0,
+        hidden_pairs: dict[str, list[tuple[int, int]]] | None = None,
+        normalize_hidden: bool = True,
+        freeze_embeddings: bool = False,
+        freeze_encoder: bool = False,
+        **kwargs,
+    ):
+        if min(alpha_mlm, alpha_ce, alpha_hid) < 0 or alpha_mlm + alpha_ce + alpha_hid == 0:
+            raise ModelError("alpha_mlm, alpha_ce and alpha_hid must be >= 0 and not all 0.")
+        if temperature <= 0:
+            raise ModelError(f"temperature must be > 0, got {temperature}.")
+        super().__init__(**kwargs)
+
+    def _build_model(self):
+        hp = self.hparams
+        teacher = load_t5(hp.teacher).eval().requires_grad_(False)
+        self._teacher = [teacher]  # a list: not a registered submodule, so not in state_dict, checkpoints or optimizer
+        if hp.student is not None:
+            student = load_t5(hp.student)
+            meta = Path(hp.student) / "distill_meta.json"
+            self.layer_maps = json.loads(meta.read_text())["layers_copied"] if meta.is_file() else None
+        else:
+            student, self.layer_maps = make_student(teacher, hp.decoder_layers, hp.encoder_layers, hp.decoder_map,
+                                                    hp.encoder_map)
+        if student.config.vocab_size != teacher.config.vocab_size:
+            raise ModelError(f"student vocabulary {student.config.vocab_size} != teacher's "
+                             f"{teacher.config.vocab_size}: distillation needs the same tokenizer.")
+        self.pairs = self._hidden_pairs(student, teacher)
+        self._set_task_params(student)
+        student.train()
+        if hp.freeze_embeddings:
+            student.shared.requires_grad_(False)
+        if hp.freeze_encoder:
+            student.encoder.requires_grad_(False)
+        return student
+
+    def _hidden_pairs(self, student, teacher) -> dict[str, list[tuple[int, int]]]:
+        hp = self.hparams
+        if hp.alpha_hid == 0:
+            return {}
+        if hp.hidden_pairs is not None:
+            pairs = {stack: [tuple(p) for p in value] for stack, value in hp.hidden_pairs.items()}
+        else:
+            if self.layer_maps is None:
+                raise ModelError("alpha_hid > 0 with a student folder that has no distill_meta.json: "
+                                 "set model.hidden_pairs explicitly.")
+            depth = {"encoder": teacher.config.num_layers, "decoder": teacher.config.num_decoder_layers}
+            pairs = {stack: default_hidden_pairs(layer_map, depth[stack])
+                     for stack, layer_map in self.layer_maps.items() if len(layer_map) < depth[stack]}
+        limits = {"encoder": (student.config.num_layers, teacher.config.num_layers),
+                  "decoder": (student.config.num_decoder_layers, teacher.config.num_decoder_layers)}
+        for stack, stack_pairs in pairs.items():
+            if stack not in limits:
+                raise ModelError(f"hidden_pairs: unknown stack {stack!r} (use 'encoder' or 'decoder').")
+            n_student, n_teacher = limits[stack]
+            bad = [p for p in stack_pairs if not (0 <= p[0] < n_student and 0 <= p[1] < n_teacher)]
+            if bad:
+                raise ModelError(f"hidden_pairs[{stack!r}] {bad}: the student has layers 0..{n_student - 1}, "
+                                 f"the teacher 0..{n_teacher - 1}.")
+        if not any(pairs.values()):
+            raise ModelError("alpha_hid > 0 but no layer pairs to supervise (no stack was shrunk): "
+                             "set model.hidden_pairs or alpha_hid: 0.")
+        return pairs
+
+    @property
+    def teacher(self):
+        return self._teacher[0]
+
+    def on_fit_start(self) -> None:
+        self.teacher.to(self.device)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        hp = self.hparams
+        labels = batch["labels"]
+        decoder_input_ids = self.model._shift_right(labels)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                  "decoder_input_ids": decoder_input_ids}
+        need_teacher, need_hidden = hp.alpha_ce > 0 or hp.alpha_hid > 0, hp.alpha_hid > 0
+        out = self.model(**inputs, output_hidden_states=need_hidden)
+        size = labels.shape[0]
+        loss = out.logits.new_zeros((), dtype=torch.float32)
+        if hp.alpha_mlm > 0:
+            ce = label_smoothed_ce(out.logits, labels, hp.label_smoothing)
+            loss = loss + hp.alpha_mlm * ce
+            self.log("train_ce", ce, batch_size=size)
+        if need_teacher:
+            with torch.no_grad():
+                teacher_out = self.teacher(**inputs, output_hidden_states=need_hidden)
+            mask = labels != -100  # (B, T)
+            if hp.alpha_ce > 0:
+                kl = distill_kl(out.logits, teacher_out.logits, mask, hp.temperature)
+                loss = loss + hp.alpha_ce * kl
+                self.log("train_kl", kl, batch_size=size)
+            if need_hidden:
+                hid = self._hidden_loss(out, teacher_out, batch["attention_mask"].bool(), mask)
+                loss = loss + hp.alpha_hid * hid
+                self.log("train_hid", hid, batch_size=size)
+        self.log("train_loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    def _hidden_loss(self, out, teacher_out, encoder_mask: torch.Tensor, decoder_mask: torch.Tensor) -> torch.Tensor:
+        """hidden_states[k + 1] is the output of layer k (index 0 holds the embeddings)."""
+        student_states, teacher_states, losses = [], [], []
+        for stack, mask in (("encoder", encoder_mask), ("decoder", decoder_mask)):
+            pairs = self.pairs.get(stack)
+            if not pairs:
+                continue
+            s_all = out.encoder_hidden_states if stack == "encoder" else out.decoder_hidden_states
+            t_all = teacher_out.encoder_hidden_states if stack == "encoder" else teacher_out.decoder_hidden_states
+            student_states = [s_all[s + 1] for s, _ in pairs]
+            teacher_states = [t_all[t + 1] for _, t in pairs]
+            losses.append(hidden_mse(student_states, teacher_states, mask, self.hparams.normalize_hidden))
+        return torch.stack(losses).mean()
+
+    def save_pretrained(self, out: Path, extra_files: dict[str, dict] | None = None) -> Path:
+        hp = self.hparams
+        meta = {"teacher": hp.teacher, "layers_copied": self.layer_maps,
+                "teacher_layers": {"encoder": self.teacher.config.num_layers,
+                                   "decoder": self.teacher.config.num_decoder_layers},
+                "student_layers": {"encoder": self.model.config.num_layers,
+                                   "decoder": self.model.config.num_decoder_layers},
+                "recipe": {k: hp[k] for k in ("alpha_mlm", "alpha_ce", "alpha_hid", "temperature",
+                                              "freeze_embeddings", "freeze_encoder")},
+                "hidden_pairs": self.pairs}
+        extra = dict(extra_files or {})
+        train_meta = extra.pop("train_meta.json", {})
+        meta.update({"training": train_meta})
+        return super().save_pretrained(out, {**extra, "distill_meta.json": meta})

@@ -1,0 +1,122 @@
+"""The export: optimum's file and IO names, validation before anything is kept, int8, the command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from export import OnnxT5
+from export.__main__ import main
+from export.onnx import DecoderWithPastGraph, ExportError, export, graph_specs, quantize
+
+GRAPHS = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
+
+
+def test_folder_has_optimum_names_and_a_complete_meta(exported):
+    folder = exported.onnx_dir
+    layers = exported.model.config.num_decoder_layers
+    assert {p.name for p in folder.iterdir()} >= {*GRAPHS, "config.json", "generation_config.json",
+                                                  "export_meta.json"}
+    kv = [f"{i}.{part}.{t}" for i in range(layers) for part in ("decoder", "encoder") for t in ("key", "value")]
+    own = [f"{i}.decoder.{t}" for i in range(layers) for t in ("key", "value")]
+    expected = {
+        "encoder_model.onnx": (["input_ids", "attention_mask"], ["last_hidden_state"]),
+        "decoder_model.onnx": (["input_ids", "encoder_attention_mask", "encoder_hidden_states"],
+                               ["logits", *(f"present.{n}" for n in kv)]),
+        "decoder_with_past_model.onnx": (["input_ids", "encoder_attention_mask",
+                                          *(f"past_key_values.{n}" for n in kv)],
+                                         ["logits", *(f"present.{n}" for n in own)]),
+    }
+    for graph, (inputs, outputs) in expected.items():
+        sess = ort.InferenceSession(str(folder / graph), providers=["CPUExecutionProvider"])
+        assert [i.name for i in sess.get_inputs()] == inputs
+        assert [o.name for o in sess.get_outputs()] == outputs
+        spec = graph_specs(layers)[graph]
+        assert (list(spec.inputs), list(spec.outputs)) == (inputs, outputs)
+
+    meta = json.loads((folder / "export_meta.json").read_text())
+    assert meta["opset"] == 17 and meta["versions"]["onnxruntime"] == ort.__version__
+    tied = exported.model.lm_head.weight is exported.model.shared.weight
+    assert meta["model"]["lm_head_is_shared_embedding"] is tied
+    assert meta["model"]["scale_decoder_outputs"] is tied  # v1.1 / flan: no d_model ** -0.5 before lm_head
+    diffs = meta["validation"]["max_abs_diff"]
+    assert set(diffs) == set(GRAPHS)
+    assert diffs["decoder_model.onnx"]["logits"] < 1e-4 and diffs["decoder_with_past_model.onnx"]["logits"] < 1e-4
+    assert meta["validation"]["batch"] >= 3 and meta["validation"]["first_decoder_length"] > 1
+    assert set(meta["file_bytes"]) == set(GRAPHS) and all(size > 0 for size in meta["file_bytes"].values())
+    assert meta["int8"] is None
+
+
+def test_failed_validation_names_graph_and_output_and_leaves_nothing(tied, tmp_path, monkeypatch):
+    forward = DecoderWithPastGraph.forward
+
+    def corrupted(self, *args):
+        logits, *rest = forward(self, *args)
+        return (logits + 1e-2, *rest)
+
+    monkeypatch.setattr(DecoderWithPastGraph, "forward", corrupted)
+    out = tmp_path / "exports" / "onnx"
+    with pytest.raises(ExportError, match=r"decoder_with_past_model\.onnx: output 'logits' differs from PyTorch by "
+                                          r"0\.01"):
+        export(str(tied.model_dir), out)
+    assert not out.exists()
+    assert list((tmp_path / "exports").iterdir()) == []  # the staging folder is gone too
+
+
+def test_refuses_other_architectures_and_foreign_folders(tied, tmp_path):
+    from transformers import BartConfig
+
+    BartConfig(d_model=16, encoder_layers=1, decoder_layers=1, vocab_size=32).save_pretrained(tmp_path / "bart")
+    with pytest.raises(ExportError, match="'bart' model"):
+        export(str(tmp_path / "bart"), tmp_path / "out")
+    with pytest.raises(ExportError, match="not an earlier export"):
+        export(str(tied.model_dir), tied.model_dir)  # would replace the model folder itself
+    with pytest.raises(ExportError, match="does not exist"):
+        export(str(tmp_path / "missing"), tmp_path / "out")
+
+
+def test_command_with_int8_keeps_named_modules_fp32(export_of, tmp_path, tokenizer_dir):
+    source = export_of("t5v1.1-gated-untied")
+    model_dir = tmp_path / "model"
+    shutil.copytree(source.model_dir, model_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "spiece.model"):
+        shutil.copy(tokenizer_dir / name, model_dir / name)
+    out = tmp_path / "onnx"
+    main(["--model", str(model_dir), "--out", str(out), "--int8", "--int8-keep-fp32", "lm_head,wo"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "onnx"]  # the staging folder is gone
+
+    assert all((out / name.replace(".onnx", "_quantized.onnx")).is_file() for name in GRAPHS)
+    assert (out / "tokenizer.json").is_file() and (out / "spiece.model").is_file()
+    meta = json.loads((out / "export_meta.json").read_text())
+    assert meta["command"].startswith("python -m export --model")
+    int8 = meta["int8"]
+    assert int8["op_types_to_quantize"] == ["MatMul"] and int8["keep_fp32"] == ["lm_head", "wo"]
+    kept = int8["excluded_nodes"]["decoder_with_past_model.onnx"]
+    assert any("/lm_head/" in node for node in kept) and any("/wo/" in node for node in kept)
+    assert 0.0 <= int8["greedy_token_agreement"] <= 1.0 and int8["new_tokens"] > 0
+
+    runtime = OnnxT5.from_pretrained(out, quantized=True, threads=1)
+    assert runtime.tokenizer is not None and runtime.tokenizer.get_vocab_size() > 0
+    ids = np.array([[5, 6, 7, 8], [9, 10, 0, 0]])
+    got = runtime.generate(ids, (ids != 0).astype(np.int64), max_new_tokens=4, num_beams=2)
+    assert got.dtype == np.int64 and got.shape[0] == 2 and (got[:, 0] == 0).all()
+
+
+def test_keep_fp32_name_that_matches_nothing_is_an_error(tied, tmp_path):
+    folder = tmp_path / "onnx"
+    shutil.copytree(tied.onnx_dir, folder)
+    with pytest.raises(ExportError, match="'lm_haed'"):
+        quantize(folder, ("lm_haed",))
+
+
+def test_command_line_errors(capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", "m", "--out", "o", "--int8-keep-fp32", "lm_head"])
+    assert "needs --int8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", "m", "--out", "o", "--opset", "13"])
+    assert "opset 14" in capsys.readouterr().err
