@@ -18,11 +18,11 @@ from distill.module import ModelError, Seq2SeqModule
 def checkpoint_to_pretrained(ckpt: Path, out: Path) -> Path:
     if not ckpt.is_file():
         raise ModelError(f"Checkpoint {ckpt} does not exist.")
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)  # our own file: hparams need pickle
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
         raise ModelError(f"{ckpt} is not a Lightning checkpoint of the distill module (no hyper_parameters).")
-    module = Seq2SeqModule(**checkpoint["hyper_parameters"])
-    module.load_state_dict(checkpoint["state_dict"])
+    # Lightning rebuilds the class the CLI trained (Seq2SeqModule or DistillModule) from the saved instantiator
+    module = Seq2SeqModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     callbacks = checkpoint.get("callbacks", {})
     best = {k: v.get("best_model_score") for k, v in callbacks.items() if isinstance(v, dict)}
     meta = {"checkpoint": str(ckpt), "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),

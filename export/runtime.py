@@ -265,7 +265,7 @@ class OnnxT5:
     @classmethod
     def from_pretrained(cls, folder: str | Path, quantized: bool = False, threads: int | None = None,
                         providers: list | None = None) -> OnnxT5:
-        """Load an export folder written by `python -m export` (or optimum's seq2seq layout with past)."""
+        """Load a folder written by `python -m export`; `threads`: intra-op threads per session (None: one per core)."""
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"OnnxT5: {folder} is not a folder. Export one with "
@@ -358,6 +358,10 @@ class OnnxT5:
             mask = _as_array(attention_mask, "attention_mask")
             if mask.shape != ids.shape:
                 raise ValueError(f"OnnxT5.generate: attention_mask has shape {mask.shape}, input_ids {ids.shape}.")
+        vocab = self.config.get("vocab_size")
+        if vocab is not None and ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            raise ValueError(f"OnnxT5.generate: input_ids hold ids outside [0, {vocab}) (min {ids.min()}, max "
+                             f"{ids.max()}): the tokenizer does not match this model.")
         hidden = self._encode(ids, mask)
         if s.num_beams > 1:
             return self._beam_search(hidden, mask, s)

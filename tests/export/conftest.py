@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -61,14 +62,22 @@ def padded_batch(lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndar
     return rng.integers(2, VOCAB, mask.shape) * mask, mask
 
 
-@pytest.fixture(scope="session", autouse=True)
+@contextmanager
 def one_torch_thread():
     """Tiny models gain nothing from threads, and on a busy machine each op waits for a preempted OpenMP thread
-    (transformers' generate took 2.4 s instead of 0.08 s here); restored after the export tests."""
+    (transformers' generate took 2.4 s instead of 0.08 s here)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _torch_on_one_thread():
+    with one_torch_thread():
+        yield
 
 
 class Exported:
@@ -86,8 +95,9 @@ def export_of(tmp_path_factory):
     def get(name: str) -> Exported:
         if name not in cache:
             root = tmp_path_factory.mktemp(name.replace(".", "_"))
-            model = make_t5(root / "model", CONFIGS[name])
-            export(str(root / "model"), root / "onnx")
+            with one_torch_thread():  # session fixtures run outside the per-test setting
+                model = make_t5(root / "model", CONFIGS[name])
+                export(str(root / "model"), root / "onnx")
             cache[name] = Exported(name, root / "model", root / "onnx", model)
         return cache[name]
 
@@ -106,8 +116,8 @@ def tied(export_of) -> Exported:
 
 @pytest.fixture(scope="session")
 def tiny_t5():
-    """tiny_t5(path, name, seed=1): save the model CONFIGS[name] at `path` and return it."""
-    return lambda path, name, seed=1: make_t5(path, CONFIGS[name], seed)
+    """tiny_t5(path, name, seed=1, **fields): save the model CONFIGS[name] (fields overridden) at `path`, return it."""
+    return lambda path, name, seed=1, **fields: make_t5(path, {**CONFIGS[name], **fields}, seed)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 from export import OnnxT5
 from export.__main__ import main
@@ -79,10 +80,13 @@ def test_refuses_other_architectures_and_foreign_folders(tied, tmp_path):
         export(str(tmp_path / "missing"), tmp_path / "out")
 
 
-def test_command_with_int8_keeps_named_modules_fp32(export_of, tmp_path, tokenizer_dir):
-    source = export_of("t5v1.1-gated-untied")
+def test_command_end_to_end_with_tokenizer_and_int8(tmp_path, tokenizer_dir, tiny_t5):
+    """`python -m export --int8 --int8-keep-fp32 lm_head,wo` on a v1.1-style model with a tokenizer: text in and out."""
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab_size()
     model_dir = tmp_path / "model"
-    shutil.copytree(source.model_dir, model_dir)
+    model = tiny_t5(model_dir, "t5v1.1-gated-untied", vocab_size=vocab)
     for name in ("tokenizer.json", "tokenizer_config.json", "spiece.model"):
         shutil.copy(tokenizer_dir / name, model_dir / name)
     out = tmp_path / "onnx"
@@ -99,11 +103,24 @@ def test_command_with_int8_keeps_named_modules_fp32(export_of, tmp_path, tokeniz
     assert any("/lm_head/" in node for node in kept) and any("/wo/" in node for node in kept)
     assert 0.0 <= int8["greedy_token_agreement"] <= 1.0 and int8["new_tokens"] > 0
 
-    runtime = OnnxT5.from_pretrained(out, quantized=True, threads=1)
-    assert runtime.tokenizer is not None and runtime.tokenizer.get_vocab_size() > 0
-    ids = np.array([[5, 6, 7, 8], [9, 10, 0, 0]])
-    got = runtime.generate(ids, (ids != 0).astype(np.int64), max_new_tokens=4, num_beams=2)
-    assert got.dtype == np.int64 and got.shape[0] == 2 and (got[:, 0] == 0).all()
+    runtime = OnnxT5.from_pretrained(out, threads=1)
+    tok = runtime.tokenizer
+    tok.enable_padding(pad_id=0, pad_token="<pad>")
+    encoded = tok.encode_batch(["translate English to French: the lord said unto moses", "the king"])
+    ids = np.array([e.ids for e in encoded])
+    mask = np.array([e.attention_mask for e in encoded])
+    assert (mask == 0).any()  # a padded batch
+    got = runtime.generate(ids, mask, num_beams=2, max_new_tokens=6)
+    with torch.no_grad():
+        want = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), num_beams=2,
+                              max_new_tokens=6).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert all(isinstance(text, str) for text in tok.decode_batch(got.tolist(), skip_special_tokens=True))
+
+    quantized = OnnxT5.from_pretrained(out, quantized=True, threads=1).generate(ids, mask, max_new_tokens=6)
+    assert quantized.dtype == np.int64 and quantized.shape[0] == 2 and (quantized[:, 0] == 0).all()
+    with pytest.raises(ValueError, match="tokenizer does not match"):
+        runtime.generate(ids + vocab, mask)
 
 
 def test_keep_fp32_name_that_matches_nothing_is_an_error(tied, tmp_path):
