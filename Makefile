@@ -14,11 +14,11 @@ TEACHER ?= models/teacher
 TEACHER_CONFIG ?= configs/teacher.yaml
 CONFIG ?= configs/distill/sft.yaml
 MODEL ?= runs/distill/student
-OUT ?=
+OUT ?= runs/export/student
 REPO_ID ?=
 DEMO_LIMIT ?= 300
 
-.PHONY: help setup data tokenizer teacher teacher-score distill export eval publish bench demo test test-fast lint
+.PHONY: help setup data tokenizer teacher teacher-score distill pseudo-labels export eval publish bench demo test test-fast lint
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -50,11 +50,14 @@ teacher-score: data  ## score the teacher on the test split into $(TEACHER)/metr
 	$(PY) -m distill.score --model $(TEACHER) --data $(DATA) --split test --extra-references fr_darby \
 		--out $(TEACHER)/metrics.json
 
-distill: data  ## shrink and fine-tune a student (CONFIG=...)
-	@echo "make distill: not yet implemented (issue 3: shrink-and-fine-tune students)" >&2; exit 2
+distill: data  ## shrink and fine-tune a student from the teacher (CONFIG=configs/distill/{sft,kd,pseudo}.yaml)
+	$(PY) -m distill fit --config $(CONFIG) --ckpt_path last
 
-export: setup  ## export a model to ONNX with KV cache (MODEL=... OUT=...)
-	@echo "make export: not yet implemented (issue 4: split ONNX export and OnnxT5 runtime)" >&2; exit 2
+pseudo-labels: data  ## the teacher's beam-4 outputs for the training inputs (for configs/distill/pseudo.yaml)
+	$(PY) -m distill.pseudo --teacher $(TEACHER) --data $(DATA) --out data/pseudo/teacher-beam4
+
+export: setup  ## export a model to ONNX with KV cache, fp32 and int8 (MODEL=... OUT=...)
+	$(PY) -m export --model $(MODEL) --out $(OUT) --int8
 
 eval: setup  ## quality and speed report for teacher, student and ONNX variants
 	@echo "make eval: not yet implemented (issue 5: evaluation harness)" >&2; exit 2
