@@ -54,8 +54,9 @@ class CLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     # subclass mode: a config names its module, `distill.module.Seq2SeqModule` (training, fine-tuning) or
     # `distill.distillation.DistillModule` (students), under `model.class_path`
+    # the datamodule shards training batches by rank itself (TokenBatchSampler): Lightning must not swap in its own
     CLI(Seq2SeqModule, Seq2SeqDataModule, subclass_mode_model=True, seed_everything_default=1234,
-        save_config_kwargs={"overwrite": True}, args=args)
+        trainer_defaults={"use_distributed_sampler": False}, save_config_kwargs={"overwrite": True}, args=args)
 
 
 if __name__ == "__main__":
