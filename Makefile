@@ -1,5 +1,5 @@
 # The toolkit that makes T5 fast. Every target that runs Python creates the virtual environment first.
-# Variables: make distill CONFIG=configs/distill/sft.yaml, make eval MODEL=..., make teacher TEACHER_CONFIG=...
+# Variables: make distill CONFIG=configs/distill/sft.yaml, make export MODEL=... OUT=..., make eval EVAL_CONFIG=...
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -17,6 +17,8 @@ MODEL ?= runs/distill/student
 OUT ?= runs/export/student
 REPO_ID ?=
 DEMO_LIMIT ?= 300
+EVAL_CONFIG ?= configs/eval/default.yaml
+LIMIT ?=
 
 .PHONY: help setup data tokenizer teacher teacher-score distill pseudo-labels export eval publish bench demo test test-fast lint
 
@@ -59,8 +61,8 @@ pseudo-labels: data  ## the teacher's beam-4 outputs for the training inputs (fo
 export: setup  ## export a model to ONNX with KV cache, fp32 and int8 (MODEL=... OUT=...)
 	$(PY) -m export --model $(MODEL) --out $(OUT) --int8
 
-eval: setup  ## quality and speed report for teacher, student and ONNX variants
-	@echo "make eval: not yet implemented (issue 5: evaluation harness)" >&2; exit 2
+eval: setup  ## quality, speed, memory and size of teacher, student and ONNX variants (EVAL_CONFIG=..., LIMIT=N)
+	$(PY) -m eval --config $(EVAL_CONFIG) $(if $(LIMIT),--limit $(LIMIT))
 
 publish: setup  ## stage (and with PUSH=1 push) a student to the hub (MODEL=... REPO_ID=...)
 	@echo "make publish: not yet implemented (issue 7: publishing)" >&2; exit 2
