@@ -103,7 +103,8 @@ class Seq2SeqModule(L.LightningModule):
         model_config: `T5Config` fields for a model trained from scratch; the vocabulary size comes from the tokenizer.
         task: key under which `task_specific_params` records the prefix in the saved config (as t5-small's does).
         task_prefix: prefix put before every source (the CLI links it from `data.task_prefix`).
-        learning_rate: peak AdamW learning rate.
+        learning_rate: peak learning rate (with adafactor: relative to each parameter's RMS).
+        optimizer: "adamw", or "adafactor" (T5's own: updates scaled by the parameter's RMS).
         lr_schedule: decay after warm-up, towards `min_lr_ratio * learning_rate` at the last step.
         label_smoothing: of the training cross-entropy; validation loss is always plain cross-entropy.
         metric: generated validation metric: "bleu" (translation) or "rouge2" (summarization); the best checkpoint
@@ -119,6 +120,7 @@ class Seq2SeqModule(L.LightningModule):
         task: str = "translation_en_to_fr",
         task_prefix: str = "translate English to French: ",
         learning_rate: float = 1e-3,
+        optimizer: Literal["adamw", "adafactor"] = "adamw",
         weight_decay: float = 0.01,
         adam_betas: tuple[float, float] = (0.9, 0.98),
         warmup_steps: int = 500,
@@ -190,9 +192,16 @@ class Seq2SeqModule(L.LightningModule):
         for name, param in self.model.named_parameters():
             if param.requires_grad:
                 (no_decay if param.ndim < 2 or "layer_norm" in name else decay).append(param)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=hp.learning_rate, betas=tuple(hp.adam_betas))
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "adafactor":
+            from transformers.optimization import Adafactor
+
+            # T5's own optimizer: each update is scaled by the RMS of its parameter, so the embedding (std 1.0 at T5's
+            # init) moves as fast, relatively, as the small attention and FFN matrices; the schedule stays ours.
+            optimizer = Adafactor(groups, lr=hp.learning_rate, scale_parameter=True, relative_step=False,
+                                  warmup_init=False, beta1=hp.adam_betas[0])
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.adam_betas))
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_lambda(s, hp.warmup_steps, total, hp.lr_schedule, hp.min_lr_ratio))

@@ -118,3 +118,20 @@ def test_checkpoint_that_is_missing_or_foreign_is_named(tmp_path):
     with pytest.raises(ModelError, match="not a Lightning checkpoint"):
         checkpoint_to_pretrained(tmp_path / "other.ckpt", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+def test_optimizer_choice_and_schedule(tokenizer_dir, name):
+    from types import SimpleNamespace
+
+    from transformers.optimization import Adafactor
+
+    module = Seq2SeqModule(tokenizer=str(tokenizer_dir), model_config=CLASSIC, optimizer=name, learning_rate=1e-2,
+                           warmup_steps=4)
+    module.trainer = SimpleNamespace(estimated_stepping_batches=20)
+    setup = module.configure_optimizers()
+    optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    assert isinstance(optimizer, Adafactor if name == "adafactor" else torch.optim.AdamW)
+    norms = {p for g in optimizer.param_groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert all(p.ndim < 2 for p in norms)  # no weight decay on layer norms
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-2 / 4)  # warm-up from step 0
