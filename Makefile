@@ -48,7 +48,7 @@ teacher: data tokenizer  ## train the teacher from scratch (resumes from runs/te
 	$(PY) -m distill fit --config $(TEACHER_CONFIG) --ckpt_path last --out $(TEACHER)
 	$(MAKE) teacher-score
 
-teacher-score: data  ## score the teacher on the test split into $(TEACHER)/metrics.json
+teacher-score: data  ## score the teacher (greedy) on the test split into its metrics.json
 	$(PY) -m distill.score --model $(TEACHER) --data $(DATA) --split test --extra-references fr_darby \
 		--out $(TEACHER)/metrics.json
 
