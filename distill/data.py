@@ -276,9 +276,10 @@ class Seq2SeqDataModule(L.LightningDataModule):
         encoded = self.encoded[split]
         lengths = [len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets, strict=True)]
         trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        # training batches are sharded by rank; every rank validates and tests on everything (same metrics everywhere)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None and shuffle else (0, 1)
         return TokenBatchSampler(lengths, max_tokens, shuffle=shuffle, seed=self.hparams.seed, rank=rank,
-                                 world_size=world if shuffle else 1)
+                                 world_size=world)
 
     def _loader(self, split: str, max_tokens: int, shuffle: bool) -> DataLoader:
         return DataLoader(EncodedDataset(self.encoded[split]), batch_sampler=self._sampler(split, max_tokens, shuffle),
