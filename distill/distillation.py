@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from distill.losses import default_hidden_pairs, distill_kl, hidden_mse, label_smoothed_ce
 from distill.module import ModelError, Seq2SeqModule, load_t5
-from distill.student import make_student
+from distill.student import make_student, student_meta
 
 
 class DistillModule(Seq2SeqModule):
@@ -129,23 +130,21 @@ class DistillModule(Seq2SeqModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         hp = self.hparams
         labels = batch["labels"]
-        decoder_input_ids = self.model._shift_right(labels)
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                  "decoder_input_ids": decoder_input_ids}
-        need_teacher, need_hidden = hp.alpha_ce > 0 or hp.alpha_hid > 0, hp.alpha_hid > 0
+        inputs = self.model_inputs(batch)
+        need_hidden = hp.alpha_hid > 0
         out = self.model(**inputs, output_hidden_states=need_hidden)
+        logits = out.logits.float()  # (B, T, V), cast once for both losses under bf16-mixed
         size = labels.shape[0]
-        loss = out.logits.new_zeros((), dtype=torch.float32)
+        loss = logits.new_zeros(())
         if hp.alpha_mlm > 0:
-            ce = label_smoothed_ce(out.logits, labels, hp.label_smoothing)
+            ce = label_smoothed_ce(logits, labels, hp.label_smoothing)
             loss = loss + hp.alpha_mlm * ce
             self.log("train_ce", ce, batch_size=size)
-        if need_teacher:
-            with torch.no_grad():
-                teacher_out = self.teacher(**inputs, output_hidden_states=need_hidden)
+        if hp.alpha_ce > 0 or need_hidden:
             mask = labels != -100  # (B, T)
+            teacher_out = self._teacher_forward(inputs, need_logits=hp.alpha_ce > 0, need_hidden=need_hidden)
             if hp.alpha_ce > 0:
-                kl = distill_kl(out.logits, teacher_out.logits, mask, hp.temperature)
+                kl = distill_kl(logits, teacher_out.logits, mask, hp.temperature)
                 loss = loss + hp.alpha_ce * kl
                 self.log("train_kl", kl, batch_size=size)
             if need_hidden:
@@ -155,9 +154,23 @@ class DistillModule(Seq2SeqModule):
         self.log("train_loss", loss, prog_bar=True, batch_size=size)
         return loss
 
+    @torch.no_grad()
+    def _teacher_forward(self, inputs: dict, need_logits: bool, need_hidden: bool):
+        """The teacher's outputs; for the hidden-state loss alone, its stacks without the lm_head (a B*T*D*V matmul)."""
+        if need_logits:
+            return self.teacher(**inputs, output_hidden_states=need_hidden)
+        encoder = self.teacher.encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                       output_hidden_states=True)
+        decoder = self.teacher.decoder(input_ids=inputs["decoder_input_ids"],
+                                       encoder_hidden_states=encoder.last_hidden_state,
+                                       encoder_attention_mask=inputs["attention_mask"], use_cache=False,
+                                       output_hidden_states=True)
+        return SimpleNamespace(encoder_hidden_states=encoder.hidden_states,
+                               decoder_hidden_states=decoder.hidden_states)
+
     def _hidden_loss(self, out, teacher_out, encoder_mask: torch.Tensor, decoder_mask: torch.Tensor) -> torch.Tensor:
         """hidden_states[k + 1] is the output of layer k (index 0 holds the embeddings)."""
-        student_states, teacher_states, losses = [], [], []
+        losses = []
         for stack, mask in (("encoder", encoder_mask), ("decoder", decoder_mask)):
             pairs = self.pairs.get(stack)
             if not pairs:
@@ -170,16 +183,12 @@ class DistillModule(Seq2SeqModule):
         return torch.stack(losses).mean()
 
     def save_pretrained(self, out: Path, extra_files: dict[str, dict] | None = None) -> Path:
+        """The module's folder plus `distill_meta.json`: the student's origin, the recipe, the layer pairs and (under
+        "training") the run's `train_meta.json`, which holds the final validation metrics."""
         hp = self.hparams
-        meta = {"teacher": hp.teacher, "layers_copied": self.layer_maps,
-                "teacher_layers": {"encoder": self.teacher.config.num_layers,
-                                   "decoder": self.teacher.config.num_decoder_layers},
-                "student_layers": {"encoder": self.model.config.num_layers,
-                                   "decoder": self.model.config.num_decoder_layers},
+        extra_files = extra_files or {}
+        meta = {**student_meta(self.model, self.layer_maps, self.teacher, hp.teacher),
                 "recipe": {k: hp[k] for k in ("alpha_mlm", "alpha_ce", "alpha_hid", "temperature",
                                               "freeze_embeddings", "freeze_encoder")},
-                "hidden_pairs": self.pairs}
-        extra = dict(extra_files or {})
-        train_meta = extra.pop("train_meta.json", {})
-        meta.update({"training": train_meta})
-        return super().save_pretrained(out, {**extra, "distill_meta.json": meta})
+                "hidden_pairs": self.pairs, "training": extra_files.get("train_meta.json", {})}
+        return super().save_pretrained(out, {**extra_files, "distill_meta.json": meta})

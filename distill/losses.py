@@ -11,11 +11,14 @@ import torch.nn.functional as F
 
 
 def label_smoothed_ce(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy of logits (B, T, V) against labels (B, T), -100 ignored; computed in fp32."""
-    if not (labels != -100).any():
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
-                           label_smoothing=smoothing)
+    """Cross-entropy of logits (B, T, V) against labels (B, T), -100 ignored; computed in fp32.
+
+    Summed, then divided by the kept-token count clamped at 1: the mean of `F.cross_entropy`, but 0 on a batch of
+    padding only, without reading a device tensor back to Python (no host sync per step).
+    """
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                           label_smoothing=smoothing, reduction="sum")
+    return loss / (labels != -100).sum().clamp(min=1)
 
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,

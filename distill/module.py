@@ -172,18 +172,21 @@ class Seq2SeqModule(L.LightningModule):
                                                                   "num_beams": hp.num_beams}}
 
     # ---- training -------------------------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, **_) -> torch.Tensor:
-        """Logits (B, T, V) for teacher-forced `labels` (B, T), -100 on padding."""
-        decoder_input_ids = self.model._shift_right(labels)
-        return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                          decoder_input_ids=decoder_input_ids).logits
+    def model_inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Teacher-forcing inputs for a batch: its `labels` (B, T), -100 on padding, shifted right feed the decoder;
+        no key/value cache (it is only for step-by-step decoding)."""
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                "decoder_input_ids": self.model._shift_right(batch["labels"]), "use_cache": False}
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Logits (B, T, V) of the teacher-forced batch."""
+        return self.model(**self.model_inputs(batch)).logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self(**batch)
+        logits = self(batch)
         loss = label_smoothed_ce(logits, batch["labels"], self.hparams.label_smoothing)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.log("target_tokens", (batch["labels"] != -100).sum().float(), reduce_fx="sum",
-                 batch_size=batch["input_ids"].shape[0])
+        self.log("target_tokens", (batch["labels"] != -100).sum().float(), batch_size=batch["input_ids"].shape[0])
         return loss
 
     def configure_optimizers(self):
@@ -215,7 +218,7 @@ class Seq2SeqModule(L.LightningModule):
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def _eval_step(self, batch: dict, prefix: str, generate_all: bool) -> None:
-        logits = self(**batch)
+        logits = self(batch)
         loss = label_smoothed_ce(logits, batch["labels"])
         self.log(f"{prefix}_loss", loss, batch_size=batch["input_ids"].shape[0])
         index = batch["index"]
@@ -230,16 +233,15 @@ class Seq2SeqModule(L.LightningModule):
             refs = [batch["references"][i] for i in keep.nonzero().flatten().tolist()]
             self._val_outputs += zip(index[keep].tolist(), predictions, refs, strict=True)
 
-    def _eval_epoch_end(self, prefix: str) -> dict[str, float]:
+    def _eval_epoch_end(self, prefix: str) -> None:
         outputs = sorted(self._val_outputs)
         self._val_outputs = []
         if not outputs:
-            return {}
+            return
         metric = "bleu" if self.hparams.metric == "bleu" else "rouge"
         results = score([p for _, p, _ in outputs], [r for _, _, r in outputs], metric)
         for key, value in results.items():
             self.log(f"{prefix}_{key}", value, prog_bar=key in ("bleu", "rouge2"))
-        return results
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val", generate_all=False)

@@ -26,7 +26,8 @@ from distill.module import load_t5, load_tokenizer, score
 @torch.inference_mode()
 def translate(model, tokenizer, sources: list[list[int]], num_beams: int = 1, max_new_tokens: int = 256,
               max_tokens: int = 8192, progress: bool = True) -> list[str]:
-    """Generate for tokenized `sources`, batched by length (at most `max_tokens` padded source tokens); input order."""
+    """Generate for tokenized `sources`, batched by length (at most `max_tokens` padded source tokens), on the model's
+    device; texts in input order."""
     model.eval()
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     outputs: list[str] = [""] * len(sources)
@@ -38,12 +39,13 @@ def translate(model, tokenizer, sources: list[list[int]], num_beams: int = 1, ma
         batch.append(i)
     if batch:
         batches.append(batch)
-    pad = tokenizer.pad_token_id
+    pad, device = tokenizer.pad_token_id, next(model.parameters()).device
     for batch in tqdm(batches, desc="generating", disable=not progress, file=sys.stderr):
         width = max(len(sources[i]) for i in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         for row, i in enumerate(batch):
             ids[row, :len(sources[i])] = torch.tensor(sources[i])
+        ids = ids.to(device)
         generated = model.generate(input_ids=ids, attention_mask=(ids != pad).long(), num_beams=num_beams,
                                    max_new_tokens=max_new_tokens, do_sample=False)
         for i, text in zip(batch, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     tokenizer = load_tokenizer(args.model)
-    model = load_t5(args.model)
+    model = load_t5(args.model).to("cuda" if torch.cuda.is_available() else "cpu")
     prefix = args.task_prefix
     if prefix is None:
         tasks = getattr(model.config, "task_specific_params", None) or {}

@@ -125,11 +125,16 @@ def save_student(student, maps: dict[str, list[int]], teacher, teacher_path: str
         staged = Path(tmp) / "student"
         student.save_pretrained(staged)
         tokenizer.save_pretrained(staged)
-        meta = {"teacher": teacher_path, "layers_copied": maps,
-                "teacher_layers": {"encoder": teacher.config.num_layers, "decoder": teacher.config.num_decoder_layers},
-                "student_layers": {"encoder": student.config.num_layers, "decoder": student.config.num_decoder_layers}}
+        meta = student_meta(student, maps, teacher, teacher_path)
         (staged / "distill_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         return replace_dir(staged, out)
+
+
+def student_meta(student, maps: dict[str, list[int]] | None, teacher, teacher_path: str) -> dict:
+    """What `distill_meta.json` says of a student's origin: the teacher, both depths, the layers copied per stack."""
+    return {"teacher": teacher_path, "layers_copied": maps,
+            "teacher_layers": {"encoder": teacher.config.num_layers, "decoder": teacher.config.num_decoder_layers},
+            "student_layers": {"encoder": student.config.num_layers, "decoder": student.config.num_decoder_layers}}
 
 
 def _int_list(text: str) -> list[int]:

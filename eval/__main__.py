@@ -27,7 +27,7 @@ from typing import Any
 
 from eval.config import EvalConfig, Variant, check_paths, load_config
 from eval.data import Examples, load_examples
-from eval.quality import corpus_scores, gate_checks, gate_failure, paired_bootstrap
+from eval.quality import GateCheck, corpus_scores, gate_checks, gate_failure, paired_bootstrap, rouge_per_example
 from eval.report import environment, headline_cell, summary_table, write_report
 from eval.speed import cell_key
 
@@ -52,8 +52,8 @@ def run_worker(variant: Variant, job: dict[str, Any], folder: Path, threads: int
 
 
 def evaluate(config: EvalConfig, examples: Examples, run_dir: Path, command: str, config_file: str = "") \
-        -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """Run every variant's worker and assemble results.json's dict (schema: eval/report.py) and the predictions."""
+        -> tuple[dict[str, Any], dict[str, list[str]], list[GateCheck]]:
+    """Run every variant's worker; results.json's dict (schema: eval/report.py), the predictions, the gate checks."""
     threads = config.speed.threads or os.cpu_count() or 1
     env = environment(threads)  # before the workers: the load average then says how busy the machine was
     outputs = {}
@@ -66,10 +66,11 @@ def evaluate(config: EvalConfig, examples: Examples, run_dir: Path, command: str
 
     predictions = {name: out["predictions"] for name, out in outputs.items()}
     scores, signatures = {}, {}
+    rouge = {name: rouge_per_example(texts, examples.references) for name, texts in predictions.items()}
     for name, texts in predictions.items():
-        scores[name], signatures = corpus_scores(texts, examples.references)
+        scores[name], signatures = corpus_scores(texts, examples.references, rouge[name])
     significance = paired_bootstrap(predictions, config.reference, examples.references,
-                                    config.quality.bootstrap_samples, config.quality.alpha)
+                                    config.quality.bootstrap_samples, config.quality.alpha, rouge)
     reference_cells = {cell_key(c): c for c in outputs[config.reference]["speed"]}
 
     variants = {}
@@ -91,7 +92,7 @@ def evaluate(config: EvalConfig, examples: Examples, run_dir: Path, command: str
     d = config.dataset
     results = {
         "schema_version": 1, "name": run_dir.name, "created": env["date"], "command": command,
-        "config_file": config_file, "config": config.to_dict(), "environment": env,
+        "config_file": config_file, "config": dataclasses.asdict(config), "environment": env,
         "dataset": {"path": d.path, "name": d.name, "split": d.split, "examples": len(examples),
                     "max_references": max(len(r) for r in examples.references), "task": d.task,
                     "task_prefix": d.task_prefix, "source_column": d.source_column, "target_column": d.target_column,
@@ -101,7 +102,7 @@ def evaluate(config: EvalConfig, examples: Examples, run_dir: Path, command: str
         "speed_headline": headline_cell(variants), "variants": variants,
         "gate": {"passed": all(c.passed for c in checks), "checks": [c.to_dict() for c in checks]},
     }
-    return results, predictions
+    return results, predictions, checks
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,11 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     examples = load_examples(config.dataset)
     run_dir = args.out or Path("runs/eval") / args.config.stem
     command = "python -m eval " + " ".join(sys.argv[1:] if argv is None else argv)
-    results, predictions = evaluate(config, examples, run_dir, command, str(args.config))
+    results, predictions, checks = evaluate(config, examples, run_dir, command, str(args.config))
     written = write_report(results, run_dir, predictions, (examples.sources, examples.references))
     print(summary_table(results))
     print(f"\nreport: {written['report']}\nresults: {written['results']}")
-    failure = gate_failure(gate_checks(config, {name: v["quality"] for name, v in results["variants"].items()}))
+    failure = gate_failure(checks)
     if failure:
         raise EvalError(failure + f"\n(report written to {written['report']})")
 

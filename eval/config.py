@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,17 +120,11 @@ class EvalConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
 
-    def variant(self, name: str) -> Variant:
-        return next(v for v in self.variants if v.name == name)
-
     def headline(self) -> tuple[str, ...]:
         return HEADLINE[self.dataset.task]
 
     def gate_metrics(self) -> tuple[str, ...]:
         return tuple(self.gate.metrics) if self.gate.metrics is not None else self.headline()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ---- loading ---------------------------------------------------------------------------------------------------------

@@ -62,23 +62,30 @@ def rouge_per_example(predictions: list[str], references: list[list[str]]) -> di
     return {t: np.array([100 * row[t].fmeasure for row in rows], dtype=np.float64) for t in ROUGE_TYPES}
 
 
-def corpus_scores(predictions: list[str], references: list[list[str]]) -> tuple[dict[str, float], dict[str, str]]:
-    """Every metric of the module docstring, and sacrebleu's signature of BLEU and chrF."""
+def corpus_scores(predictions: list[str], references: list[list[str]], rouge: dict[str, np.ndarray] | None = None
+                  ) -> tuple[dict[str, float], dict[str, str]]:
+    """Every metric of the module docstring, and sacrebleu's signature of BLEU and chrF.
+
+    rouge: `rouge_per_example(predictions, references)` when the caller has it already (it is the slow part).
+    """
     streams = reference_streams(references)
     scores, signatures = {}, {}
     for key, metric in _sacrebleu_metrics().items():
         scores[key] = metric.corpus_score(predictions, streams).score
         signatures[key] = str(metric.get_signature())
-    scores.update({t: float(v.mean()) for t, v in rouge_per_example(predictions, references).items()})
+    rouge = rouge if rouge is not None else rouge_per_example(predictions, references)
+    scores.update({t: float(v.mean()) for t, v in rouge.items()})
     return scores, signatures
 
 
 # ---- significance ----------------------------------------------------------------------------------------------------
 def paired_bootstrap(systems: dict[str, list[str]], reference: str, references: list[list[str]],
-                     samples: int = 1000, alpha: float = 0.05) -> dict[str, dict[str, dict]]:
+                     samples: int = 1000, alpha: float = 0.05, rouge: dict[str, dict[str, np.ndarray]] | None = None
+                     ) -> dict[str, dict[str, dict]]:
     """{variant: {metric: {delta, p_value, significant, mean, ci}}} for every system but `reference`.
 
     delta = variant score - reference score (points); mean and ci: the variant's bootstrap mean and 95 % half-width.
+    rouge: {system: `rouge_per_example(...)`} when the caller has them already.
     """
     from sacrebleu.significance import PairedTest, estimate_ci
 
@@ -97,7 +104,9 @@ def paired_bootstrap(systems: dict[str, list[str]], reference: str, references: 
             out[name][key] = {"delta": result.score - base_scores[key], "p_value": result.p_value,
                               "mean": result.mean, "ci": result.ci}
 
-    rouge = {name: rouge_per_example(systems[name], references) for name in [reference, *others]}
+    rouge = rouge or {}
+    rouge = {name: rouge[name] if name in rouge else rouge_per_example(systems[name], references)
+             for name in [reference, *others]}
     n = len(references)
     idx = np.random.default_rng(SEED).choice(n, size=(samples, n), replace=True)
     for name in others:

@@ -145,7 +145,10 @@ class DecoderWithPastGraph(nn.Module):
 
 # ---- loading ---------------------------------------------------------------------------------------------------------
 def load_model(name_or_dir: str):
-    """A T5-family model from a local folder or hub id, weights from safetensors only, in eval mode, fp32."""
+    """A T5-family model from a local folder or hub id, weights from safetensors only, in eval mode, fp32.
+
+    The same checks as distill's `load_t5`, on purpose not imported from it: packages do not import each other.
+    """
     from transformers import AutoConfig, T5ForConditionalGeneration
 
     local = Path(name_or_dir).expanduser()
@@ -204,9 +207,7 @@ def export_graphs(model, folder: Path, opset: int = DEFAULT_OPSET) -> dict[str, 
     with torch.no_grad():
         hidden = model.get_encoder()(input_ids=ex["input_ids"], attention_mask=ex["attention_mask"]).last_hidden_state
         first = DecoderGraph(model).eval()(ex["decoder_input_ids"], ex["attention_mask"], hidden)
-    past = []
-    for i in range(model.config.num_decoder_layers):
-        past += list(first[1 + 4 * i: 5 + 4 * i])
+    past = list(first[1:])  # per layer: self keys, self values, cross keys, cross values (the graphs' order)
     _torch_export(EncoderGraph(model), (ex["input_ids"], ex["attention_mask"]), specs[ENCODER], folder / ENCODER, opset)
     _torch_export(DecoderGraph(model), (ex["decoder_input_ids"], ex["attention_mask"], hidden), specs[DECODER],
                   folder / DECODER, opset)

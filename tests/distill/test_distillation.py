@@ -64,6 +64,16 @@ def test_student_with_teacher_weights_has_zero_kl(teacher_dir, dataset_dir, toke
     assert module.training_step(batch(dataset_dir, tokenizer_dir), 0).item() == pytest.approx(0.0, abs=1e-5)
 
 
+def test_teacher_without_lm_head_gives_the_full_models_hidden_states(teacher_dir, dataset_dir, tokenizer_dir):
+    module = DistillModule(teacher=str(teacher_dir), tokenizer=str(teacher_dir), alpha_mlm=1.0, alpha_hid=1.0)
+    inputs = module.model_inputs(batch(dataset_dir, tokenizer_dir))
+    full = module._teacher_forward(inputs, need_logits=True, need_hidden=True)
+    stacks = module._teacher_forward(inputs, need_logits=False, need_hidden=True)
+    for name in ("encoder_hidden_states", "decoder_hidden_states"):
+        expected, got = getattr(full, name), getattr(stacks, name)
+        assert len(got) == len(expected) and all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
 def test_freezing_options(teacher_dir):
     module = DistillModule(teacher=str(teacher_dir), tokenizer=str(teacher_dir), freeze_embeddings=True,
                            freeze_encoder=True)
@@ -89,6 +99,8 @@ def test_saved_student_names_its_teacher_and_recipe(teacher_dir, tmp_path):
     meta = json.loads((out / "distill_meta.json").read_text())
     assert meta["teacher"] == str(teacher_dir) and meta["layers_copied"]["decoder"] == [0, 3]
     assert meta["recipe"]["alpha_ce"] == 0.5 and meta["training"]["global_step"] == 3
+    assert meta["student_layers"] == {"encoder": 3, "decoder": 2} and meta["teacher_layers"]["decoder"] == 4
+    assert json.loads((out / "train_meta.json").read_text()) == {"global_step": 3}
     student = T5ForConditionalGeneration.from_pretrained(out)
     assert student.config.num_decoder_layers == 2 and student.config.num_layers == 3
     assert not student.config.scale_decoder_outputs  # untied teacher -> untied student

@@ -54,3 +54,13 @@ def test_default_hidden_pairs_follow_the_copied_layers():
     assert default_hidden_pairs([0, 5], 6) == [(0, 4), (1, 5)]
     assert default_hidden_pairs([0, 2, 4, 7, 9, 11], 12) == [(0, 1), (1, 3), (2, 6), (3, 8), (4, 10), (5, 11)]
     assert default_hidden_pairs([0], 6) == [(0, 5)]
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_label_smoothed_ce_is_torch_mean_over_kept_tokens(smoothing):
+    torch.manual_seed(3)
+    logits, labels = torch.randn(2, 4, 7), torch.randint(0, 7, (2, 4))
+    labels[0, 2:] = -100
+    expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100,
+                                                 label_smoothing=smoothing)
+    assert label_smoothed_ce(logits, labels, smoothing).item() == pytest.approx(expected.item(), rel=1e-6)

@@ -61,7 +61,7 @@ def test_module_learns_a_batch(tokenizer_dir, dataset_dir, config):
 
 
 def _loss(module, batch):
-    logits = module(**batch)  # (B, T, V)
+    logits = module(batch)  # (B, T, V)
     assert logits.shape[:2] == batch["labels"].shape
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
 

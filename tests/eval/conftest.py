@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def synthetic_results() -> dict:
                "score": 27.0, "against_score": 28.0, "drop": 1.0, "margin": 0.5, "passed": False}]
     config = EvalConfig(variants=[Variant("teacher-torch", "torch", "/m")])
     return {"schema_version": 1, "name": "synthetic", "created": "2026-11-26T10:00:00+00:00",
-            "command": "python -m eval --config x.yaml", "config_file": "x.yaml", "config": config.to_dict(),
+            "command": "python -m eval --config x.yaml", "config_file": "x.yaml", "config": dataclasses.asdict(config),
             "environment": environment(2),
             "dataset": {"path": "data/bible", "name": None, "split": "test", "examples": 3, "max_references": 2,
                         "task": "translation", "task_prefix": "translate English to French: ", "source_column": "en",

@@ -33,7 +33,9 @@ def test_the_quality_gate_decides_the_exit(tmp_path, monkeypatch, capsys, datase
         {"name": "teacher-torch", "kind": "torch", "path": str(tmp_path / "teacher")},
         {"name": "student-torch", "kind": "torch", "path": str(tmp_path / "student"), "teacher": "teacher-torch"},
         onnx])
-    monkeypatch.setattr(cli, "evaluate", lambda *args, **kwargs: (synthetic_results, {}))
+    scores = {name: v["quality"] for name, v in synthetic_results["variants"].items()}
+    monkeypatch.setattr(cli, "evaluate", lambda config, *args, **kwargs: (
+        synthetic_results, {}, cli.gate_checks(config, scores)))  # the gate as evaluate() computes it
     run_dir = tmp_path / "run"
     if fails:
         with pytest.raises(cli.EvalError) as err:

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from distill.data import DataConfig, encode, load_split
+from distill.module import load_tokenizer
+from distill.pseudo import make_pseudo_labels
+from distill.score import translate
+
+LIMIT, MAX_NEW = 6, 5
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, tokenizer_dir):
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=96, d_model=16, d_ff=32, d_kv=4, num_heads=4, num_layers=2, num_decoder_layers=2,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher"
+    T5ForConditionalGeneration(config).save_pretrained(path)
+    load_tokenizer(str(tokenizer_dir)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nested_dir(tmp_path_factory, dataset_dir):
+    """The test dataset laid out as hub translation sets are: {"translation": {"en": ..., "fr": ...}}."""
+    folder = tmp_path_factory.mktemp("nested")
+    for split in ("train", "validation", "test"):
+        rows = [json.loads(line) for line in (dataset_dir / f"{split}.jsonl").read_text().splitlines()]
+        (folder / f"{split}.jsonl").write_text("".join(
+            json.dumps({"translation": {"en": r["en"], "fr": r["fr"]}}) + "\n" for r in rows))
+    return folder
+
+
+def expected_labels(teacher_dir, config):
+    model, tokenizer = T5ForConditionalGeneration.from_pretrained(teacher_dir), load_tokenizer(str(teacher_dir))
+    train = load_split(config, "train").select(range(LIMIT))
+    encoded = encode(train, tokenizer, config, 512, 512)
+    return translate(model, tokenizer, encoded.sources, num_beams=2, max_new_tokens=MAX_NEW, progress=False)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_pseudo_labels_replace_the_target_and_keep_the_reference(teacher_dir, dataset_dir, nested_dir, tmp_path,
+                                                                    nested):
+    columns = ("translation.en", "translation.fr") if nested else ("en", "fr")
+    config = DataConfig(str(nested_dir if nested else dataset_dir), None, *columns, [], "translate: ")
+    out = make_pseudo_labels(str(teacher_dir), config, tmp_path / "pseudo", num_beams=2, max_new_tokens=MAX_NEW,
+                             chunk=4, limit=LIMIT)
+    labels = expected_labels(teacher_dir, config)
+    relabeled = load_split(DataConfig(str(out), None, *columns, [], "translate: "), "train")
+    original = load_split(config, "train").select(range(LIMIT))
+    assert list(relabeled[columns[1]]) == labels  # what a student trained on the folder reads as its target
+    assert list(relabeled[columns[0]]) == list(original[columns[0]])
+    reference = "translation.fr_reference" if nested else "fr_reference"
+    kept = [row["translation"]["fr_reference"] for row in relabeled] if nested else list(relabeled[reference])
+    assert kept == list(original[columns[1]])
+    test = load_split(DataConfig(str(out), None, *columns, [], ""), "test")
+    assert list(test[columns[1]]) == list(load_split(config, "test")[columns[1]])  # scored on human references
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_an_interrupted_run_resumes_and_other_settings_start_over(teacher_dir, dataset_dir, tmp_path, monkeypatch):
+    import distill.pseudo as pseudo
+
+    config = DataConfig(str(dataset_dir), None, "en", "fr", [], "translate: ")
+    calls = []
+
+    def crash_after_first_chunk(model, tokenizer, sources, *args):
+        calls.append(len(sources))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return translate(model, tokenizer, sources, *args, progress=False)
+
+    monkeypatch.setattr(pseudo, "translate", crash_after_first_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        make_pseudo_labels(str(teacher_dir), config, tmp_path / "pseudo", 2, MAX_NEW, chunk=4, limit=LIMIT)
+    partial = tmp_path / ".pseudo.train.partial.jsonl"
+    assert len(partial.read_text().splitlines()) == 1 + 4  # settings line + the first chunk
+
+    calls.clear()
+    monkeypatch.setattr(pseudo, "translate", lambda *a: calls.append(len(a[2])) or translate(*a, progress=False))
+    make_pseudo_labels(str(teacher_dir), config, tmp_path / "pseudo", 2, MAX_NEW, chunk=4, limit=LIMIT)
+    assert calls == [LIMIT - 4]  # only the rest was generated
+    labels = [json.loads(line)["fr"] for line in (tmp_path / "pseudo" / "train.jsonl").read_text().splitlines()]
+    assert labels == expected_labels(teacher_dir, config)
+
+    calls.clear()
+    stale = tmp_path / ".pseudo3.train.partial.jsonl"
+    stale.write_text(json.dumps({"settings": {"num_beams": 7}}) + "\n" + json.dumps({"label": "stale"}) + "\n")
+    make_pseudo_labels(str(teacher_dir), config, tmp_path / "pseudo3", 2, MAX_NEW, chunk=4, limit=LIMIT)
+    assert calls == [4, LIMIT - 4]
+    assert "stale" not in (tmp_path / "pseudo3" / "train.jsonl").read_text()
