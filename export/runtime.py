@@ -374,11 +374,14 @@ class OnnxT5:
         """Greedy search, or multinomial sampling with do_sample (transformers' `_sample`)."""
         n = hidden.shape[0]
         rng = np.random.default_rng(s.seed)
-        seqs = np.full((n, 1), s.start, dtype=np.int64)
+        seqs = np.full((n, s.max_length), s.pad, dtype=np.int64)  # filled column by column: no copy per step
+        seqs[:, 0] = s.start
+        cur_len = 1
         unfinished = np.ones(n, dtype=bool)
-        logits, own, cross = self._first_step(seqs, mask, hidden)
+        logits, own, cross = self._first_step(seqs[:, :1], mask, hidden)
         while True:
-            scores = _process(logits.astype(np.float32, copy=True), seqs, s, beam=False)
+            # onnxruntime returns fresh arrays each step: the logits may be processed in place
+            scores = _process(logits.astype(np.float32, copy=False), seqs[:, :cur_len], s, beam=False)
             if s.do_sample:
                 probs = _softmax(scores.astype(np.float64))
                 next_tokens = np.array([rng.choice(probs.shape[1], p=p) for p in probs], dtype=np.int64)
@@ -386,10 +389,11 @@ class OnnxT5:
                 next_tokens = np.argmax(scores, axis=-1)
             if s.eos.size:
                 next_tokens = np.where(unfinished, next_tokens, s.pad)
-            seqs = np.concatenate([seqs, next_tokens[:, None]], axis=1)
+            seqs[:, cur_len] = next_tokens
+            cur_len += 1
             unfinished &= ~np.isin(next_tokens, s.eos)
-            if seqs.shape[1] >= s.max_length or not unfinished.any():
-                return seqs
+            if cur_len >= s.max_length or not unfinished.any():
+                return np.ascontiguousarray(seqs[:, :cur_len])
             logits, own = self._step(next_tokens[:, None], mask, own, cross)
 
     def _beam_search(self, hidden: np.ndarray, mask: np.ndarray, s: _Resolved) -> np.ndarray:
