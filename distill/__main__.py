@@ -11,6 +11,7 @@ checkpoint (by the validation metric) is written to `--out` as a `save_pretraine
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class CLI(LightningCLI):
             module.load_state_dict(state)
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val_")}
         meta = {
-            "best_checkpoint": best or None,
+            "best_checkpoint": os.path.relpath(best) if best else None,  # no machine-specific prefix in the folder
             "best_score": float(callback.best_model_score) if best and callback.best_model_score is not None else None,
             "monitor": callback.monitor if callback is not None else None,
             "global_step": self.trainer.global_step,

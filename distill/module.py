@@ -46,6 +46,11 @@ def load_tokenizer(path: str):
         raise _hub_error("tokenizer", path, err) from err
 
 
+def inference_device() -> str:
+    """Where generation outside a Lightning run (scoring, pseudo-labels) runs: the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_t5(path: str):
     """A T5-family model from a local folder or hub id, weights from safetensors, checked to be T5-family."""
     from transformers import AutoConfig, T5ForConditionalGeneration

@@ -19,17 +19,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from distill._files import replace_dir
 from distill.data import DataConfig, encode, load_split
-from distill.module import load_t5, load_tokenizer
+from distill.module import inference_device, load_t5, load_tokenizer
 from distill.score import translate
 
 
 def make_pseudo_labels(teacher: str, data: DataConfig, out: Path, num_beams: int = 4, max_new_tokens: int = 256,
                        chunk: int = 1000, limit: int | None = None) -> Path:
-    model, tokenizer = load_t5(teacher).to("cuda" if torch.cuda.is_available() else "cpu"), load_tokenizer(teacher)
+    model, tokenizer = load_t5(teacher).to(inference_device()), load_tokenizer(teacher)
     train = load_split(data, "train")
     if limit:
         train = train.select(range(min(limit, len(train))))

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from distill.data import DataConfig, encode, load_split
-from distill.module import load_t5, load_tokenizer, score
+from distill.module import inference_device, load_t5, load_tokenizer, score
 
 
 @torch.inference_mode()
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     tokenizer = load_tokenizer(args.model)
-    model = load_t5(args.model).to("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_t5(args.model).to(inference_device())
     prefix = args.task_prefix
     if prefix is None:
         tasks = getattr(model.config, "task_specific_params", None) or {}
