@@ -18,9 +18,10 @@ OUT ?= runs/export/student
 REPO_ID ?=
 DEMO_LIMIT ?= 300
 EVAL_CONFIG ?= configs/eval/default.yaml
+RESULTS ?= runs/eval/default/results.json
 LIMIT ?=
 
-.PHONY: help setup data tokenizer teacher teacher-score distill pseudo-labels export eval publish bench demo test test-fast lint
+.PHONY: help setup data tokenizer teacher teacher-score distill pseudo-labels export bench-export eval publish bench demo test test-fast lint
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -64,8 +65,13 @@ export: setup  ## export a model to ONNX with KV cache, fp32 and int8 (MODEL=...
 eval: setup  ## quality, speed, memory and size of teacher, student and ONNX variants (EVAL_CONFIG=..., LIMIT=N)
 	$(PY) -m eval --config $(EVAL_CONFIG) $(if $(LIMIT),--limit $(LIMIT))
 
-publish: setup  ## stage (and with PUSH=1 push) a student to the hub (MODEL=... REPO_ID=...)
-	@echo "make publish: not yet implemented (issue 7: publishing)" >&2; exit 2
+bench-export: setup  ## torch generate vs OnnxT5 fp32 and int8 on a t5-small-shaped random model, with ratios
+	$(PY) -m export.bench --json runs/bench-export/results.json
+
+publish: setup  ## stage, check and (PUSH=1) upload a student to the hub (REPO_ID=... MODEL=... OUT=... RESULTS=...)
+	@test -n "$(REPO_ID)" || { echo "make publish: set REPO_ID=namespace/name (PUSH=1 uploads; without it, a dry run)" >&2; exit 2; }
+	$(PY) -m eval.publish --model $(MODEL) --onnx $(OUT) --results $(RESULTS) --repo-id $(REPO_ID) \
+		$(if $(PUSH),--push) $(if $(PRIVATE),--private)
 
 bench: setup  ## side-by-side speed benchmark against CTranslate2, optimum and torch
 	@echo "make bench: not yet implemented (issue 6: benchmark)" >&2; exit 2
