@@ -16,9 +16,9 @@ CONFIG ?= configs/distill/sft.yaml
 MODEL ?= runs/distill/student
 OUT ?= runs/export/student
 REPO_ID ?=
-DEMO_LIMIT ?= 300
 EVAL_CONFIG ?= configs/eval/default.yaml
 RESULTS ?= runs/eval/default/results.json
+GRID ?= full
 LIMIT ?=
 
 .PHONY: help setup data tokenizer teacher teacher-score distill pseudo-labels export bench-export eval publish bench demo test test-fast lint
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	# constraints.txt holds the exact versions the project was tested with (torch 2.13.0: the CPU build)
-	$(VENV)/bin/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e ".[dev,bench]"
 	touch $@
 
 setup: $(STAMP)  ## create .venv with the tested versions (constraints.txt)
@@ -73,13 +73,27 @@ publish: setup  ## stage, check and (PUSH=1) upload a student to the hub (REPO_I
 	$(PY) -m eval.publish --model $(MODEL) --onnx $(OUT) --results $(RESULTS) --repo-id $(REPO_ID) \
 		$(if $(PUSH),--push) $(if $(PRIVATE),--private)
 
-bench: setup  ## side-by-side speed benchmark against CTranslate2, optimum and torch
-	@echo "make bench: not yet implemented (issue 6: benchmark)" >&2; exit 2
+# only what OnnxT5 needs, as a server would install it: its size is one of the benchmark's numbers. No pip inside (the
+# project venv's pip installs into it); tokenizers without its hub client (OnnxT5 reads the folder's tokenizer.json)
+.venv-serve/.installed: constraints.txt | $(STAMP)
+	rm -rf .venv-serve && python3 -m venv --without-pip .venv-serve
+	$(VENV)/bin/pip --python .venv-serve/bin/python install --quiet -c constraints.txt numpy onnxruntime
+	$(VENV)/bin/pip --python .venv-serve/bin/python install --quiet -c constraints.txt --no-deps tokenizers
+	touch $@
 
-demo: data  ## the main job on the embedded default: data, then the committed teacher scored on the test split
-	$(PY) -m distill.score --model $(TEACHER) --data $(DATA) --split test --limit $(DEMO_LIMIT) \
-		--out runs/demo/teacher_metrics.json --predictions runs/demo/teacher_predictions.txt
-	@echo "demo: scores in runs/demo/teacher_metrics.json; distill, export and eval join the demo as issues 3-5 land"
+.venv-optimum/.installed: bench/optimum-requirements.txt  # optimum-onnx needs transformers<4.58: a venv of its own
+	python3 -m venv .venv-optimum
+	.venv-optimum/bin/pip install --quiet -r bench/optimum-requirements.txt
+	touch $@
+
+bench: .venv-serve/.installed .venv-optimum/.installed data  ## OnnxT5 vs torch, CTranslate2, optimum (GRID=quick)
+	$(PY) -m eval.bench --grid $(GRID)
+
+demo: data  ## the whole chain on the embedded default: distill, export (student and teacher), eval; prints the summary
+	$(MAKE) --no-print-directory distill
+	$(MAKE) --no-print-directory export MODEL=runs/distill/student OUT=runs/export/student
+	$(MAKE) --no-print-directory export MODEL=$(TEACHER) OUT=runs/export/teacher
+	$(PY) -m eval --config configs/eval/demo.yaml --out runs/demo/eval
 
 test: setup  ## the test suite (tiny models built from T5Config; slow end-to-end tests included)
 	$(PY) -m pytest -q
