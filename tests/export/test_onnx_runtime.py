@@ -187,3 +187,16 @@ def test_from_model_exports_once_then_reuses(tmp_path, monkeypatch, batch, tiny_
     tiny_t5(tmp_path / "other", "3enc-1dec", seed=2)
     with pytest.raises(ValueError, match="holds an export of"):
         OnnxT5.from_model(tmp_path / "other", onnx_path=tmp_path / "onnx")
+
+
+@pytest.mark.parametrize("shape, k", [((3, 4 * 500), 8), ((2, 40), 4), ((1, 6), 6)])
+def test_topk_is_a_stable_descending_sort_cut_at_k(shape, k):
+    """Beam search's top-k: linear-time selection, same order as a full stable sort (ties: lowest index first)."""
+    from export.runtime import _topk
+
+    x = np.round(np.random.default_rng(0).standard_normal(shape), 1).astype(np.float32)  # many ties
+    x[:, 3] = x[:, 1] = x.max() + 1  # a tie at the very top
+    x[0, -2] = -np.inf
+    values, idx = _topk(x, k)
+    want = np.argsort(-x, axis=-1, kind="stable")[:, :k]
+    assert np.array_equal(idx, want) and np.array_equal(values, np.take_along_axis(x, want, axis=-1))
