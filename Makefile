@@ -12,6 +12,7 @@ TOKENIZER ?= data/tokenizer
 VOCAB_SIZE ?= 8000
 TEACHER ?= models/teacher
 TEACHER_CONFIG ?= configs/teacher.yaml
+PSEUDO ?= data/pseudo/teacher-beam4
 CONFIG ?= configs/distill/sft.yaml
 MODEL ?= runs/distill/student
 OUT ?= runs/export/student
@@ -53,11 +54,17 @@ teacher-score: data  ## score the teacher (greedy) on the test split into its me
 	$(PY) -m distill.score --model $(TEACHER) --data $(DATA) --split test --extra-references fr_darby \
 		--out $(TEACHER)/metrics.json
 
-distill: data  ## shrink and fine-tune a student from the teacher (CONFIG=configs/distill/{sft,kd,pseudo}.yaml)
+# a config that trains on the pseudo-labels needs them first
+distill: data $(if $(shell grep -s data/pseudo $(CONFIG)),$(PSEUDO)/manifest.json)  ## shrink and fine-tune a student (CONFIG=configs/distill/{pseudo,sft,kd}.yaml)
 	$(PY) -m distill fit --config $(CONFIG) --ckpt_path last
 
-pseudo-labels: data  ## the teacher's beam-4 outputs for the training inputs (for configs/distill/pseudo.yaml)
-	$(PY) -m distill.pseudo --teacher $(TEACHER) --data $(DATA) --out data/pseudo/teacher-beam4
+# the committed teacher's labels are kept in $(TEACHER)/pseudo-labels-beam4.jsonl.gz (52 min to generate on 2 cores);
+# they are reused only while the teacher's weights, the training sources and the settings are the ones they came from
+$(PSEUDO)/manifest.json: $(DATA)/manifest.json $(TEACHER)/model.safetensors
+	$(PY) -m distill.pseudo --teacher $(TEACHER) --data $(DATA) --out $(PSEUDO) \
+		--labels $(TEACHER)/pseudo-labels-beam4.jsonl.gz
+
+pseudo-labels: $(PSEUDO)/manifest.json  ## the teacher's beam-4 outputs for the training inputs (data/pseudo/teacher-beam4)
 
 export: setup  ## export a model to ONNX with KV cache, fp32 and int8 (MODEL=... OUT=...)
 	$(PY) -m export --model $(MODEL) --out $(OUT) --int8

@@ -92,3 +92,38 @@ def test_an_interrupted_run_resumes_and_other_settings_start_over(teacher_dir, d
     make_pseudo_labels(str(teacher_dir), config, tmp_path / "pseudo3", 2, MAX_NEW, chunk=4, limit=LIMIT)
     assert calls == [4, LIMIT - 4]
     assert "stale" not in (tmp_path / "pseudo3" / "train.jsonl").read_text()
+
+
+def test_a_labels_file_is_reused_only_for_the_same_teacher_sources_and_settings(teacher_dir, dataset_dir, tmp_path,
+                                                                                  monkeypatch):
+    import shutil
+
+    import distill.pseudo as pseudo
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(teacher_dir, teacher)
+    config = DataConfig(str(dataset_dir), None, "en", "fr", [], "translate: ")
+    calls = []
+    monkeypatch.setattr(pseudo, "translate", lambda *a: calls.append(len(a[2])) or translate(*a, progress=False))
+    labels_file = tmp_path / "labels.jsonl.gz"
+    first = make_pseudo_labels(str(teacher), config, tmp_path / "a", 2, MAX_NEW, limit=LIMIT,
+                               labels_file=labels_file)
+    assert calls == [LIMIT] and labels_file.is_file()
+    data = labels_file.read_bytes()
+
+    calls.clear()  # same teacher, sources, settings: rebuilt from the file, nothing generated
+    second = make_pseudo_labels(str(teacher), config, tmp_path / "b", 2, MAX_NEW, limit=LIMIT,
+                                labels_file=labels_file)
+    assert calls == [] and (second / "train.jsonl").read_text() == (first / "train.jsonl").read_text()
+
+    make_pseudo_labels(str(teacher), config, tmp_path / "c", 3, MAX_NEW, limit=LIMIT, labels_file=labels_file)
+    assert calls == [LIMIT]  # other settings (3 beams): generated anew and the file rewritten
+
+    calls.clear()  # the teacher retrained in the same folder: generated anew
+    data = labels_file.read_bytes()
+    model = T5ForConditionalGeneration.from_pretrained(teacher)
+    with torch.no_grad():
+        model.shared.weight.mul_(1.5)
+    model.save_pretrained(teacher)
+    make_pseudo_labels(str(teacher), config, tmp_path / "d", 3, MAX_NEW, limit=LIMIT, labels_file=labels_file)
+    assert calls == [LIMIT] and labels_file.read_bytes() != data
