@@ -58,7 +58,7 @@ teacher-score: data  ## score the teacher (greedy) on the test split into its me
 distill: data $(if $(shell grep -s data/pseudo $(CONFIG)),$(PSEUDO)/manifest.json)  ## shrink and fine-tune a student (CONFIG=configs/distill/{pseudo,sft,kd}.yaml)
 	$(PY) -m distill fit --config $(CONFIG) --ckpt_path last
 
-# the committed teacher's labels are kept in $(TEACHER)/pseudo-labels-beam4.jsonl.gz (52 min to generate on 2 cores);
+# the committed teacher's labels are kept in $(TEACHER)/pseudo-labels-beam4.jsonl.gz (about 45 min to generate on 2 cores);
 # they are reused only while the teacher's weights, the training sources and the settings are the ones they came from
 $(PSEUDO)/manifest.json: $(DATA)/manifest.json $(TEACHER)/model.safetensors
 	$(PY) -m distill.pseudo --teacher $(TEACHER) --data $(DATA) --out $(PSEUDO) \
@@ -96,11 +96,11 @@ publish: setup  ## stage, check and (PUSH=1) upload a student to the hub (REPO_I
 bench: .venv-serve/.installed .venv-optimum/.installed data  ## OnnxT5 vs torch, CTranslate2, optimum (GRID=quick)
 	$(PY) -m eval.bench --grid $(GRID)
 
-demo: data  ## the whole chain on the embedded default: distill, export (student and teacher), eval; prints the summary
+demo: data  ## the whole chain on the embedded default: distill, export (student, teacher), eval (runs/eval/default)
 	$(MAKE) --no-print-directory distill
 	$(MAKE) --no-print-directory export MODEL=runs/distill/student OUT=runs/export/student
 	$(MAKE) --no-print-directory export MODEL=$(TEACHER) OUT=runs/export/teacher
-	$(PY) -m eval --config configs/eval/demo.yaml --out runs/demo/eval
+	$(PY) -m eval --config $(EVAL_CONFIG)
 
 test: setup  ## the test suite (tiny models built from T5Config; slow end-to-end tests included)
 	$(PY) -m pytest -q
