@@ -100,6 +100,17 @@ def _languages(dataset: dict[str, Any]) -> list[str]:
     return codes
 
 
+def _dataset_title(dataset: dict[str, Any]) -> str:
+    """A hub id (with its config name), or for a local folder the pair its manifest.json describes."""
+    manifest = Path(dataset["path"]) / "manifest.json"
+    if manifest.is_file():
+        pair = json.loads(manifest.read_text()).get("pair", {})
+        source, target = pair.get(dataset.get("source_column")), pair.get(dataset.get("target_column"))
+        if source and target:
+            return f"{source} -> {target}"
+    return f"{dataset['path']} ({dataset['name']})" if dataset.get("name") else dataset["path"]
+
+
 def _is_hub_id(name: str | None) -> bool:
     """`t5-small` or `namespace/name` that is not a local path."""
     return bool(name) and not Path(name).expanduser().exists() and bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name))
@@ -113,7 +124,7 @@ def model_card(repo_id: str, meta: dict[str, Any], results: dict[str, Any], foun
     dataset = results["dataset"]
     task = dataset.get("task", "translation")
     split = dataset.get("split")
-    dataset_name = dataset.get("name") or dataset["path"]
+    dataset_name = _dataset_title(dataset)
     task_type = "translation" if task == "translation" else "summarization"
     metrics = ("bleu", "chrf") if task == "translation" else ("rouge1", "rouge2", "rougeL")
     eval_results = []
@@ -167,6 +178,7 @@ def _card_body(repo_id: str, meta: dict[str, Any], results: dict[str, Any], foun
     table = markdown_table(["variant", "runs on", *(NAMES[m] for m in shown), latency,
                             f"speed-up vs {results['reference']}", "size MB", "peak RSS MiB"], rows)
     env = results["environment"]
+    signature = results.get("sacrebleu_signatures", {}).get("bleu", "-")
     prefix = dataset.get("task_prefix") or ""
     sample = "In the beginning God created the heavens and the earth."
     return f"""
@@ -184,13 +196,13 @@ onnxruntime, optimum and transformers.js.
 - **Recipe**: {how}{"; " + " and ".join(frozen) + " frozen" if frozen else ""}.
 - **Training**: {training.get("global_step", "?")} optimizer steps; best validation {training.get("monitor", "score")}
   {training.get("best_score", float("nan")):.2f}; command `{training.get("command", "?")}`.
-- **Data**: `{dataset["path"]}` ({dataset.get("source_column")} -> {dataset.get("target_column")}), task prefix
-  `{prefix}`.
+- **Data**: {_dataset_title(dataset)} (`{dataset["path"]}`, columns {dataset.get("source_column")} ->
+  {dataset.get("target_column")}), task prefix `{prefix}`.
 
 ## Quality and speed
-Measured by the project's evaluation harness on the `{dataset.get("split")}` split ({dataset.get("examples")}
-examples, {gen["num_beams"]} beam(s), up to {gen["max_new_tokens"]} new tokens; multi-reference when
-{dataset.get("max_references", 1)} > 1 references), on {env.get("cpu")} with {env.get("threads")} thread(s), on
+Measured by the project's evaluation harness on the `{dataset.get("split")}` split: {dataset.get("examples")}
+examples, {dataset.get("max_references", 1)} reference(s) per example (sacrebleu `{signature}`), {gen["num_beams"]}
+beam(s), up to {gen["max_new_tokens"]} new tokens; {env.get("cpu")}, {env.get("threads")} thread(s),
 {env.get("date")}.
 
 {table}
