@@ -210,22 +210,36 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return (shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))).astype(np.float32)
 
 
-def _topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _topk(x: np.ndarray, k: int, block: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Largest k along the last axis of a 2-D array, in descending order (ties: lowest index first).
 
-    Linear in the row length (a partition finds the k-th value, then only the candidates at or above it are sorted):
-    beam search calls this on batch x (beams * vocabulary) scores every step, where a full sort cost more than the
-    decoder itself.
+    Beam search calls this on batch x (beams * vocabulary) scores every step, where a full sort (50 ms at batch 8,
+    beam 4, 32k vocabulary) and even a partition (6 ms) cost more than the int8 decoder step. So the rows are cut into
+    blocks of `block` and only the blocks whose maximum reaches the k-th largest block maximum are searched: every one
+    of the k largest values lies in such a block (the k-th largest value is at least the k-th largest block maximum).
     """
-    n = x.shape[-1]
-    if k >= n or n <= 4 * k:
-        idx = np.argsort(-x, axis=-1, kind="stable")[..., :k]
+    rows, n = x.shape
+    if k * block * 4 > n:
+        idx = np.argsort(-x, axis=-1, kind="stable")[:, :k]
         return np.take_along_axis(x, idx, axis=-1), idx
-    kth = np.partition(x, n - k, axis=-1)[..., n - k]
-    idx = np.empty((x.shape[0], k), dtype=np.int64)
-    for row, (values, threshold) in enumerate(zip(x, kth, strict=True)):
-        candidates = np.flatnonzero(values >= threshold)  # ascending index: the stable sort keeps ties in index order
-        idx[row] = candidates[np.argsort(-values[candidates], kind="stable")[:k]]
+    full = n - n % block
+    block_max = x[:, :full].reshape(rows, -1, block).max(axis=-1)
+    if full < n:
+        block_max = np.concatenate([block_max, x[:, full:].max(axis=-1, keepdims=True)], axis=1)
+    nb = block_max.shape[1]
+    cutoff = np.partition(block_max, nb - k, axis=-1)[:, nb - k]
+    offsets = np.arange(block)
+    idx = np.empty((rows, k), dtype=np.int64)
+    for row in range(rows):
+        blocks = np.flatnonzero(block_max[row] >= cutoff[row])
+        candidates = (blocks[:, None] * block + offsets).ravel()  # ascending: stable sorts keep ties in index order
+        candidates = candidates[candidates < n]
+        values = x[row, candidates]
+        if candidates.size > k:
+            kth = np.partition(values, candidates.size - k)[candidates.size - k]
+            keep = values >= kth
+            candidates, values = candidates[keep], values[keep]
+        idx[row] = candidates[np.argsort(-values, kind="stable")[:k]]
     return np.take_along_axis(x, idx, axis=-1), idx
 
 

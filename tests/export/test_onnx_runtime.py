@@ -189,9 +189,11 @@ def test_from_model_exports_once_then_reuses(tmp_path, monkeypatch, batch, tiny_
         OnnxT5.from_model(tmp_path / "other", onnx_path=tmp_path / "onnx")
 
 
-@pytest.mark.parametrize("shape, k", [((3, 4 * 500), 8), ((2, 40), 4), ((1, 6), 6)])
+@pytest.mark.parametrize("shape, k", [((3, 4 * 2000 + 37), 8), ((2, 5000), 4), ((3, 4 * 500), 8), ((2, 40), 4),
+                                      ((1, 6), 6)])
 def test_topk_is_a_stable_descending_sort_cut_at_k(shape, k):
-    """Beam search's top-k: linear-time selection, same order as a full stable sort (ties: lowest index first)."""
+    """Beam search's top-k: block-wise selection (long rows) or a sort, same order as a full stable sort (ties: lowest
+    index first), -inf included."""
     from export.runtime import _topk
 
     x = np.round(np.random.default_rng(0).standard_normal(shape), 1).astype(np.float32)  # many ties
