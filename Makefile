@@ -109,4 +109,4 @@ test-fast: setup  ## the test suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup  ## ruff
-	$(VENV)/bin/ruff check distill export eval tests
+	$(VENV)/bin/ruff check distill export eval tests bench
