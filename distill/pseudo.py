@@ -10,9 +10,9 @@ continues where it stopped, one with other settings starts over. A student is th
 (`configs/distill/pseudo.yaml`).
 
 `--labels FILE.jsonl.gz` keeps the labels alone (one JSON line each, headed by the settings, the sha256 of the
-teacher's weights and of the training sources): when the file matches, the folder is rebuilt from it in seconds instead
-of regenerating (about 45 minutes for the committed teacher's beam-4 labels on 2 cores); otherwise the labels are generated
-and the file is (re)written. The Makefile keeps the committed teacher's labels in models/teacher/.
+teacher's weights and of the training sources): when the file matches, the folder is rebuilt from it in seconds
+instead of regenerating (about 45 minutes for the committed teacher's beam-4 labels on 2 cores); otherwise the labels
+are generated and the file is (re)written. The Makefile keeps the committed teacher's labels in models/teacher/.
 """
 
 from __future__ import annotations
