@@ -205,9 +205,12 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return z / np.sum(z, axis=-1, keepdims=True)
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - np.max(x, axis=-1, keepdims=True)
-    return (shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))).astype(np.float32)
+def _log_softmax_(x: np.ndarray) -> np.ndarray:
+    """log-softmax of float32 `x` over its last axis, written into `x` (the same float32 operations, in the same order,
+    as computing it into new arrays: one temporary instead of three per step)."""
+    x -= np.max(x, axis=-1, keepdims=True)
+    x -= np.log(np.sum(np.exp(x), axis=-1, keepdims=True))
+    return x
 
 
 def _topk(x: np.ndarray, k: int, block: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -455,7 +458,10 @@ class OnnxT5:
         cur_len = 1
         while True:
             flat = running[:, :, :cur_len].reshape(batch * beams, cur_len)
-            log_probs = _process(_log_softmax(logits.astype(np.float32, copy=False)), flat, s, beam=True)
+            logits = logits.astype(np.float32, copy=False)
+            if not logits.flags.writeable:
+                logits = logits.copy()
+            log_probs = _process(_log_softmax_(logits), flat, s, beam=True)  # logits: fresh each step, ours to change
             vocab = log_probs.shape[-1]
             log_probs = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
 
@@ -510,7 +516,8 @@ class OnnxT5:
             if not (np.any(improvable) and open_beam and not np.all(hits)):
                 break
             order = running_idx[:, :, cur_len - 2].reshape(-1)  # the beam each running sequence continues
-            own = [t[order] for t in own]
+            if not np.array_equal(order, np.arange(order.size)):  # every beam continuing itself: nothing to move
+                own = [t[order] for t in own]
             logits, own = self._step(running[:, :, cur_len - 1].reshape(-1, 1), mask, own, cross)
 
         n_ret = s.num_return_sequences
