@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--student", type=Path, default=Path("runs/distill/student"),
                         help="the default student (default %(default)s; made by make distill)")
     parser.add_argument("--data", type=Path, default=Path("data/bible"), help="test sources for the inputs")
+    parser.add_argument("--tokenizer", type=Path, default=Path("models/teacher"),
+                        help="folder whose tokenizer.json makes the input ids (default: the committed teacher's, which "
+                             "the default student shares)")
     parser.add_argument("--grid", choices=sorted(GRIDS), default="full")
     parser.add_argument("--models", default="student,t5-small-6-2,t5-small-6-6",
                         help="comma-separated subset of student, t5-small-6-2, t5-small-6-6")
@@ -108,7 +111,7 @@ def make_models(args: argparse.Namespace) -> dict[str, Path]:
         torch.manual_seed(0)
         T5ForConditionalGeneration(T5Config(**T5_SMALL)).save_pretrained(small)
         for name in ("tokenizer.json", "tokenizer_config.json"):  # text in, ids out: the student's 8k vocabulary
-            shutil.copy(args.student / name, small / name)  # fits inside t5-small's 32,128 ids
+            shutil.copy(args.tokenizer / name, small / name)  # fits inside t5-small's 32,128 ids
     if "t5-small-6-6" in args.models:
         models["t5-small-6-6"] = small
     if "t5-small-6-2" in args.models:
@@ -174,7 +177,7 @@ def check_venvs(args: argparse.Namespace) -> dict[str, Any]:
 def inputs_file(args: argparse.Namespace, grid: dict, folder: Path, eos_id: int) -> Path:
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(args.student / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
     rows = [json.loads(line) for line in (args.data / "test.jsonl").read_text().splitlines()[:400]]
     sources = [e.ids for e in tokenizer.encode_batch(["translate English to French: " + r["en"] for r in rows])]
     arrays = {f"ids_{b}_{n}": fixed_inputs(sources, b, n, eos_id)[0]
