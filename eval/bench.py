@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GRIDS = {"full": {"batch_sizes": [1, 8, 32], "num_beams": [1, 4], "input_lengths": [16, 64, 256]},
          "quick": {"batch_sizes": [1, 8], "num_beams": [1, 4], "input_lengths": [64]}}
 ENGINES = ("torch", "onnx-fp32", "onnx-int8", "ct2-int8", "ct2-fp32", "optimum-fp32", "optimum-int8")
+# the same shape as export/bench.py's T5_SMALL: written twice because no top-level package imports another
 T5_SMALL = {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_decoder_layers": 6,
             "num_heads": 8, "feed_forward_proj": "relu", "tie_word_embeddings": True, "decoder_start_token_id": 0,
             "pad_token_id": 0, "eos_token_id": 1}
