@@ -30,6 +30,7 @@ import platform
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 
 from export.runtime import (
+    CROSS_KV_ROWS,
     DECODER,
     DECODER_WITH_PAST,
     ENCODER,
@@ -48,6 +50,7 @@ from export.runtime import (
     source_id,
 )
 
+INPUT_BATCH = "encoder_batch_size"  # the with-past graph's encoder-side batch (inputs, not beams)
 T5_FAMILY = ("t5", "mt5")  # model_type values whose checkpoints T5ForConditionalGeneration loads faithfully
 DEFAULT_OPSET = 17  # T5's causal mask needs aten::triu (opset >= 14); 17 adds LayerNormalization, runs on ORT >= 1.11
 ATOL_LOGITS = 1e-4  # fp32 logits; measured about 4e-6 on a padded batch (shared FACTS)
@@ -71,8 +74,9 @@ def graph_specs(num_decoder_layers: int) -> dict[str, GraphSpec]:
     """Input/output names (optimum's) and dynamic axes of each graph for a decoder of `num_decoder_layers` layers."""
     batch, enc, dec, past = "batch_size", "encoder_sequence_length", "decoder_sequence_length", "past_sequence_length"
 
-    def kv(prefix: str, kinds: tuple[str, ...], length: str) -> dict[str, dict[int, str]]:
-        return {f"{prefix}.{i}.{kind}.{kv}": {0: batch, 2: enc if kind == "encoder" else length}
+    def kv(prefix: str, kinds: tuple[str, ...], length: str, inputs: str = batch) -> dict[str, dict[int, str]]:
+        return {f"{prefix}.{i}.{kind}.{kv}": {0: inputs if kind == "encoder" else batch,
+                                              2: enc if kind == "encoder" else length}
                 for i in range(num_decoder_layers) for kind in kinds for kv in ("key", "value")}
 
     return {
@@ -81,9 +85,12 @@ def graph_specs(num_decoder_layers: int) -> dict[str, GraphSpec]:
         DECODER: GraphSpec(inputs={"input_ids": {0: batch, 1: dec}, "encoder_attention_mask": {0: batch, 1: enc},
                                    "encoder_hidden_states": {0: batch, 1: enc}},
                            outputs={"logits": {0: batch, 1: dec}, **kv("present", ("decoder", "encoder"), dec)}),
-        # one new token per call: the trace bakes "no causal mask" for a length-1 query, so the length is not dynamic
-        DECODER_WITH_PAST: GraphSpec(inputs={"input_ids": {0: batch}, "encoder_attention_mask": {0: batch, 1: enc},
-                                             **kv("past_key_values", ("decoder", "encoder"), past)},
+        # one new token per call: the trace bakes "no causal mask" for a length-1 query, so the length is not dynamic.
+        # The encoder side (mask, cross-attention K/V) has one row per input, the decoder side one per sequence:
+        # beam search's beams of an input share its rows (`SharedCrossAttention`); without beams both batches agree.
+        DECODER_WITH_PAST: GraphSpec(inputs={"input_ids": {0: batch},
+                                             "encoder_attention_mask": {0: INPUT_BATCH, 1: enc},
+                                             **kv("past_key_values", ("decoder", "encoder"), past, INPUT_BATCH)},
                                      outputs={"logits": {0: batch}, **kv("present", ("decoder",), f"{past} + 1")}),
     }
 
@@ -95,6 +102,52 @@ def _cache(self_kv: list[tuple[torch.Tensor, torch.Tensor]], cross_kv: list[tupl
     if not self_kv:
         return EncoderDecoderCache(DynamicCache(), DynamicCache())
     return EncoderDecoderCache(DynamicCache(self_kv), DynamicCache(cross_kv))  # filled cross K/V: reused as they are
+
+
+class SharedCrossAttention(nn.Module):
+    """T5's cross-attention for one decoder step, reading K/V cached once per input instead of once per beam.
+
+    The query rows are the beams of each input side by side (batch * beams, beam search's layout), the cached K/V and
+    the mask have one row per input: the beams of an input become that input's query positions, so the K/V are never
+    repeated (t5-small 6-2, batch 32 x beam 4 x 256 input tokens: 67 instead of 268 MB). Without beams (as many
+    queries as inputs, as optimum feeds the graph) it is T5's attention. Written out here, unlike the rest of the
+    graphs, because no transformers API groups queries per cache row; the same arithmetic as `T5Attention` (no
+    1/sqrt(d) scaling; no position bias in cross-attention, T5 adds zeros), and `validate` compares the graph with
+    the unmodified model on repeated K/V.
+    """
+
+    def __init__(self, attention: nn.Module):
+        super().__init__()
+        self.attention = attention
+
+    def forward(self, hidden_states, mask=None, key_value_states=None, position_bias=None, cache=None, **kwargs):
+        att = self.attention
+        layer = cache.cross_attention_cache.layers[att.layer_idx]
+        keys, values = layer.keys, layer.values  # (inputs, heads, encoder length, d_kv)
+        inputs, heads, d_kv = keys.shape[0], att.n_heads, att.key_value_proj_dim
+        query = att.q(hidden_states).view(inputs, -1, heads, d_kv).transpose(1, 2)  # (inputs, heads, beams, d_kv)
+        scores = torch.matmul(query, keys.transpose(2, 3)) * att.scaling
+        if mask is not None and mask.dtype == torch.bool:  # (inputs, 1, 1, encoder length): sdpa's mask, True: keep
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        elif mask is not None:  # eager's additive mask
+            scores = scores + mask
+        weights = nn.functional.softmax(scores.float(), dim=-1).type_as(scores)
+        out = torch.matmul(weights, values).transpose(1, 2).reshape(hidden_states.shape[0], 1, att.inner_dim)
+        return att.o(out), position_bias, None
+
+
+@contextmanager
+def shared_cross_attention(model):
+    """`model`'s decoder cross-attentions replaced by `SharedCrossAttention` for the duration (the trace)."""
+    layers = [block.layer[1] for block in model.get_decoder().block]
+    originals = [layer.EncDecAttention for layer in layers]
+    try:
+        for layer, attention in zip(layers, originals, strict=True):
+            layer.EncDecAttention = SharedCrossAttention(attention)
+        yield model
+    finally:
+        for layer, attention in zip(layers, originals, strict=True):
+            layer.EncDecAttention = attention
 
 
 class EncoderGraph(nn.Module):
@@ -133,9 +186,10 @@ class DecoderWithPastGraph(nn.Module):
     def forward(self, input_ids, encoder_attention_mask, *past):
         self_kv = [(past[i], past[i + 1]) for i in range(0, len(past), 4)]
         cross_kv = [(past[i + 2], past[i + 3]) for i in range(0, len(past), 4)]
-        # The cross-attention reads its K/V from the cache; the encoder states only pass their shape to the mask code.
-        shape_only = encoder_attention_mask[:, :, None].expand(-1, -1, self.model.config.d_model)
-        out = self.model(encoder_outputs=(shape_only.to(past[0].dtype),), attention_mask=encoder_attention_mask,
+        # The cross-attention reads its K/V from the cache; the encoder states only pass their batch, length and dtype
+        # to the mask code. Width 1, not d_model: an expanded (B, L, d_model) tensor was computed at every step.
+        shape_only = encoder_attention_mask[:, :, None].to(past[0].dtype)
+        out = self.model(encoder_outputs=(shape_only,), attention_mask=encoder_attention_mask,
                          decoder_input_ids=input_ids, cache=_cache(self_kv, cross_kv), use_cache=True)
         flat = [out.logits]
         for own in out.cache.self_attention_cache.layers:
@@ -197,6 +251,45 @@ def _torch_export(module: nn.Module, args: tuple, spec: GraphSpec, path: Path, o
         torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=opset,
                           input_names=list(spec.inputs), output_names=list(spec.outputs),
                           dynamic_axes={**spec.inputs, **spec.outputs}, do_constant_folding=True)
+    drop_single_input_concats(path)
+
+
+def drop_single_input_concats(path: Path) -> int:
+    """Rewire the graph at `path` around every Concat of one input (an identity that copies); how many were dropped.
+
+    transformers' cache starts each layer empty and concatenates onto it; constant folding leaves `Concat(x)`, and
+    onnxruntime runs it as a copy: the decoder with past copied every cross-attention K/V at every step (t5-small 6-2,
+    batch 8 x beam 4, 64 input tokens: 16 MB per step). A Concat whose output is a graph output writes that output
+    from its producer instead; one whose input is also a graph input or initializer becomes an Identity.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)  # external weights, if any, stay where they are
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0  # subgraphs can read outer names; T5's graphs have none, and this pass does not rename into them
+    outputs = {o.name for o in graph.output}
+    fixed = {i.name for i in graph.input} | {t.name for t in graph.initializer} | outputs
+    dropped = 0
+    for node in [n for n in graph.node if n.op_type == "Concat" and len(n.input) == 1]:
+        src, dst = node.input[0], node.output[0]
+        if dst in outputs and src in fixed:
+            node.op_type = "Identity"
+            del node.attribute[:]
+            continue
+        old, new = (src, dst) if dst in outputs else (dst, src)
+        graph.node.remove(node)
+        for other in graph.node:
+            for names in (other.input, other.output):
+                for k, name in enumerate(names):
+                    if name == old:
+                        names[k] = new
+        for info in [v for v in graph.value_info if v.name == old]:
+            graph.value_info.remove(info)
+        dropped += 1
+    if dropped:
+        onnx.save(model, str(path))
+    return dropped
 
 
 def export_graphs(model, folder: Path, opset: int = DEFAULT_OPSET) -> dict[str, GraphSpec]:
@@ -211,8 +304,12 @@ def export_graphs(model, folder: Path, opset: int = DEFAULT_OPSET) -> dict[str, 
     _torch_export(EncoderGraph(model), (ex["input_ids"], ex["attention_mask"]), specs[ENCODER], folder / ENCODER, opset)
     _torch_export(DecoderGraph(model), (ex["decoder_input_ids"], ex["attention_mask"], hidden), specs[DECODER],
                   folder / DECODER, opset)
-    _torch_export(DecoderWithPastGraph(model), (ex["decoder_input_ids"][:, -1:], ex["attention_mask"], *past),
-                  specs[DECODER_WITH_PAST], folder / DECODER_WITH_PAST, opset)
+    # traced with two beams per input, so that nothing in the graph assumes as many sequences as inputs
+    beams = [t if k % 4 >= 2 else t.repeat_interleave(2, dim=0) for k, t in enumerate(past)]  # self K/V per beam
+    with shared_cross_attention(model):
+        _torch_export(DecoderWithPastGraph(model), (ex["decoder_input_ids"][:, -1:].repeat_interleave(2, dim=0),
+                                                    ex["attention_mask"], *beams),
+                      specs[DECODER_WITH_PAST], folder / DECODER_WITH_PAST, opset)
     return specs
 
 
@@ -224,6 +321,7 @@ class Validation:
     enc_lengths: tuple[int, ...] = (11, 7, 3)  # batch of 3, two rows padded
     first_decoder_length: int = 4  # start token + 3: the first-step graph must apply its causal mask
     past_steps: int = 3  # decoder_with_past runs at past lengths 4, 5, 6
+    beams: int = 3  # then once with this many sequences per input (beam search's layout)
     atol: float = ATOL_LOGITS  # on logits; other outputs get atol * max(1, max |reference|)
     seed: int = 1234
 
@@ -301,6 +399,29 @@ def validate(model, folder: Path, specs: dict[str, GraphSpec], check: Validation
             got = sessions[DECODER_WITH_PAST].run(None, feed)
             _compare(DECODER_WITH_PAST, list(specs[DECODER_WITH_PAST].outputs), got, want, check.atol, diffs,
                      f"at past length {past_len}")
+
+        # beam search's layout: sequences are the beams of each input, the encoder side stays one row per input;
+        # PyTorch gets the encoder side repeated per beam, as transformers' beam search does
+        rows = len(check.enc_lengths) * check.beams
+        token = torch.from_numpy(np.random.default_rng(check.seed + 1).integers(2, model.config.vocab_size, (rows, 1)))
+        layers = cache.self_attention_cache.layers, cache.cross_attention_cache.layers
+        feed = {"input_ids": token.numpy(), "encoder_attention_mask": np_["attention_mask"]}
+        for i in range(n_layers):
+            for kind, layer, repeat in (("decoder", layers[0][i], check.beams), ("encoder", layers[1][i], 1)):
+                feed[f"past_key_values.{i}.{kind}.key"] = layer.keys.repeat_interleave(repeat, dim=0).numpy()
+                feed[f"past_key_values.{i}.{kind}.value"] = layer.values.repeat_interleave(repeat, dim=0).numpy()
+        beam_cache = _cache(*([(layer.keys.repeat_interleave(check.beams, dim=0),
+                                layer.values.repeat_interleave(check.beams, dim=0)) for layer in kind]
+                              for kind in layers))
+        out = model(encoder_outputs=(hidden.repeat_interleave(check.beams, dim=0),),
+                    attention_mask=mask.repeat_interleave(check.beams, dim=0), decoder_input_ids=token,
+                    cache=beam_cache, use_cache=True)
+        want = [out.logits]
+        for own in out.cache.self_attention_cache.layers:
+            want += [own.keys, own.values]
+        got = sessions[DECODER_WITH_PAST].run(None, feed)
+        _compare(DECODER_WITH_PAST, list(specs[DECODER_WITH_PAST].outputs), got, want, check.atol, diffs,
+                 f"with {check.beams} beams per input sharing its cross-attention K/V")
     return diffs
 
 
@@ -311,7 +432,8 @@ def _excluded_nodes(path: Path, keep_fp32: tuple[str, ...]) -> list[str]:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return [node.name for node in graph.node
-            if node.op_type == "MatMul" and any(part in keep_fp32 for part in node.name.split("/"))]
+            if (node.op_type == "MatMul" and any(part in keep_fp32 for part in node.name.split("/")))
+            or (node.op_type == "Gather" and "relative_attention_bias" in node.name.split("/"))]
 
 
 def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[str]]:
@@ -324,8 +446,8 @@ def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[st
 
     excluded = {}
     for graph in GRAPHS:
-        excluded[graph] = _excluded_nodes(folder / graph, keep_fp32) if keep_fp32 else []
-        quantize_dynamic(folder / graph, folder / quantized_name(graph), op_types_to_quantize=["MatMul"],
+        excluded[graph] = _excluded_nodes(folder / graph, keep_fp32)
+        quantize_dynamic(folder / graph, folder / quantized_name(graph), op_types_to_quantize=["MatMul", "Gather"],
                          weight_type=QuantType.QInt8, nodes_to_exclude=excluded[graph] or None)
     for name in keep_fp32:
         if not any(name in node.split("/") for nodes in excluded.values() for node in nodes):
@@ -411,7 +533,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
         int8_meta = None
         if int8:
             excluded = quantize(staged, tuple(int8_keep_fp32))
-            int8_meta = {"op_types_to_quantize": ["MatMul"], "weight_type": "QInt8",
+            int8_meta = {"op_types_to_quantize": ["MatMul", "Gather"], "weight_type": "QInt8",
                          "keep_fp32": list(int8_keep_fp32), "excluded_nodes": excluded,
                          **int8_agreement(staged, check, model.config)}
         cfg = model.config
@@ -431,6 +553,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
                            "first_decoder_length": check.first_decoder_length, "past_steps": check.past_steps,
                            "atol_logits": check.atol, "max_abs_diff": diffs},
             "int8": int8_meta,
+            CROSS_KV_ROWS: "input",  # `SharedCrossAttention`: beams share their input's cross-attention K/V
             "tokenizer_files": tokenizer_files,
             "file_bytes": {p.name: p.stat().st_size for p in sorted(staged.iterdir()) if p.suffix == ".onnx"},
         }

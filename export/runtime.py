@@ -28,6 +28,8 @@ import onnxruntime as ort
 
 ENCODER, DECODER, DECODER_WITH_PAST = "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"
 GRAPHS = (ENCODER, DECODER, DECODER_WITH_PAST)
+ENCODER_CHUNK_TOKENS = 2048  # the encoder runs on this many input tokens at a time at most (`OnnxT5._encode`)
+CROSS_KV_ROWS = "decoder_with_past_cross_kv_rows"  # export_meta.json: "input" (shared by the beams) or absent
 NEG = np.float32(-1.0e9)  # transformers' beam search marks impossible candidates with -1e9, in float32
 
 
@@ -263,8 +265,11 @@ class OnnxT5:
     """Three onnxruntime sessions (encoder, first decoder step, decoder with past) and `generate`."""
 
     def __init__(self, folder: Path, sessions: dict[str, ort.InferenceSession], settings: Settings,
-                 config: dict[str, Any]):
+                 config: dict[str, Any], cross_per_input: bool = False):
         self.folder = folder
+        # exports since 2026-11-26: the decoder with past reads one cross-attention K/V row per input, shared by its
+        # beams; older exports need them repeated per beam
+        self.cross_per_input = cross_per_input
         self.encoder, self.decoder, self.decoder_with_past = (sessions[g] for g in GRAPHS)
         self.settings = settings
         self.config = config
@@ -280,6 +285,11 @@ class OnnxT5:
         self._first_cross = [outs.index(f"present.{i}.encoder.{kv}") for i in range(self.num_layers)
                              for kv in ("key", "value")]
         self._tokenizer = None
+        # The encoder and the first step run once per call, on the whole input: their arenas would keep the largest
+        # batch's activations for the process's lifetime (t5-small 6-2 int8, batch 32 x 256 tokens: 300 MB, README
+        # "Speed against the peers"). Shrinking after those runs hands that back; the per-step graph keeps its arena.
+        self._once = ort.RunOptions()
+        self._once.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     @staticmethod
     def session_options(threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
@@ -326,7 +336,9 @@ class OnnxT5:
         for key in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
             if getattr(settings, key) is None:
                 setattr(settings, key, config.get(key))
-        return cls(folder, sessions, settings, config)
+        meta_file = folder / "export_meta.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        return cls(folder, sessions, settings, config, cross_per_input=meta.get(CROSS_KV_ROWS) == "input")
 
     @classmethod
     def from_model(cls, name_or_dir: str | Path, onnx_path: str | Path, quantized: bool = False,
@@ -362,11 +374,20 @@ class OnnxT5:
 
     # ---- graph calls -------------------------------------------------------------------------------------------------
     def _encode(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        """The encoder's states, run on at most ENCODER_CHUNK_TOKENS tokens at a time (whole rows, at least one).
+
+        Its activations grow with batch * length^2 (attention scores): one run on 32 x 256 tokens took 330 MB
+        (t5-small 6-2 int8), which chunks of 2,048 tokens cut to about a quarter at no measured cost in speed.
+        """
+        rows = max(1, ENCODER_CHUNK_TOKENS // max(1, ids.shape[1]))
+        starts = range(0, ids.shape[0], rows)
+        parts = [self.encoder.run(None, {"input_ids": ids[i:i + rows], "attention_mask": mask[i:i + rows]},
+                                  self._once if i == starts[-1] else None)[0] for i in starts]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _first_step(self, tokens: np.ndarray, mask: np.ndarray, hidden: np.ndarray):
         out = self.decoder.run(None, {"input_ids": tokens, "encoder_attention_mask": mask,
-                                      "encoder_hidden_states": hidden})
+                                      "encoder_hidden_states": hidden}, self._once)
         return out[0][:, -1, :], [out[i] for i in self._first_self], [out[i] for i in self._first_cross]
 
     def _step(self, tokens: np.ndarray, mask: np.ndarray, own: list[np.ndarray], cross: list[np.ndarray]):
@@ -452,9 +473,9 @@ class OnnxT5:
         offsets = np.arange(batch)[:, None] * beams
 
         logits, own, cross = self._first_step(np.full((batch, 1), s.start, dtype=np.int64), mask, hidden)
-        logits, own, cross = (np.repeat(logits, beams, axis=0), [np.repeat(t, beams, axis=0) for t in own],
-                              [np.repeat(t, beams, axis=0) for t in cross])
-        mask = np.repeat(mask, beams, axis=0)
+        logits, own = np.repeat(logits, beams, axis=0), [np.repeat(t, beams, axis=0) for t in own]
+        if not self.cross_per_input:  # an older export: the encoder side repeated for each beam
+            cross, mask = [np.repeat(t, beams, axis=0) for t in cross], np.repeat(mask, beams, axis=0)
         cur_len = 1
         while True:
             flat = running[:, :, :cur_len].reshape(batch * beams, cur_len)

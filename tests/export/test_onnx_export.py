@@ -12,7 +12,15 @@ import torch
 
 from export import OnnxT5
 from export.__main__ import main
-from export.onnx import DecoderWithPastGraph, ExportError, export, graph_specs, quantize
+from export.onnx import (
+    DecoderWithPastGraph,
+    ExportError,
+    drop_single_input_concats,
+    export,
+    graph_specs,
+    quantize,
+)
+from export.runtime import DECODER_WITH_PAST
 
 GRAPHS = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
 
@@ -98,9 +106,18 @@ def test_command_end_to_end_with_tokenizer_and_int8(tmp_path, tokenizer_dir, tin
     meta = json.loads((out / "export_meta.json").read_text())
     assert meta["command"].startswith("python -m export --model")
     int8 = meta["int8"]
-    assert int8["op_types_to_quantize"] == ["MatMul"] and int8["keep_fp32"] == ["lm_head", "wo"]
+    assert int8["op_types_to_quantize"] == ["MatMul", "Gather"] and int8["keep_fp32"] == ["lm_head", "wo"]
     kept = int8["excluded_nodes"]["decoder_with_past_model.onnx"]
     assert any("/lm_head/" in node for node in kept) and any("/wo/" in node for node in kept)
+    assert any("/relative_attention_bias/" in node for node in kept)  # 32 x heads: nothing to gain, error to lose
+    import onnx
+
+    for graph in GRAPHS:  # the token embedding is read from an 8-bit table: a quarter of its fp32 memory
+        proto = onnx.load(str(out / graph.replace(".onnx", "_quantized.onnx")))
+        tables = {t.name: t.data_type for t in proto.graph.initializer}
+        embed = [n for n in proto.graph.node if n.op_type == "Gather" and "embed_tokens" in n.name]
+        assert embed and all(tables.get(n.input[0]) in (onnx.TensorProto.UINT8, onnx.TensorProto.INT8)
+                             for n in embed)
     assert 0.0 <= int8["greedy_token_agreement"] <= 1.0 and int8["new_tokens"] > 0
 
     runtime = OnnxT5.from_pretrained(out, threads=1)
@@ -137,3 +154,41 @@ def test_command_line_errors(capsys):
     with pytest.raises(SystemExit):
         main(["--model", "m", "--out", "o", "--opset", "13"])
     assert "opset 14" in capsys.readouterr().err
+
+
+def test_graphs_copy_nothing_for_nothing(exported):
+    """No Concat of one input (a copy: the cached cross-attention K/V were copied at every step) in any graph, and
+    the per-step graph builds nothing of d_model width from the mask (it expanded one at every step)."""
+    import onnx
+
+    for graph in GRAPHS:
+        nodes = onnx.load(str(exported.onnx_dir / graph), load_external_data=False).graph.node
+        assert not [n.name for n in nodes if n.op_type == "Concat" and len(n.input) == 1]
+    nodes = onnx.load(str(exported.onnx_dir / DECODER_WITH_PAST), load_external_data=False).graph.node
+    assert not [n.name for n in nodes if n.op_type == "Expand" and not n.name.startswith("/model/decoder/")]
+
+
+def test_drop_single_input_concats_keeps_what_the_graph_computes(tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    outs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2, 3]) for name in ("y", "z", "w")]
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Concat", ["r"], ["c"], axis=0, name="inner"),  # read by a node: rewired
+             helper.make_node("Neg", ["c"], ["y"], name="neg"),
+             helper.make_node("Concat", ["r"], ["z"], axis=0, name="to_output"),  # a graph output: written by Relu
+             helper.make_node("Concat", ["x"], ["w"], axis=1, name="input_to_output")]  # input -> output: Identity
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], outs), opset_imports=[helper.make_opsetid("", 17)]),
+              path)
+    feed = {"x": np.array([[-1.0, 2.0, -3.0], [4.0, -5.0, 6.0]], dtype=np.float32)}
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+    assert drop_single_input_concats(path) == 2
+    proto = onnx.load(str(path))
+    assert [n.op_type for n in proto.graph.node] == ["Relu", "Neg", "Identity"]
+    assert [o.name for o in proto.graph.output] == ["y", "z", "w"]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)

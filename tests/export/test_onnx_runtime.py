@@ -45,6 +45,23 @@ def test_generate_matches_transformers_token_for_token(exported, kwargs, batch):
     assert len(np.unique(want[:, 1:])) > 4  # the model does not just repeat one token
 
 
+@pytest.mark.parametrize("per_input", [True, False], ids=["shared-by-beams", "repeated-per-beam"])
+def test_beams_share_their_inputs_cross_attention_rows(tied, batch, per_input):
+    """A fresh export takes one cross-attention K/V row per input; fed a row per beam (an older export's layout, and
+    optimum's), the same graph decodes the same tokens."""
+    runtime = OnnxT5.from_pretrained(tied.onnx_dir)
+    assert runtime.cross_per_input
+    runtime.cross_per_input = per_input
+    rows = []
+    step = runtime.decoder_with_past.run
+    runtime.decoder_with_past = type("Spy", (), {"run": lambda _, names, feed: rows.append(
+        feed["past_key_values.0.encoder.key"].shape[0]) or step(names, feed)})()
+    ids, mask = batch(LENGTHS)
+    got = runtime.generate(ids, mask, **BEAM["beam3"])
+    np.testing.assert_array_equal(got, _reference(tied.model, ids, mask, **BEAM["beam3"]))
+    assert set(rows) == {len(LENGTHS) * (1 if per_input else 3)}
+
+
 def test_comparisons_see_early_eos_and_full_length_rows(tied, batch):
     ids, mask = batch(LENGTHS)
     out = OnnxT5.from_pretrained(tied.onnx_dir).generate(ids, mask, max_new_tokens=12)
