@@ -18,6 +18,8 @@ each later step feeds one token and the self-attention cache.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -260,6 +262,16 @@ def _as_array(x: Any, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _return_freed_heap() -> None:
+    """Hand the heap that loading freed back to the OS (glibc's malloc_trim; elsewhere nothing happens).
+
+    Parsing the graphs allocates their weights once more than the sessions keep; glibc holds on to the freed pages:
+    t5-small 6-2 int8, 220-241 MiB resident after loading, 177 MiB after the trim (measured in one process each).
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 # ---- the model -----------------------------------------------------------------------------------------------------
 class OnnxT5:
     """Three onnxruntime sessions (encoder, first decoder step, decoder with past) and `generate`."""
@@ -338,6 +350,7 @@ class OnnxT5:
                 setattr(settings, key, config.get(key))
         meta_file = folder / "export_meta.json"
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        _return_freed_heap()
         return cls(folder, sessions, settings, config, cross_per_input=meta.get(CROSS_KV_ROWS) == "input")
 
     @classmethod

@@ -219,3 +219,13 @@ def test_topk_is_a_stable_descending_sort_cut_at_k(shape, k):
     values, idx = _topk(x, k)
     want = np.argsort(-x, axis=-1, kind="stable")[:, :k]
     assert np.array_equal(idx, want) and np.array_equal(values, np.take_along_axis(x, want, axis=-1))
+
+
+def test_loading_returns_the_heap_it_freed(tied, monkeypatch):
+    """Parsing the graphs frees a copy of their weights that glibc would keep: from_pretrained trims it, once."""
+    from export import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "_return_freed_heap", lambda: calls.append(1))
+    OnnxT5.from_pretrained(tied.onnx_dir)
+    assert calls == [1]
