@@ -20,7 +20,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", required=True, help="T5-family save_pretrained folder or hub id (safetensors)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (replaced only by a valid export)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
-    parser.add_argument("--int8", action="store_true", help="also write *_quantized.onnx (dynamic int8 MatMuls)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write *_quantized.onnx (dynamic int8 MatMuls and embeddings)")
     parser.add_argument("--int8-keep-fp32", default="", metavar="NAMES",
                         help="comma-separated module names whose MatMuls stay fp32 with --int8, e.g. lm_head,wo")
     parser.add_argument("--atol", type=float, default=ATOL_LOGITS,

@@ -8,10 +8,12 @@ The folder follows optimum's layout and input/output names (so `ORTModelForSeq2S
     encoder_model.onnx             input_ids, attention_mask -> last_hidden_state
     decoder_model.onnx             first step: input_ids, encoder_attention_mask, encoder_hidden_states
                                    -> logits, present.{i}.decoder.key|value, present.{i}.encoder.key|value
-    decoder_with_past_model.onnx   one token: input_ids (B, 1), encoder_attention_mask,
-                                   past_key_values.{i}.decoder|encoder.key|value
+    decoder_with_past_model.onnx   one token: input_ids (B * beams, 1), encoder_attention_mask (B, L),
+                                   past_key_values.{i}.decoder.key|value (B * beams, ...),
+                                   past_key_values.{i}.encoder.key|value (B, ...: one row per input, shared by its
+                                   beams; rows repeated per beam work too)
                                    -> logits, present.{i}.decoder.key|value (cross-attention K/V: the first step's)
-    *_quantized.onnx               with --int8: dynamic int8 MatMuls (onnxruntime.quantization)
+    *_quantized.onnx               with --int8: dynamic int8 MatMuls and embeddings (onnxruntime.quantization)
     config.json generation_config.json tokenizer files    what `OnnxT5` and transformers read
     export_meta.json               opset, versions, max |diff| against PyTorch per graph and output, sizes,
                                    int8 token agreement
@@ -437,10 +439,14 @@ def _excluded_nodes(path: Path, keep_fp32: tuple[str, ...]) -> list[str]:
 
 
 def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[str]]:
-    """Write `*_quantized.onnx` beside each graph: dynamic int8 on MatMul only; the excluded node names per graph.
+    """Write `*_quantized.onnx` beside each graph: dynamic int8 MatMuls and token-embedding Gathers; the excluded
+    node names per graph.
 
-    Only MatMul: with Gather included, a tied embedding is quantized too and `lm_head` then dequantizes the whole
-    matrix at every step (2.7x slower, shared FACTS). `keep_fp32` names modules left in fp32 (e.g. lm_head, wo).
+    The Gathers too: each graph otherwise holds an fp32 copy of the 32k x d_model table (t5-small: 65.8 MB, three
+    times). Safe here because the TorchScript decoders give `lm_head` its own initializer; on the dynamo export the
+    tied table is shared, and quantizing its Gather made `lm_head` dequantize the whole matrix every step (2.7x
+    slower, shared FACTS). The 32 x heads relative-attention-bias Gathers stay fp32. `keep_fp32` names modules whose
+    MatMuls stay fp32 (e.g. lm_head, wo).
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
