@@ -62,6 +62,23 @@ def test_beams_share_their_inputs_cross_attention_rows(tied, batch, per_input):
     assert set(rows) == {len(LENGTHS) * (1 if per_input else 3)}
 
 
+def test_encoder_in_chunks_decodes_the_same(tied, batch, monkeypatch):
+    """Inputs longer than ENCODER_CHUNK_TOKENS run through the encoder a few rows at a time, to the same tokens."""
+    from export import runtime as rt
+
+    monkeypatch.setattr(rt, "ENCODER_CHUNK_TOKENS", 18)  # 2 rows of 9 tokens per run: 3 runs for the batch of 5
+    runtime = OnnxT5.from_pretrained(tied.onnx_dir)
+    runs = []
+    encoder = runtime.encoder
+    runtime.encoder = type("Spy", (), {"run": lambda _, names, feed, options=None: runs.append(
+        len(feed["input_ids"])) or encoder.run(names, feed, options)})()
+    ids, mask = batch(LENGTHS)
+    for kwargs in (GREEDY["greedy"], BEAM["beam3"]):
+        want = _reference(tied.model, ids, mask, **kwargs)
+        np.testing.assert_array_equal(runtime.generate(ids, mask, **kwargs), want)
+    assert runs == [2, 2, 1, 2, 2, 1]
+
+
 def test_comparisons_see_early_eos_and_full_length_rows(tied, batch):
     ids, mask = batch(LENGTHS)
     out = OnnxT5.from_pretrained(tied.onnx_dir).generate(ids, mask, max_new_tokens=12)
