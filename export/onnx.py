@@ -56,6 +56,7 @@ INPUT_BATCH = "encoder_batch_size"  # the with-past graph's encoder-side batch (
 T5_FAMILY = ("t5", "mt5")  # model_type values whose checkpoints T5ForConditionalGeneration loads faithfully
 DEFAULT_OPSET = 17  # T5's causal mask needs aten::triu (opset >= 14); 17 adds LayerNormalization, runs on ORT >= 1.11
 ATOL_LOGITS = 1e-4  # fp32 logits; measured about 4e-6 on a padded batch (shared FACTS)
+INT8_OPS = ("MatMul", "Gather")  # what --int8 quantizes (`quantize`), recorded in export_meta.json as it ran
 INT8_CHECK_NEW_TOKENS = 16  # greedy tokens compared between the int8 and the fp32 graphs on the validation batch
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "spiece.model", "sentencepiece.bpe.model")
@@ -453,7 +454,7 @@ def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[st
     excluded = {}
     for graph in GRAPHS:
         excluded[graph] = _excluded_nodes(folder / graph, keep_fp32)
-        quantize_dynamic(folder / graph, folder / quantized_name(graph), op_types_to_quantize=["MatMul", "Gather"],
+        quantize_dynamic(folder / graph, folder / quantized_name(graph), op_types_to_quantize=list(INT8_OPS),
                          weight_type=QuantType.QInt8, nodes_to_exclude=excluded[graph] or None)
     for name in keep_fp32:
         if not any(name in node.split("/") for nodes in excluded.values() for node in nodes):
@@ -539,7 +540,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
         int8_meta = None
         if int8:
             excluded = quantize(staged, tuple(int8_keep_fp32))
-            int8_meta = {"op_types_to_quantize": ["MatMul", "Gather"], "weight_type": "QInt8",
+            int8_meta = {"op_types_to_quantize": list(INT8_OPS), "weight_type": "QInt8",
                          "keep_fp32": list(int8_keep_fp32), "excluded_nodes": excluded,
                          **int8_agreement(staged, check, model.config)}
         cfg = model.config
