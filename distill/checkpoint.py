@@ -1,5 +1,5 @@
-"""Write a `save_pretrained` folder from a Lightning checkpoint of `Seq2SeqModule` (e.g. the best one of a run that
-is still training, or of one that was interrupted).
+"""Write a `save_pretrained` folder from a Lightning checkpoint of `Seq2SeqModule` or `DistillModule` (e.g. the best
+one of a run that is still training, the last one of a run, or one of a run that was interrupted).
 
     python -m distill.checkpoint --ckpt runs/teacher/checkpoints/best-step=4000-val_bleu=17.10.ckpt --out models/teacher
 """
@@ -12,7 +12,11 @@ from pathlib import Path
 
 import torch
 
+from distill.distillation import DistillModule
 from distill.module import ModelError, Seq2SeqModule
+
+# the modules a checkpoint may name (`_class_path`, written by LightningCLI); nothing else is imported from a file
+MODULES = {f"{cls.__module__}.{cls.__qualname__}": cls for cls in (Seq2SeqModule, DistillModule)}
 
 
 def checkpoint_to_pretrained(ckpt: Path, out: Path) -> Path:
@@ -21,8 +25,11 @@ def checkpoint_to_pretrained(ckpt: Path, out: Path) -> Path:
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
     if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
         raise ModelError(f"{ckpt} is not a Lightning checkpoint of the distill module (no hyper_parameters).")
-    # Lightning rebuilds the class the CLI trained (Seq2SeqModule or DistillModule) from the saved instantiator
-    module = Seq2SeqModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    class_path = checkpoint["hyper_parameters"].get("_class_path", "distill.module.Seq2SeqModule")
+    if class_path not in MODULES:
+        raise ModelError(f"{ckpt} was trained by {class_path}; this command converts only {sorted(MODULES)}.")
+    # loaded through the class it names: Seq2SeqModule's loader would build a DistillModule's hparams as its own
+    module = MODULES[class_path].load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     callbacks = checkpoint.get("callbacks", {})
     best = {k: v.get("best_model_score") for k, v in callbacks.items() if isinstance(v, dict)}
     meta = {"checkpoint": str(ckpt), "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),

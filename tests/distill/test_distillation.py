@@ -104,3 +104,31 @@ def test_saved_student_names_its_teacher_and_recipe(teacher_dir, tmp_path):
     student = T5ForConditionalGeneration.from_pretrained(out)
     assert student.config.num_decoder_layers == 2 and student.config.num_layers == 3
     assert not student.config.scale_decoder_outputs  # untied teacher -> untied student
+
+
+def test_a_students_checkpoint_converts_to_a_student_folder(teacher_dir, tmp_path):
+    """`python -m distill.checkpoint` on a DistillModule checkpoint (as LightningCLI writes it): the trained weights,
+    not a fresh copy of the teacher's, and the student's distill_meta.json."""
+    import lightning
+
+    from distill.checkpoint import checkpoint_to_pretrained
+
+    module = DistillModule(teacher=str(teacher_dir), tokenizer=str(teacher_dir), decoder_layers=1)
+    with torch.no_grad():
+        module.model.decoder.block[0].layer[0].SelfAttention.q.weight.add_(1.0)  # as if trained
+    hparams = {**module.hparams, "_class_path": "distill.distillation.DistillModule",
+               "_instantiator": "lightning.pytorch.cli.instantiate_module"}
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": hparams, "global_step": 7,
+                  "pytorch-lightning_version": lightning.__version__}
+    torch.save(checkpoint, tmp_path / "last.ckpt")
+    out = checkpoint_to_pretrained(tmp_path / "last.ckpt", tmp_path / "student")
+    student = T5ForConditionalGeneration.from_pretrained(out)
+    trained = module.model.decoder.block[0].layer[0].SelfAttention.q.weight
+    assert torch.equal(student.decoder.block[0].layer[0].SelfAttention.q.weight, trained)
+    meta = json.loads((out / "distill_meta.json").read_text())
+    assert meta["layers_copied"]["decoder"] == [0] and meta["training"]["global_step"] == 7
+
+    torch.save({**checkpoint, "hyper_parameters": {**hparams, "_class_path": "os.system"}}, tmp_path / "other.ckpt")
+    with pytest.raises(ModelError, match=r"trained by os\.system"):
+        checkpoint_to_pretrained(tmp_path / "other.ckpt", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
