@@ -34,7 +34,7 @@ class CLI(LightningCLI):
         if out is None or self.trainer.global_rank != 0:
             return
         callback = self.trainer.checkpoint_callback
-        best = callback.best_model_path if callback is not None else ""
+        best, score = best_checkpoint(callback) if callback is not None else ("", None)
         module: Seq2SeqModule = self.model
         if best:
             state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -42,7 +42,7 @@ class CLI(LightningCLI):
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val_")}
         meta = {
             "best_checkpoint": os.path.relpath(best) if best else None,  # no machine-specific prefix in the folder
-            "best_score": float(callback.best_model_score) if best and callback.best_model_score is not None else None,
+            "best_score": score if best else None,
             "monitor": callback.monitor if callback is not None else None,
             "global_step": self.trainer.global_step,
             "last_validation": metrics,
@@ -50,6 +50,31 @@ class CLI(LightningCLI):
         }
         module.save_pretrained(Path(out), {"train_meta.json": meta})
         print(f"wrote {out} from {best or 'the final weights'}")
+
+
+def best_checkpoint(callback) -> tuple[str, float | None]:
+    """The best checkpoint file of a `ModelCheckpoint` that monitors a metric, and its score.
+
+    `last.ckpt` is written every N steps, before that step's validation. A run resumed from it (a finished run run
+    again, or one killed between a new best and the next `last.ckpt`) remembers the best before that, whose file the
+    top-k rule has since deleted. Each file the callback wrote records its own score, so the best of those on disk is
+    found from them.
+    """
+    best = callback.best_model_path
+    if not best or Path(best).is_file():
+        return best, float(callback.best_model_score) if best and callback.best_model_score is not None else None
+    prefix = (callback.filename or "").split("{")[0]
+    scored = []
+    for path in Path(callback.dirpath).glob(f"{prefix}*.ckpt"):
+        state = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {}).get(callback.state_key)
+        if state and state.get("current_score") is not None:
+            scored.append((float(state["current_score"]), str(path)))
+    if not scored:
+        raise SystemExit(f"The best checkpoint {best} is gone and {callback.dirpath} holds no other checkpoint of "
+                         f"this run's {callback.monitor}; write a folder from another checkpoint with "
+                         "`python -m distill.checkpoint --ckpt PATH --out DIR`.")
+    score, path = (max if callback.mode == "max" else min)(scored)
+    return path, score
 
 
 def main(args: list[str] | None = None) -> None:

@@ -143,3 +143,35 @@ def test_ddp_on_two_cpu_processes_trains_identical_replicas(tmp_path, dataset_di
     assert [d["world_size"] for d in digests] == [2, 2] and [d["global_step"] for d in digests] == [4, 4]
     assert digests[0]["sha256"] == digests[1]["sha256"]
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_a_best_checkpoint_deleted_since_last_ckpt_is_found_on_disk(tmp_path):
+    """last.ckpt is written before its step's validation: resumed from it, the callback names a best file that
+    top-k deleted. after_fit then takes the best of the files on disk, by the score each recorded."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from distill.__main__ import best_checkpoint
+
+    callback = ModelCheckpoint(dirpath=tmp_path, filename="best-{step}", monitor="val_bleu", mode="max", save_top_k=2)
+    other = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=0, save_last=True)
+    for name, state_key, score in [("best-step=4.ckpt", callback.state_key, 3.0),
+                                   ("best-step=8.ckpt", callback.state_key, 5.0),
+                                   ("best-step=6.ckpt", other.state_key, 9.0),  # not this callback's
+                                   ("last.ckpt", callback.state_key, 7.0)]:   # not named like its files
+        torch.save({"callbacks": {state_key: {"current_score": torch.tensor(score)}}}, tmp_path / name)
+    callback.best_model_path, callback.best_model_score = str(tmp_path / "best-step=2.ckpt"), torch.tensor(4.0)
+    assert best_checkpoint(callback) == (str(tmp_path / "best-step=8.ckpt"), 5.0)
+    lowest = ModelCheckpoint(dirpath=tmp_path, filename="best-{step}", monitor="val_bleu", mode="min", save_top_k=2)
+    for name, score in [("best-step=4.ckpt", 3.0), ("best-step=8.ckpt", 5.0)]:  # its state key names its mode
+        state = torch.load(tmp_path / name, weights_only=True)["callbacks"]
+        torch.save({"callbacks": {**state, lowest.state_key: {"current_score": torch.tensor(score)}}}, tmp_path / name)
+    lowest.best_model_path = str(tmp_path / "best-step=2.ckpt")
+    assert best_checkpoint(lowest) == (str(tmp_path / "best-step=4.ckpt"), 3.0)
+    callback.best_model_path = str(tmp_path / "best-step=4.ckpt")  # present: taken as it is, with its own score
+    assert best_checkpoint(callback) == (str(tmp_path / "best-step=4.ckpt"), 4.0)
+
+    callback.best_model_path = str(tmp_path / "gone" / "best-step=2.ckpt")
+    callback.dirpath = str(tmp_path / "gone")
+    (tmp_path / "gone").mkdir()
+    with pytest.raises(SystemExit, match="is gone"):
+        best_checkpoint(callback)
