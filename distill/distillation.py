@@ -42,6 +42,9 @@ class DistillModule(Seq2SeqModule):
         normalize_hidden: layer-normalize hidden states before the MSE.
         freeze_embeddings: keep the shared embedding (and a tied lm_head) fixed, as Shleifer's SFT runs did.
         freeze_encoder: keep the whole encoder fixed (useful when only the decoder was shrunk).
+        freeze_until_step: with freeze_embeddings / freeze_encoder, the frozen parts train too from this global step
+            on (the decoder settles first, then the encoder adapts to it); None keeps them frozen. Single-process
+            only: DDP registers the trainable parameters once, when it wraps the model.
         **kwargs: the fine-tuning options of `Seq2SeqModule` (learning rate, schedule, metric, ...).
     """
 
@@ -61,12 +64,16 @@ class DistillModule(Seq2SeqModule):
         normalize_hidden: bool = True,
         freeze_embeddings: bool = False,
         freeze_encoder: bool = False,
+        freeze_until_step: int | None = None,
         **kwargs,
     ):
         if min(alpha_mlm, alpha_ce, alpha_hid) < 0 or alpha_mlm + alpha_ce + alpha_hid == 0:
             raise ModelError("alpha_mlm, alpha_ce and alpha_hid must be >= 0 and not all 0.")
         if temperature <= 0:
             raise ModelError(f"temperature must be > 0, got {temperature}.")
+        if freeze_until_step is not None and (freeze_until_step < 1 or not (freeze_encoder or freeze_embeddings)):
+            raise ModelError(f"freeze_until_step ({freeze_until_step}) must be >= 1 and needs freeze_encoder or "
+                             "freeze_embeddings: it is the step at which the frozen parts start training.")
         super().__init__(**kwargs)
 
     def _build_model(self):
@@ -125,7 +132,23 @@ class DistillModule(Seq2SeqModule):
         return self._teacher[0]
 
     def on_fit_start(self) -> None:
+        if self.hparams.freeze_until_step is not None and self.trainer.world_size > 1:
+            raise ModelError("freeze_until_step works in one process only (DDP registers the trainable parameters "
+                             "when it wraps the model); train in two runs instead: frozen, then every weight with "
+                             "`student:` naming the first run's folder (configs/distill/sft-unfreeze.yaml).")
         self.teacher.to(self.device)
+
+    def _optimized_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        if self.hparams.freeze_until_step is None:
+            return super()._optimized_parameters()
+        # every weight from the start: a frozen one has no gradient, which the optimizers skip, until it thaws
+        return list(self.model.named_parameters())
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        step = self.hparams.freeze_until_step
+        if step is not None and self.global_step >= step and not all(p.requires_grad for p in self.model.parameters()):
+            self.model.requires_grad_(True)
+            print(f"step {self.global_step}: every weight trains from now on (freeze_until_step {step})")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         hp = self.hparams
@@ -189,6 +212,6 @@ class DistillModule(Seq2SeqModule):
         extra_files = extra_files or {}
         meta = {**student_meta(self.model, self.layer_maps, self.teacher, hp.teacher),
                 "recipe": {k: hp[k] for k in ("alpha_mlm", "alpha_ce", "alpha_hid", "temperature",
-                                              "freeze_embeddings", "freeze_encoder")},
+                                              "freeze_embeddings", "freeze_encoder", "freeze_until_step")},
                 "hidden_pairs": self.pairs, "training": extra_files.get("train_meta.json", {})}
         return super().save_pretrained(out, {**extra_files, "distill_meta.json": meta})

@@ -194,12 +194,15 @@ class Seq2SeqModule(L.LightningModule):
         self.log("target_tokens", (batch["labels"] != -100).sum().float(), batch_size=batch["input_ids"].shape[0])
         return loss
 
+    def _optimized_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """The (name, parameter) pairs the optimizer holds: the trainable ones."""
+        return [(name, param) for name, param in self.model.named_parameters() if param.requires_grad]
+
     def configure_optimizers(self):
         hp = self.hparams
         decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 or "layer_norm" in name else decay).append(param)
+        for name, param in self._optimized_parameters():
+            (no_decay if param.ndim < 2 or "layer_norm" in name else decay).append(param)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if hp.optimizer == "adafactor":
             from transformers.optimization import Adafactor

@@ -87,6 +87,8 @@ def test_freezing_options(teacher_dir):
     ({"alpha_hid": 1.0, "decoder_layers": None}, "no stack was shrunk"),
     ({"alpha_hid": 1.0, "hidden_pairs": {"decoder": [[0, 9]]}}, "teacher 0..3"),
     ({"decoder_layers": 5}, "between 1 and 4"),
+    ({"freeze_until_step": 10}, "needs freeze_encoder or freeze_embeddings"),
+    ({"freeze_until_step": 0, "freeze_encoder": True}, "must be >= 1"),
 ])
 def test_bad_recipes_are_named(teacher_dir, kwargs, message):
     with pytest.raises(ModelError, match=message):
@@ -132,3 +134,43 @@ def test_a_students_checkpoint_converts_to_a_student_folder(teacher_dir, tmp_pat
     with pytest.raises(ModelError, match=r"trained by os\.system"):
         checkpoint_to_pretrained(tmp_path / "other.ckpt", tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+def test_freeze_until_step_thaws_the_frozen_parts_at_that_step(teacher_dir, dataset_dir):
+    """One Lightning run: the decoder trains from step 1, the encoder and embeddings from step 2 on."""
+    from itertools import pairwise
+
+    import lightning as L
+
+    from distill.data import Seq2SeqDataModule
+
+    module = DistillModule(teacher=str(teacher_dir), tokenizer=str(teacher_dir), decoder_layers=1,
+                           freeze_encoder=True, freeze_embeddings=True, freeze_until_step=2, warmup_steps=0)
+    watched = {"encoder": module.model.encoder.block[1].layer[1].DenseReluDense.wo.weight,
+               "embedding": module.model.shared.weight,
+               "decoder": module.model.decoder.block[0].layer[2].DenseReluDense.wo.weight}
+    seen = [{k: v.detach().clone() for k, v in watched.items()}]
+
+    class Snapshot(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            seen.append({k: v.detach().clone() for k, v in watched.items()})
+
+    data = Seq2SeqDataModule(tokenizer=str(teacher_dir), path=str(dataset_dir), max_tokens=400)
+    trainer = L.Trainer(max_steps=4, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Snapshot()],
+                        accelerator="cpu", use_distributed_sampler=False)
+    trainer.fit(module, data)
+    moved = [{k: not torch.equal(after[k], before[k]) for k in watched} for before, after in pairwise(seen)]
+    assert moved[:2] == [{"encoder": False, "embedding": False, "decoder": True}] * 2  # steps 0 and 1: frozen
+    assert moved[2:] == [{"encoder": True, "embedding": True, "decoder": True}] * 2  # from global step 2 on
+    assert all(p.requires_grad for p in module.model.parameters())
+
+
+def test_freeze_until_step_refuses_ddp(teacher_dir):
+    from types import SimpleNamespace
+
+    module = DistillModule(teacher=str(teacher_dir), tokenizer=str(teacher_dir), freeze_encoder=True,
+                           freeze_until_step=5)
+    module._trainer = SimpleNamespace(world_size=2)
+    with pytest.raises(ModelError, match="one process only"):
+        module.on_fit_start()
