@@ -66,6 +66,8 @@ def best_checkpoint(callback) -> tuple[str, float | None]:
     prefix = (callback.filename or "").split("{")[0]
     scored = []
     for path in Path(callback.dirpath).glob(f"{prefix}*.ckpt"):
+        if path.name.startswith(callback.CHECKPOINT_NAME_LAST):  # a copy of the latest step, not a scored one
+            continue
         state = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {}).get(callback.state_key)
         if state and state.get("current_score") is not None:
             scored.append((float(state["current_score"]), str(path)))

@@ -167,6 +167,13 @@ def test_a_best_checkpoint_deleted_since_last_ckpt_is_found_on_disk(tmp_path):
         torch.save({"callbacks": {**state, lowest.state_key: {"current_score": torch.tensor(score)}}}, tmp_path / name)
     lowest.best_model_path = str(tmp_path / "best-step=2.ckpt")
     assert best_checkpoint(lowest) == (str(tmp_path / "best-step=4.ckpt"), 3.0)
+    plain = tmp_path / "plain"  # Lightning's own file names: no prefix to tell the scored files, last.ckpt aside
+    plain.mkdir()
+    unnamed = ModelCheckpoint(dirpath=plain, monitor="val_bleu", mode="max")
+    for name, score in [("epoch=0-step=4.ckpt", 3.0), ("last.ckpt", 7.0)]:
+        torch.save({"callbacks": {unnamed.state_key: {"current_score": torch.tensor(score)}}}, plain / name)
+    unnamed.best_model_path = str(plain / "epoch=0-step=2.ckpt")
+    assert best_checkpoint(unnamed) == (str(plain / "epoch=0-step=4.ckpt"), 3.0)
     callback.best_model_path = str(tmp_path / "best-step=4.ckpt")  # present: taken as it is, with its own score
     assert best_checkpoint(callback) == (str(tmp_path / "best-step=4.ckpt"), 4.0)
 
