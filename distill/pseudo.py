@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from distill._files import replace_dir
+from distill.files import replace_dir
 from distill.data import DataConfig, encode, load_split
 from distill.module import inference_device, load_t5, load_tokenizer
 from distill.score import translate

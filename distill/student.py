@@ -16,7 +16,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from distill._files import replace_dir
+from distill.files import replace_dir
 from distill.module import ModelError, load_t5, load_tokenizer
 
 # Teacher depth -> student depth -> teacher layers to copy; the table of Shleifer's seq2seq-distillation

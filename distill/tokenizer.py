@@ -15,7 +15,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from distill._files import replace_dir
+from distill.files import replace_dir
 from distill.data import DataConfig, load_split
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2  # T5's ids: the decoder starts from pad

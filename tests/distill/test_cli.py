@@ -22,7 +22,7 @@ def plain_argv(monkeypatch):
 
 ROOT = Path(__file__).parents[2]
 # training configs (LightningCLI); configs/eval/ holds the evaluation harness's, tested in tests/eval
-CONFIGS = sorted([*ROOT.glob("configs/*.yaml"), *ROOT.glob("configs/distill/*.yaml")])
+CONFIGS = sorted([*ROOT.glob("configs/train/*.yaml"), *ROOT.glob("configs/distill/*.yaml")])
 
 
 def tiny_config(tmp_path: Path, dataset_dir: Path, tokenizer_dir: Path, max_steps: int) -> Path:

@@ -28,3 +28,13 @@ def replace_dir(staged: Path, out: Path) -> Path:
     else:
         os.rename(sibling, out)
     return out
+
+
+def package_version(package: str) -> str | None:
+    """The installed version of a distribution (`rouge-score`, `optimum-onnx`), None when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None

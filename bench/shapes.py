@@ -1,0 +1,8 @@
+"""Model shapes the benchmarks build with random weights (no download): T5Config fields."""
+
+from __future__ import annotations
+
+# t5-small (T5 v1.0, 60.5M parameters): relu feed-forward, lm_head tied to the embedding
+T5_SMALL = {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_decoder_layers": 6,
+            "num_heads": 8, "feed_forward_proj": "relu", "tie_word_embeddings": True, "decoder_start_token_id": 0,
+            "pad_token_id": 0, "eos_token_id": 1}
