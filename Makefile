@@ -59,14 +59,15 @@ distill: data $(if $(shell grep -s data/pseudo $(CONFIG)),$(PSEUDO)/manifest.jso
 	$(PY) -m distill fit --config $(CONFIG) --ckpt_path last
 
 # the best-measured student in two phases: the default recipe for 6,000 steps, then every weight for 3,000 more from
-# its last step (about 2 h here; each phase resumes from its last checkpoint when interrupted)
-distill-best: data  ## the best-measured 6->2 student (runs/distill/student-sft-unfreeze), about 2 h on 2 cores
+# its last step (each phase resumes from its last checkpoint when interrupted)
+distill-best: data  ## the best-measured 6->2 student (runs/distill/student-sft-unfreeze), two long training phases
 	$(PY) -m distill fit --config configs/distill/sft-long.yaml --ckpt_path last
 	$(PY) -m distill.checkpoint --ckpt runs/distill/sft-long/checkpoints/last.ckpt --out runs/distill/student-sft-long-last
 	$(PY) -m distill fit --config configs/distill/sft-unfreeze.yaml --ckpt_path last
 
-# the committed teacher's labels are kept in $(TEACHER)/pseudo-labels-beam4.jsonl.gz (about 45 min to generate on 2 cores);
-# they are reused only while the teacher's weights, the training sources and the settings are the ones they came from
+# the committed teacher's labels are kept in $(TEACHER)/pseudo-labels-beam4.jsonl.gz (beam search over every training
+# source is slow to redo); they are reused only while the teacher's weights, the training sources and the settings are
+# the ones they came from
 $(PSEUDO)/manifest.json: $(DATA)/manifest.json $(TEACHER)/model.safetensors
 	$(PY) -m distill.pseudo --teacher $(TEACHER) --data $(DATA) --out $(PSEUDO) \
 		--labels $(TEACHER)/pseudo-labels-beam4.jsonl.gz
@@ -80,11 +81,11 @@ eval: setup  ## quality, speed, memory and size of teacher, student and ONNX var
 	$(PY) -m eval --config $(EVAL_CONFIG) $(if $(LIMIT),--limit $(LIMIT))
 
 bench-export: setup  ## torch generate vs OnnxT5 fp32 and int8 on a t5-small-shaped random model, with ratios
-	$(PY) -m export.bench --json runs/bench-export/results.json
+	$(PY) -m bench.export_speed --json runs/bench-export/results.json
 
 publish: setup  ## stage, check and (PUSH=1) upload a student to the hub (REPO_ID=... MODEL=... OUT=... RESULTS=...)
 	@test -n "$(REPO_ID)" || { echo "make publish: set REPO_ID=namespace/name (PUSH=1 uploads; without it, a dry run)" >&2; exit 2; }
-	$(PY) -m eval.publish --model $(MODEL) --onnx $(OUT) --results $(RESULTS) --repo-id $(REPO_ID) \
+	$(PY) -m publish --model $(MODEL) --onnx $(OUT) --results $(RESULTS) --repo-id $(REPO_ID) \
 		$(if $(PUSH),--push) $(if $(PRIVATE),--private)
 
 # only what OnnxT5 needs, as a server would install it: its size is one of the benchmark's numbers. No pip inside (the
@@ -101,7 +102,7 @@ publish: setup  ## stage, check and (PUSH=1) upload a student to the hub (REPO_I
 	touch $@
 
 bench: .venv-serve/.installed .venv-optimum/.installed data  ## OnnxT5 vs torch, CTranslate2, optimum (GRID=quick)
-	$(PY) -m eval.bench --grid $(GRID)
+	$(PY) -m bench --grid $(GRID)
 
 demo: data  ## the whole chain on the embedded default: distill, export (student, teacher), eval (runs/eval/default)
 	$(MAKE) --no-print-directory distill

@@ -13,16 +13,21 @@ graph's first two runs and after two generate calls on BATCH x LENGTH random inp
     noarena-step  no arena for the per-step graph only, and malloc_trim after each generate
 """
 
+from __future__ import annotations
+
 import ctypes
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from export import runtime
-from export.runtime import DECODER_WITH_PAST, GRAPHS, OnnxT5, quantized_name
+from export import OnnxT5
+from export.layout import DECODER_WITH_PAST, GRAPHS, quantized_name
+from export.runtime.sessions import session_options
+from export.runtime.settings import settings_from_file
 
 
 def mem() -> str:
@@ -33,17 +38,17 @@ def mem() -> str:
 class Probed:
     """A session that prints the process's memory after its first two runs; `options` replaces the run options."""
 
-    def __init__(self, session, name: str, options):
+    def __init__(self, session: ort.InferenceSession, name: str, options: Any):
         self.session, self.name, self.options, self.calls = session, name, options, 0
 
-    def run(self, outputs, feed, options=None):
+    def run(self, outputs: list[str] | None, feed: dict[str, np.ndarray], options: Any = None) -> list[Any]:
         out = self.session.run(outputs, feed, options if self.options == "runtime" else self.options)
         self.calls += 1
         if self.calls <= 2:
             print(f"    after {self.name} run {self.calls}: {mem()}")
         return out
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr: str) -> Any:
         return getattr(self.session, attr)
 
 
@@ -54,7 +59,7 @@ def main() -> None:
     shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     sessions = {}
     for graph in GRAPHS:
-        options = OnnxT5.session_options(2, spin=graph == DECODER_WITH_PAST)
+        options = session_options(2, spin=graph == DECODER_WITH_PAST)
         options.enable_cpu_mem_arena = not (variant == "noarena" or (variant == "noarena-step"
                                                                      and graph == DECODER_WITH_PAST))
         session = ort.InferenceSession(str(folder / quantized_name(graph)), options,
@@ -62,9 +67,7 @@ def main() -> None:
         run_options = {"keep": None, "noarena": None, "shrinkall": shrink}.get(variant, "runtime")
         sessions[graph] = Probed(session, graph.removesuffix("_model.onnx"), run_options)
     config = json.loads((folder / "config.json").read_text())
-    meta = json.loads((folder / "export_meta.json").read_text())
-    model = OnnxT5(folder, sessions, runtime._settings_from_file(folder / "generation_config.json"), config,
-                   cross_per_input=meta.get(runtime.CROSS_KV_ROWS) == "input")
+    model = OnnxT5(folder, sessions, settings_from_file(folder / "generation_config.json"), config)
     print(f"{variant:10s} loaded      {mem()}")
     ids = np.random.default_rng(0).integers(2, min(8000, config["vocab_size"]), size=(batch, length))
     for _ in range(2):

@@ -3,6 +3,8 @@
     .venv/bin/python bench/profile_beam.py EXPORT_FOLDER [int8]     (batch 8, beam 4, 64 input tokens, 32 new tokens)
 """
 
+from __future__ import annotations
+
 import cProfile
 import json
 import pstats
@@ -10,10 +12,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from export.runtime import OnnxT5
+from export import OnnxT5
 
 KWARGS = {"max_new_tokens": 32, "min_new_tokens": 32, "num_beams": 4, "do_sample": False}
 
@@ -21,16 +24,16 @@ KWARGS = {"max_new_tokens": 32, "min_new_tokens": 32, "num_beams": 4, "do_sample
 class Timed:
     """A session whose `run` adds its seconds to `totals[name]`."""
 
-    def __init__(self, session, name: str, totals: dict):
+    def __init__(self, session: Any, name: str, totals: dict[str, float]):
         self.session, self.name, self.totals = session, name, totals
 
-    def run(self, *args, **kwargs):
+    def run(self, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         out = self.session.run(*args, **kwargs)
         self.totals[self.name] += time.perf_counter() - start
         return out
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr: str) -> Any:
         return getattr(self.session, attr)
 
 

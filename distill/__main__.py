@@ -16,14 +16,18 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from distill.data import Seq2SeqDataModule
+from distill.datamodule import Seq2SeqDataModule
+from distill.errors import ModelError, UserError, cli_errors
 from distill.module import Seq2SeqModule
 
 
 class CLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
+    """LightningCLI with the tokenizer and task prefix given once (under `data`) and `--out` written after fit."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.tokenizer", "model.init_args.tokenizer")
         parser.link_arguments("data.task_prefix", "model.init_args.task_prefix")
         parser.add_argument("--out", type=Path | None, default=None,
@@ -52,7 +56,7 @@ class CLI(LightningCLI):
         print(f"wrote {out} from {best or 'the final weights'}")
 
 
-def best_checkpoint(callback) -> tuple[str, float | None]:
+def best_checkpoint(callback: ModelCheckpoint) -> tuple[str, float | None]:
     """The best checkpoint file of a `ModelCheckpoint` that monitors a metric, and its score.
 
     `last.ckpt` is written every N steps, before that step's validation. A run resumed from it (a finished run run
@@ -72,7 +76,7 @@ def best_checkpoint(callback) -> tuple[str, float | None]:
         if state and state.get("current_score") is not None:
             scored.append((float(state["current_score"]), str(path)))
     if not scored:
-        raise SystemExit(f"The best checkpoint {best} is gone and {callback.dirpath} holds no other checkpoint of "
+        raise ModelError(f"The best checkpoint {best} is gone and {callback.dirpath} holds no other checkpoint of "
                          f"this run's {callback.monitor}; write a folder from another checkpoint with "
                          "`python -m distill.checkpoint --ckpt PATH --out DIR`.")
     score, path = (max if callback.mode == "max" else min)(scored)
@@ -83,8 +87,25 @@ def main(args: list[str] | None = None) -> None:
     # subclass mode: a config names its module, `distill.module.Seq2SeqModule` (training, fine-tuning) or
     # `distill.distillation.DistillModule` (students), under `model.class_path`
     # the datamodule shards training batches by rank itself (TokenBatchSampler): Lightning must not swap in its own
-    CLI(Seq2SeqModule, Seq2SeqDataModule, subclass_mode_model=True, seed_everything_default=1234,
-        trainer_defaults={"use_distributed_sampler": False}, save_config_kwargs={"overwrite": True}, args=args)
+    with cli_errors("python -m distill"):
+        try:
+            CLI(Seq2SeqModule, Seq2SeqDataModule, subclass_mode_model=True, seed_everything_default=1234,
+                trainer_defaults={"use_distributed_sampler": False}, save_config_kwargs={"overwrite": True}, args=args)
+        except ValueError as err:
+            user_error = _user_error(err)
+            if user_error is None:
+                raise
+            raise user_error from None
+
+
+def _user_error(err: BaseException | None) -> UserError | None:
+    """The UserError behind `err`, if any. jsonargparse builds the module as one type of a Union and re-raises a
+    failure as a ValueError caused by it, so a ModelError of the module's constructor arrives wrapped."""
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__
+    return None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ class WeightsDigest(L.Callback):
     Data-parallel replicas must end with identical weights; comparing the files shows it (the DDP test does).
     """
 
-    def __init__(self, dirpath: str):
+    def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -13,13 +13,15 @@ from pathlib import Path
 import torch
 
 from distill.distillation import DistillModule
-from distill.module import ModelError, Seq2SeqModule
+from distill.errors import ModelError, cli_errors
+from distill.module import Seq2SeqModule
 
 # the modules a checkpoint may name (`_class_path`, written by LightningCLI); nothing else is imported from a file
 MODULES = {f"{cls.__module__}.{cls.__qualname__}": cls for cls in (Seq2SeqModule, DistillModule)}
 
 
 def checkpoint_to_pretrained(ckpt: Path, out: Path) -> Path:
+    """Write the module of Lightning checkpoint `ckpt` to `out` as a `save_pretrained` folder; returns `out`."""
     if not ckpt.is_file():
         raise ModelError(f"Checkpoint {ckpt} does not exist.")
     checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -43,7 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpt", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    print(f"wrote {checkpoint_to_pretrained(args.ckpt, args.out)}")
+    with cli_errors("python -m distill.checkpoint"):
+        out = checkpoint_to_pretrained(args.ckpt, args.out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from distill.errors import ModelError
 from distill.losses import default_hidden_pairs, distill_kl, hidden_mse, label_smoothed_ce
-from distill.module import ModelError, Seq2SeqModule, load_t5
+from distill.models import load_t5
+from distill.module import Seq2SeqModule
 from distill.student import make_student, student_meta
+
+if TYPE_CHECKING:
+    from transformers import T5ForConditionalGeneration
 
 
 class DistillModule(Seq2SeqModule):
@@ -65,8 +71,8 @@ class DistillModule(Seq2SeqModule):
         freeze_embeddings: bool = False,
         freeze_encoder: bool = False,
         freeze_until_step: int | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         if min(alpha_mlm, alpha_ce, alpha_hid) < 0 or alpha_mlm + alpha_ce + alpha_hid == 0:
             raise ModelError("alpha_mlm, alpha_ce and alpha_hid must be >= 0 and not all 0.")
         if temperature <= 0:
@@ -76,7 +82,7 @@ class DistillModule(Seq2SeqModule):
                              "freeze_embeddings: it is the step at which the frozen parts start training.")
         super().__init__(**kwargs)
 
-    def _build_model(self):
+    def _build_model(self) -> T5ForConditionalGeneration:
         hp = self.hparams
         teacher = load_t5(hp.teacher).eval().requires_grad_(False)
         self._teacher = [teacher]  # a list: not a registered submodule, so not in state_dict, checkpoints or optimizer
@@ -99,7 +105,8 @@ class DistillModule(Seq2SeqModule):
             student.encoder.requires_grad_(False)
         return student
 
-    def _hidden_pairs(self, student, teacher) -> dict[str, list[tuple[int, int]]]:
+    def _hidden_pairs(self, student: T5ForConditionalGeneration, teacher: T5ForConditionalGeneration
+                      ) -> dict[str, list[tuple[int, int]]]:
         hp = self.hparams
         if hp.alpha_hid == 0:
             return {}
@@ -128,7 +135,8 @@ class DistillModule(Seq2SeqModule):
         return pairs
 
     @property
-    def teacher(self):
+    def teacher(self) -> T5ForConditionalGeneration:
+        """The frozen teacher (kept outside the module's submodules)."""
         return self._teacher[0]
 
     def on_fit_start(self) -> None:

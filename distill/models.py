@@ -7,8 +7,12 @@ another family is refused by its `model_type`, not guessed from its name.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from distill.errors import ModelError
 
@@ -26,7 +30,7 @@ def _hub_error(what: str, path: str, err: Exception) -> ModelError:
                       "a local folder (e.g. models/teacher) works offline.")
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     """The tokenizer of a model folder or hub id (transformers' `AutoTokenizer`)."""
     from transformers import AutoTokenizer
 
@@ -36,7 +40,7 @@ def load_tokenizer(path: str):
         raise _hub_error("tokenizer", path, err) from err
 
 
-def load_t5(path: str):
+def load_t5(path: str) -> T5ForConditionalGeneration:
     """A T5-family model from a local folder or hub id, weights from safetensors, checked to be T5-family."""
     from transformers import AutoConfig, T5ForConditionalGeneration
 

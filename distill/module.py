@@ -1,102 +1,29 @@
 """Lightning module that fine-tunes (or trains from scratch) a T5-family model on a source->target task.
 
-Cross-entropy on the target (optional label smoothing), AdamW with linear warm-up then decay, validation loss plus a
-generated metric (BLEU for translation, ROUGE-2 for summarization) on a fixed subset of the validation split, test-split
-scoring, and `save_pretrained` output. The distillation module extends this one.
+Cross-entropy on the target (optional label smoothing), AdamW or Adafactor with warm-up then decay, validation loss
+plus a generated metric (BLEU for translation, ROUGE-2 for summarization) on a fixed subset of the validation split,
+test-split scoring, and `save_pretrained` output. The distillation module extends this one.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import lightning as L
 import torch
 
+from distill.errors import ModelError
 from distill.files import replace_dir
 from distill.losses import label_smoothed_ce
+from distill.metrics import score
+from distill.models import load_t5, load_tokenizer
+from distill.schedule import lr_lambda
 
-T5_FAMILY = ("t5", "mt5")  # model_type values whose checkpoints T5ForConditionalGeneration loads faithfully
-
-
-class ModelError(SystemExit):
-    """A model or tokenizer the user must fix; SystemExit so entry points print it without a traceback."""
-
-
-def _hub_error(what: str, path: str, err: Exception) -> ModelError:
-    local = Path(path).expanduser()
-    if local.is_dir():
-        return ModelError(f"Could not load the {what} from folder {local}: {err}")
-    if path.startswith((".", "/", "~")):
-        return ModelError(f"{what.capitalize()} folder {local} does not exist.")
-    return ModelError(f"Could not load the {what} {path!r}: it is not a local folder, and the Hugging Face hub "
-                      f"did not serve it ({type(err).__name__}). The hub may be unreachable from this machine; "
-                      "a local folder (e.g. models/teacher) works offline.")
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)  # trust_remote_code stays off
-    except (OSError, ValueError) as err:
-        raise _hub_error("tokenizer", path, err) from err
-
-
-def inference_device() -> str:
-    """Where generation outside a Lightning run (scoring, pseudo-labels) runs: the GPU when there is one."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def load_t5(path: str):
-    """A T5-family model from a local folder or hub id, weights from safetensors, checked to be T5-family."""
-    from transformers import AutoConfig, T5ForConditionalGeneration
-
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise _hub_error("model", path, err) from err
-    if config.model_type not in T5_FAMILY:
-        raise ModelError(f"{path} is a {config.model_type!r} model; this toolkit works on T5-family models "
-                         f"(model_type in {T5_FAMILY}: t5, t5 v1.1, flan-t5, mT5).")
-    try:
-        return T5ForConditionalGeneration.from_pretrained(path, config=config, use_safetensors=True)
-    except (OSError, ValueError) as err:
-        raise _hub_error("model weights (model.safetensors)", path, err) from err
-
-
-def score(predictions: list[str], references: list[list[str]], metric: str) -> dict[str, float]:
-    """Corpus metrics: BLEU and chrF (sacrebleu, multi-reference) or ROUGE-1/2/L (rouge-score, stemmed), in 0-100."""
-    if metric == "bleu":
-        import sacrebleu
-
-        n_refs = max(len(r) for r in references)
-        streams = [[r[k] if k < len(r) else None for r in references] for k in range(n_refs)]
-        return {"bleu": sacrebleu.corpus_bleu(predictions, streams).score,
-                "chrf": sacrebleu.corpus_chrf(predictions, streams).score}
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
-    for pred, refs in zip(predictions, references, strict=True):
-        result = scorer.score_multi(refs, pred)
-        for key in totals:
-            totals[key] += result[key].fmeasure
-    return {key: 100 * value / max(1, len(predictions)) for key, value in totals.items()}
-
-
-def lr_lambda(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float) -> float:
-    """Multiplier of the peak learning rate: linear warm-up, then linear, cosine or inverse-sqrt decay."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "inverse_sqrt":
-        return max(min_ratio, math.sqrt(max(1, warmup_steps) / (step + 1)))
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    decay = 1 - progress if schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
-    return min_ratio + (1 - min_ratio) * decay
+if TYPE_CHECKING:
+    from transformers import T5ForConditionalGeneration
 
 
 class Seq2SeqModule(L.LightningModule):
@@ -136,14 +63,14 @@ class Seq2SeqModule(L.LightningModule):
         val_generate_examples: int = 256,
         num_beams: int = 1,
         max_new_tokens: int = 200,
-    ):
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(tokenizer)
         self.model = self._build_model()
         self._val_outputs: list[tuple[int, str, list[str]]] = []
 
-    def _build_model(self):
+    def _build_model(self) -> T5ForConditionalGeneration:
         from transformers import T5Config, T5ForConditionalGeneration
 
         hp = self.hparams
@@ -168,7 +95,7 @@ class Seq2SeqModule(L.LightningModule):
         self._set_task_params(model)
         return model.train()  # from_pretrained returns eval mode; Lightning would keep dropout off
 
-    def _set_task_params(self, model) -> None:
+    def _set_task_params(self, model: T5ForConditionalGeneration) -> None:
         """Record the task prefix in the config, as t5-small's `task_specific_params` do."""
         hp = self.hparams
         params = getattr(model.config, "task_specific_params", None) or {}  # transformers 5 has no default
@@ -198,7 +125,7 @@ class Seq2SeqModule(L.LightningModule):
         """The (name, parameter) pairs the optimizer holds: the trainable ones."""
         return [(name, param) for name, param in self.model.named_parameters() if param.requires_grad]
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> dict:
         hp = self.hparams
         decay, no_decay = [], []
         for name, param in self._optimized_parameters():
@@ -220,6 +147,7 @@ class Seq2SeqModule(L.LightningModule):
 
     # ---- validation and test ----------------------------------------------------------------------------------------
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
+        """The decoded outputs for a batch, with the module's decoding settings (greedy or beam search)."""
         hp = self.hparams
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=hp.num_beams,
                                   max_new_tokens=hp.max_new_tokens, do_sample=False)

@@ -11,8 +11,8 @@ continues where it stopped, one with other settings starts over. A student is th
 
 `--labels FILE.jsonl.gz` keeps the labels alone (one JSON line each, headed by the settings, the sha256 of the
 teacher's weights and of the training sources): when the file matches, the folder is rebuilt from it in seconds
-instead of regenerating (about 45 minutes for the committed teacher's beam-4 labels on 2 cores); otherwise the labels
-are generated and the file is (re)written. The Makefile keeps the committed teacher's labels in models/teacher/.
+instead of regenerating with beam search over the whole training split; otherwise the labels are generated and the
+file is (re)written. The Makefile keeps the committed teacher's labels in models/teacher/.
 """
 
 from __future__ import annotations
@@ -27,14 +27,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from distill.files import replace_dir
 from distill.data import DataConfig, encode, load_split
-from distill.module import inference_device, load_t5, load_tokenizer
-from distill.score import translate
+from distill.errors import cli_errors
+from distill.files import replace_dir
+from distill.generation_torch import torch_generate_texts
+from distill.models import inference_device, load_t5, load_tokenizer
 
 
 def make_pseudo_labels(teacher: str, data: DataConfig, out: Path, num_beams: int = 4, max_new_tokens: int = 256,
                        chunk: int = 1000, limit: int | None = None, labels_file: Path | None = None) -> Path:
+    """Write the pseudo-label dataset of `teacher` on `data` to `out`, reusing `labels_file` or a partial run when they
+    match; returns `out`."""
     train = load_split(data, "train")
     if limit:
         train = train.select(range(min(limit, len(train))))
@@ -68,7 +71,8 @@ def _generate(teacher: str, train, data: DataConfig, out: Path, settings: dict, 
     with open(partial, "a", encoding="utf-8") as f:
         for start in range(len(labels), len(encoded), chunk):
             print(f"pseudo-labels {start}/{len(encoded)}", file=sys.stderr, flush=True)
-            outputs = translate(model, tokenizer, encoded.sources[start:start + chunk], num_beams, max_new_tokens)
+            outputs = torch_generate_texts(model, tokenizer, encoded.sources[start:start + chunk], num_beams,
+                                           max_new_tokens)
             for text in outputs:
                 f.write(json.dumps({"label": text}, ensure_ascii=False) + "\n")
             f.flush()
@@ -182,8 +186,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="a .jsonl.gz of the labels alone: reused when it matches, else (re)written")
     args = parser.parse_args(argv)
     data = DataConfig(args.data, args.name, args.source_column, args.target_column, [], args.task_prefix)
-    out = make_pseudo_labels(args.teacher, data, args.out, args.num_beams, args.max_new_tokens, limit=args.limit,
-                             labels_file=args.labels)
+    with cli_errors("python -m distill.pseudo"):
+        out = make_pseudo_labels(args.teacher, data, args.out, args.num_beams, args.max_new_tokens, limit=args.limit,
+                                 labels_file=args.labels)
     print(f"wrote {out}")
 
 

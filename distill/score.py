@@ -17,40 +17,13 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from distill.data import DataConfig, encode, load_split
-from distill.module import inference_device, load_t5, load_tokenizer, score
-
-
-@torch.inference_mode()
-def translate(model, tokenizer, sources: list[list[int]], num_beams: int = 1, max_new_tokens: int = 256,
-              max_tokens: int = 8192, progress: bool = True) -> list[str]:
-    """Generate for tokenized `sources`, batched by length (at most `max_tokens` padded source tokens), on the model's
-    device; texts in input order."""
-    model.eval()
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    outputs: list[str] = [""] * len(sources)
-    batches, batch = [], []
-    for i in order:
-        if batch and len(sources[i]) * (len(batch) + 1) * max(1, num_beams) > max_tokens:
-            batches.append(batch)
-            batch = []
-        batch.append(i)
-    if batch:
-        batches.append(batch)
-    pad, device = tokenizer.pad_token_id, next(model.parameters()).device
-    for batch in tqdm(batches, desc="generating", disable=not progress, file=sys.stderr):
-        width = max(len(sources[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        for row, i in enumerate(batch):
-            ids[row, :len(sources[i])] = torch.tensor(sources[i])
-        ids = ids.to(device)
-        generated = model.generate(input_ids=ids, attention_mask=(ids != pad).long(), num_beams=num_beams,
-                                   max_new_tokens=max_new_tokens, do_sample=False)
-        for i, text in zip(batch, tokenizer.batch_decode(generated, skip_special_tokens=True), strict=True):
-            outputs[i] = text
-    return outputs
+from distill.errors import cli_errors
+from distill.files import package_version
+from distill.generation_torch import torch_generate_texts
+from distill.metrics import score
+from distill.models import inference_device, load_t5, load_tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +44,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
     parser.add_argument("--predictions", type=Path, default=None, help="write one prediction per line here")
     args = parser.parse_args(argv)
+    with cli_errors("python -m distill.score"):
+        _run(args, argv)
 
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """Generate for the split, score, print the metrics and write the files that `args` asks for."""
     tokenizer = load_tokenizer(args.model)
     model = load_t5(args.model).to(inference_device())
     prefix = args.task_prefix
@@ -84,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
     encoded = encode(dataset, tokenizer, config, max_source_length=512, max_target_length=512)
     start = time.perf_counter()
-    predictions = translate(model, tokenizer, encoded.sources, args.num_beams, args.max_new_tokens)
+    predictions = torch_generate_texts(model, tokenizer, encoded.sources, args.num_beams, args.max_new_tokens)
     seconds = time.perf_counter() - start
     results = score(predictions, [r[:1] for r in encoded.references], args.metric)
     if args.extra_references:
@@ -94,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         **{k: round(v, 2) for k, v in results.items()},
         "model": args.model, "data": args.data, "split": args.split, "examples": len(predictions),
         "decoding": {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens, "task_prefix": prefix},
-        "sacrebleu": _version("sacrebleu"), "torch": torch.__version__, "seconds": round(seconds, 1),
+        "sacrebleu": package_version("sacrebleu"), "torch": torch.__version__, "seconds": round(seconds, 1),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
         "command": "python -m distill.score " + " ".join(sys.argv[1:] if argv is None else argv),
     }
@@ -105,12 +83,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.predictions:
         args.predictions.parent.mkdir(parents=True, exist_ok=True)
         args.predictions.write_text("\n".join(predictions) + "\n", encoding="utf-8")
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
 
 
 if __name__ == "__main__":

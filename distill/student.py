@@ -15,9 +15,14 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from distill.errors import ModelError, cli_errors
 from distill.files import replace_dir
-from distill.module import ModelError, load_t5, load_tokenizer
+from distill.models import load_t5, load_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 # Teacher depth -> student depth -> teacher layers to copy; the table of Shleifer's seq2seq-distillation
 # (12: BART, 16: Pegasus, 6: Marian / t5-small), kept so students match the published distilbart/distilpegasus ones.
@@ -47,6 +52,7 @@ def layers_to_copy(n_teacher: int, n_student: int) -> list[int]:
 
 
 def check_map(layer_map: list[int], n_teacher: int, n_student: int | None, stack: str) -> list[int]:
+    """`layer_map` (teacher layers to copy into `stack`) when it is usable; a ModelError naming each problem if not."""
     problems = []
     if n_student is not None and len(layer_map) != n_student:
         problems.append(f"it has {len(layer_map)} entries for a {n_student}-layer student")
@@ -61,8 +67,9 @@ def check_map(layer_map: list[int], n_teacher: int, n_student: int | None, stack
     return list(layer_map)
 
 
-def make_student(teacher, decoder_layers: int | None = None, encoder_layers: int | None = None,
-                 decoder_map: list[int] | None = None, encoder_map: list[int] | None = None):
+def make_student(teacher: T5ForConditionalGeneration, decoder_layers: int | None = None,
+                 encoder_layers: int | None = None, decoder_map: list[int] | None = None,
+                 encoder_map: list[int] | None = None) -> tuple[T5ForConditionalGeneration, dict[str, list[int]]]:
     """A student T5 holding copies of the chosen teacher layers; returns (student, {"encoder": map, "decoder": map}).
 
     Pure: the teacher is not modified. Embeddings, final layer norms and lm_head (tied or not) are copied as they are.
@@ -113,13 +120,14 @@ def make_student(teacher, decoder_layers: int | None = None, encoder_layers: int
     return student.eval(), maps
 
 
-def _is_tied_alias(model, key: str) -> bool:
+def _is_tied_alias(model: T5ForConditionalGeneration, key: str) -> bool:
     """Keys that are the shared embedding under another name (encoder/decoder embed_tokens, tied lm_head)."""
     return key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight") or (
         key == "lm_head.weight" and model.lm_head.weight is model.shared.weight)
 
 
-def save_student(student, maps: dict[str, list[int]], teacher, teacher_path: str, tokenizer, out: Path) -> Path:
+def save_student(student: T5ForConditionalGeneration, maps: dict[str, list[int]], teacher: T5ForConditionalGeneration,
+                 teacher_path: str, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
     """Write the student, the tokenizer and `distill_meta.json` (teacher, its depths, the layers copied) to `out`."""
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "student"
@@ -130,7 +138,8 @@ def save_student(student, maps: dict[str, list[int]], teacher, teacher_path: str
         return replace_dir(staged, out)
 
 
-def student_meta(student, maps: dict[str, list[int]] | None, teacher, teacher_path: str) -> dict:
+def student_meta(student: T5ForConditionalGeneration, maps: dict[str, list[int]] | None,
+                 teacher: T5ForConditionalGeneration, teacher_path: str) -> dict:
     """What `distill_meta.json` says of a student's origin: the teacher, both depths, the layers copied per stack."""
     return {"teacher": teacher_path, "layers_copied": maps,
             "teacher_layers": {"encoder": teacher.config.num_layers, "decoder": teacher.config.num_decoder_layers},
@@ -153,10 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoder-map", type=_int_list, default=None, help="teacher encoder layers to copy")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    teacher = load_t5(args.teacher)
-    student, maps = make_student(teacher, args.decoder_layers, args.encoder_layers, args.decoder_map,
-                                 args.encoder_map)
-    out = save_student(student, maps, teacher, args.teacher, load_tokenizer(args.teacher), args.out)
+    with cli_errors("python -m distill.student"):
+        teacher = load_t5(args.teacher)
+        student, maps = make_student(teacher, args.decoder_layers, args.encoder_layers, args.decoder_map,
+                                     args.encoder_map)
+        out = save_student(student, maps, teacher, args.teacher, load_tokenizer(args.teacher), args.out)
     t, s = sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters())
     print(f"wrote {out}: encoder layers {maps['encoder']}, decoder layers {maps['decoder']} of the teacher; "
           f"{s / 1e6:.2f}M parameters (teacher {t / 1e6:.2f}M)")

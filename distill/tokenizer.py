@@ -15,8 +15,9 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from distill.files import replace_dir
 from distill.data import DataConfig, load_split
+from distill.errors import DataError, cli_errors
+from distill.files import replace_dir
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2  # T5's ids: the decoder starts from pad
 
@@ -27,7 +28,7 @@ def train_tokenizer(sentences: list[str], out: Path, vocab_size: int = 8000) -> 
 
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
-        raise SystemExit("No text to train the tokenizer on: the training split is empty.")
+        raise DataError("No text to train the tokenizer on: the training split is empty.")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         corpus = tmp / "corpus.txt"
@@ -43,7 +44,8 @@ def train_tokenizer(sentences: list[str], out: Path, vocab_size: int = 8000) -> 
         folder.mkdir()
         shutil.copy(tmp / "spiece.model", folder / "spiece.model")
         # from_pretrained on a folder holding spiece.model is the path that works offline; constructing
-        # T5Tokenizer(vocab_file=...) directly gave a 4-token vocabulary in transformers 5.x (shared/FACTS.md).
+        # T5Tokenizer(vocab_file=...) directly gives a 4-token vocabulary, the special tokens and "▁" (transformers
+        # 5.24): the trained pieces are lost.
         tokenizer = T5Tokenizer.from_pretrained(folder, extra_ids=0)
         if len(tokenizer) != vocab_size:
             raise RuntimeError(f"tokenizer has {len(tokenizer)} tokens, expected {vocab_size}")
@@ -65,11 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab-size", type=int, default=8000)
     parser.add_argument("--out", type=Path, default=Path("data/tokenizer"))
     args = parser.parse_args(argv)
-    dataset = load_split(DataConfig(path=args.data, source_column=args.columns[0], target_column=args.columns[-1],
-                                    extra_columns=args.columns[1:-1]), args.split)
-    sentences = [args.prefix + row[args.columns[0]] for row in dataset]
-    sentences += [row[c] for c in args.columns[1:] for row in dataset]
-    train_tokenizer(sentences, args.out, args.vocab_size)
+    with cli_errors("python -m distill.tokenizer"):
+        dataset = load_split(DataConfig(path=args.data, source_column=args.columns[0], target_column=args.columns[-1],
+                                        extra_columns=args.columns[1:-1]), args.split)
+        sentences = [args.prefix + row[args.columns[0]] for row in dataset]
+        sentences += [row[c] for c in args.columns[1:] for row in dataset]
+        train_tokenizer(sentences, args.out, args.vocab_size)
     print(f"wrote {args.out} ({args.vocab_size} pieces from {len(dataset)} {args.split} rows, columns {args.columns})")
 
 

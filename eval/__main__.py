@@ -11,7 +11,8 @@
    reference, the quality gate; then the run folder (eval/report.py: results.json, report.md, plots, predictions).
 5. The summary table is printed. Exit status 0; 1 with a message when the quality gate fails (an export that loses
    more than its margin against its PyTorch source, a student more than its margin against its teacher; the report is
-   written first), or when the config, the data or a worker fails.
+   written first); 2 with one `python -m eval: error: ...` line when the config, the data or a worker fails (as for
+   a mistyped option), so a caller can tell a worse model from a run that could not be made.
 """
 
 from __future__ import annotations
@@ -25,15 +26,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from distill.errors import UserError, cli_errors
+from distill.metrics import corpus_scores, paired_bootstrap, rouge_per_example
 from eval.config import EvalConfig, Variant, check_paths, load_config
 from eval.data import Examples, load_examples
-from eval.quality import GateCheck, corpus_scores, gate_checks, gate_failure, paired_bootstrap, rouge_per_example
+from eval.quality import GateCheck, gate_checks, gate_failure
 from eval.report import environment, headline_cell, summary_table, write_report
 from eval.speed import cell_key
 
+PROG = "python -m eval"
 
-class EvalError(SystemExit):
-    """A run that cannot finish (a worker failed) or that failed its quality gate; the message says which variant."""
+
+class EvalError(UserError):
+    """A run that cannot finish (a worker failed); the message says which variant."""
+
+
+class GateFailed(EvalError):
+    """The run finished and wrote its report, but a variant lost more than its margin; the message names each."""
 
 
 def run_worker(variant: Variant, job: dict[str, Any], folder: Path, threads: int) -> dict[str, Any]:
@@ -105,8 +114,9 @@ def evaluate(config: EvalConfig, examples: Examples, run_dir: Path, command: str
     return results, predictions, checks
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
+def run(argv: list[str] | None = None) -> None:
+    """The whole run of the module docstring; raises UserError for what cannot run, GateFailed after the report."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("configs/eval/default.yaml"))
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: runs/eval/<config name>); "
@@ -121,14 +131,24 @@ def main(argv: list[str] | None = None) -> None:
     check_paths(config)
     examples = load_examples(config.dataset)
     run_dir = args.out or Path("runs/eval") / args.config.stem
-    command = "python -m eval " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = f"{PROG} " + " ".join(sys.argv[1:] if argv is None else argv)
     results, predictions, checks = evaluate(config, examples, run_dir, command, str(args.config))
     written = write_report(results, run_dir, predictions, (examples.sources, examples.references))
     print(summary_table(results))
     print(f"\nreport: {written['report']}\nresults: {written['results']}")
     failure = gate_failure(checks)
     if failure:
-        raise EvalError(failure + f"\n(report written to {written['report']})")
+        raise GateFailed(failure + f"\n(report written to {written['report']})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m eval`: `run`, its UserError as one line and status 2, a failed gate as status 1."""
+    with cli_errors(PROG):
+        try:
+            run(argv)
+        except GateFailed as failed:  # a measured result, not a mistake: status 1, apart from bad input's 2
+            print(failed, file=sys.stderr)
+            raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ and is the same for every variant: that is what makes the report like for like.
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -21,13 +22,15 @@ from typing import Any
 
 import yaml
 
+from distill.errors import UserError
+
 KINDS = ("torch", "torch-int8", "onnx")  # transformers fp32, torch dynamic int8 of the same weights, project's OnnxT5
 METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
 HEADLINE = {"translation": ("bleu",), "summarization": ("rouge2", "rougeL")}  # the numbers a task is judged by
 
 
-class ConfigError(SystemExit):
-    """A configuration the run cannot use; SystemExit so `python -m eval` prints the message without a traceback."""
+class ConfigError(UserError):
+    """A configuration the run cannot use; `python -m eval` prints its message and exits with status 2."""
 
 
 @dataclass
@@ -90,8 +93,9 @@ class GateConfig:
     """The run fails when a variant loses more than a margin (in metric points) against the variant it comes from."""
 
     export_margin: float = 0.5  # ONNX / int8 vs its PyTorch source: an export should not change what comes out
-    # student vs teacher: Shleifer's 12->6 and 12->3 students stay within about 2 BLEU / 2 ROUGE-2 of their teachers;
-    # seq2seq-distillation calls 10 ROUGE-2 points below the teacher a bug. 5 flags a failed run, not a tuned one.
+    # student vs teacher: Shleifer and Rush's 12->6 and 12->3 students (arXiv:2010.13002) stay within about 2 BLEU /
+    # 2 ROUGE-2 of their teachers; seq2seq-distillation calls 10 ROUGE-2 points below the teacher a bug. 5 flags a
+    # failed run, not a tuned one.
     student_margin: float = 5.0
     metrics: list[str] | None = None  # default: the task's headline metrics (HEADLINE)
 
@@ -151,7 +155,7 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _build(cls: type, data: Any, where: str, problems: list[str]):
+def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
     """An instance of dataclass `cls` from a mapping; problems (unknown keys, types, missing keys) are appended."""
     if not isinstance(data, dict):
         problems.append(f"{where or 'the file'}: expected a mapping of {cls.__name__} settings, got {data!r}")
@@ -263,8 +267,6 @@ def _check(c: EvalConfig) -> list[str]:
 
 def check_paths(config: EvalConfig) -> None:
     """Every local variant folder exists and holds what its kind loads; raises ConfigError naming each missing one."""
-    import json
-
     problems = []
     for v in config.variants:
         if v.hub:

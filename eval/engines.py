@@ -1,18 +1,21 @@
 """What a variant runs on: one `Engine` per kind, all with transformers' `generate` signature and numpy in and out.
 
-- `torch`: `T5ForConditionalGeneration` (safetensors only) and transformers' `generate`.
+- `torch`: `T5ForConditionalGeneration` (safetensors only, through `distill.models.load_t5`) and transformers'
+  `generate`.
 - `torch-int8`: the same model after `torch.ao.quantization.quantize_dynamic` of every `nn.Linear` (int8 weights,
   activations quantized on the fly): PyTorch's own answer to "make it faster on CPU".
 - `onnx`: the project's `OnnxT5` runtime (fp32 graphs, or the int8 ones with `quantized`).
 
 Every engine tokenizes with the variant folder's `tokenizer.json` through `tokenizers`, so no variant pays for (or
-differs by) a tokenizer implementation, and an ONNX worker never imports torch or transformers: its memory is what
-serving it costs. Engines are loaded in the variant's own worker process (`eval.worker`).
+differs by) a tokenizer implementation. The libraries an engine needs are imported inside its loader, and this module
+imports only the standard library and numpy at the top: a torch worker never imports onnxruntime, an ONNX worker never
+imports torch or transformers (its memory is what serving it costs), and `python -m bench.worker` can load these
+engines in a venv that holds only numpy, onnxruntime and tokenizers. Engines are loaded in the variant's own worker
+process (`eval.worker`, `bench.worker`).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +26,7 @@ import numpy as np
 class Engine(Protocol):
     pad_id: int
     eos_ids: list[int]
-    tokenizer: Any  # tokenizers.Tokenizer
+    tokenizer: Any  # tokenizers.Tokenizer; None when loaded without one
     size_bytes: int | None  # bytes of the weights as they are stored (or would be, for torch-int8)
     files: list[str]  # what size_bytes counts
     info: dict[str, Any]  # library versions, threads
@@ -31,7 +34,7 @@ class Engine(Protocol):
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, **kwargs: Any) -> np.ndarray: ...
 
 
-def load_tokenizer(path: str, hub: bool = False):
+def load_tokenizer(path: str, hub: bool = False) -> Any:
     """The `tokenizers.Tokenizer` of a variant: `tokenizer.json` of its folder, or of its hub repository."""
     from tokenizers import Tokenizer
 
@@ -77,12 +80,13 @@ class TorchEngine:
         return out.numpy()
 
 
-def _load_torch(path: str, hub: bool, int8: bool, threads: int) -> TorchEngine:
+def _load_torch(path: str, hub: bool, int8: bool, threads: int, tokenizer: bool) -> TorchEngine:
     import torch
-    from transformers import T5ForConditionalGeneration
+
+    from distill.models import load_t5
 
     torch.set_num_threads(threads)
-    model = T5ForConditionalGeneration.from_pretrained(path, use_safetensors=True).eval()
+    model = load_t5(path).eval()
     folder = Path(path).expanduser()
     weights = [] if hub else sorted(folder.glob("*.safetensors"))
     size, files = (sum(p.stat().st_size for p in weights), [p.name for p in weights]) if weights else (None, [])
@@ -99,7 +103,7 @@ def _load_torch(path: str, hub: bool, int8: bool, threads: int) -> TorchEngine:
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)  # nothing is stored: this is what saving the int8 model would take
         size, files = buffer.getbuffer().nbytes, ["(torch.save of the quantized state_dict, in memory)"]
-    return TorchEngine(model, load_tokenizer(path, hub), size, files)
+    return TorchEngine(model, load_tokenizer(path, hub) if tokenizer else None, size, files)
 
 
 @dataclass
@@ -116,25 +120,28 @@ class OnnxEngine:
         return self.model.generate(input_ids, attention_mask, **kwargs)
 
 
-def _load_onnx(path: str, quantized: bool, threads: int) -> OnnxEngine:
-    # The one place where eval reaches into another top-level package. The harness must measure the project's own
-    # runtime, not a re-implementation of it, and the rule "no package imports another" keeps eval and export
-    # separately testable; a by-name plugin lookup inside the worker process honours both.
-    runtime = importlib.import_module("export.runtime")
+def _load_onnx(path: str, quantized: bool, threads: int, tokenizer: bool) -> OnnxEngine:
+    # imported here, not at the top: `export` brings onnxruntime, which a torch worker must not load
     import onnxruntime
 
-    model = runtime.OnnxT5.from_pretrained(path, quantized=quantized, threads=threads)
-    graphs = [runtime.quantized_name(g) if quantized else g for g in runtime.GRAPHS]
+    from export import OnnxT5
+    from export.layout import GRAPHS, quantized_name
+
+    model = OnnxT5.from_pretrained(path, quantized=quantized, threads=threads)
+    graphs = [quantized_name(g) if quantized else g for g in GRAPHS]
     folder = Path(path).expanduser()
     size = sum((folder / g).stat().st_size for g in graphs)
-    return OnnxEngine(model, load_tokenizer(path), size, graphs, model.settings.pad_token_id,
+    return OnnxEngine(model, load_tokenizer(path) if tokenizer else None, size, graphs, model.settings.pad_token_id,
                       _ids(model.settings.eos_token_id),
                       {"onnxruntime": onnxruntime.__version__, "threads": threads, "quantized": quantized})
 
 
-def load_engine(kind: str, path: str, quantized: bool = False, hub: bool = False, threads: int = 1) -> Engine:
+def load_engine(kind: str, path: str, quantized: bool = False, hub: bool = False, threads: int = 1,
+                tokenizer: bool = True) -> Engine:
+    """The engine of a variant kind (`torch`, `torch-int8`, `onnx`), with the folder's tokenizer unless `tokenizer`
+    is false (the benchmark feeds token ids, and its random models may have no tokenizer.json)."""
     if kind == "onnx":
-        return _load_onnx(path, quantized, threads)
+        return _load_onnx(path, quantized, threads, tokenizer)
     if kind in ("torch", "torch-int8"):
-        return _load_torch(path, hub, kind == "torch-int8", threads)
+        return _load_torch(path, hub, kind == "torch-int8", threads, tokenizer)
     raise ValueError(f"unknown variant kind {kind!r}")

@@ -52,11 +52,11 @@ import json
 import os
 import platform
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from eval.quality import NAMES
+from distill.files import package_version
+from distill.metrics import NAMES
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "onnxruntime", "numpy", "sacrebleu", "rouge-score", "datasets",
              "matplotlib")
@@ -84,23 +84,17 @@ def _memory_gib() -> float | None:
     return None
 
 
-def _version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
 def environment(threads: int) -> dict[str, Any]:
     """Where and with what the run measured: read before the workers start (the load average says how busy)."""
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cpu": _cpu_model(), "cores": os.cpu_count(),
             "memory_gib": _memory_gib(), "load_average": [round(x, 2) for x in os.getloadavg()],
             "platform": platform.platform(), "python": platform.python_version(), "threads": threads,
-            "libraries": {name: _version(name) for name in LIBRARIES}}
+            "libraries": {name: package_version(name) for name in LIBRARIES}}
 
 
 # ---- tables ----------------------------------------------------------------------------------------------------------
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub table; None shows as a dash, floats with two decimals."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -118,11 +112,11 @@ def _mb(n: int | float | None) -> float | None:
     return None if n is None else n / 1e6
 
 
-def _find(cells: list[dict], key: dict[str, Any]) -> dict | None:
+def _find(cells: list[dict[str, Any]], key: dict[str, Any]) -> dict[str, Any] | None:
     return next((c for c in cells if all(c.get(k) == v for k, v in key.items())), None)
 
 
-def headline_cell(variants: dict[str, dict]) -> dict[str, Any] | None:
+def headline_cell(variants: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """The speed cell the summary shows: natural mode at the smallest batch, else the smallest fixed cell."""
     cells = [c for v in variants.values() for c in v.get("speed", [])]
     if not cells:
@@ -195,7 +189,7 @@ def _memory_table(results: dict[str, Any]) -> str:
 
 
 # ---- plots -----------------------------------------------------------------------------------------------------------
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure  # the object API renders with Agg and leaves pyplot's global state alone
 
     return Figure(figsize=(width, height), layout="constrained")

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from distill.generation import pad_batch
 from eval.config import GenerationConfig, SpeedConfig
 
 Generate = Callable[..., np.ndarray]  # generate(input_ids, attention_mask, **kwargs) -> (N, length) int64
@@ -37,16 +38,6 @@ def count_generated(ids: np.ndarray, eos_ids: list[int]) -> np.ndarray:
     is_eos = np.isin(new, eos_ids)
     first = np.argmax(is_eos, axis=1)
     return np.where(is_eos.any(axis=1), first + 1, new.shape[1]).astype(np.int64)
-
-
-def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded ids and their attention mask, both (B, longest) int64."""
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)], mask[i, :len(r)] = r, 1
-    return ids, mask
 
 
 def fixed_inputs(sources: list[list[int]], batch_size: int, length: int, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,6 +117,6 @@ def run_grid(generate: Generate, sources: list[list[int]], speed: SpeedConfig, g
     return cells
 
 
-def cell_key(cell: dict[str, Any]) -> tuple:
+def cell_key(cell: dict[str, Any]) -> tuple[str, int, int, int | None]:
     """Cells that measure the same work in every variant share a key (used for speed-ups)."""
     return cell["mode"], cell["batch_size"], cell["num_beams"], cell["input_length"]

@@ -2,10 +2,11 @@
 
     python -m eval.worker JOB.json OUT.json      (`python -m eval` writes JOB.json and reads OUT.json)
 
-A process per variant makes the peak resident memory (`peak_rss_mb`) that variant's alone, including what its libraries
-cost (an ONNX worker never imports torch), and keeps one variant's threads, caches and allocator state from touching
-the next one's timings. The order is load -> speed -> predictions, and the memory high-water mark is read after each
-step: `after_load_mb` is the footprint of a loaded model, `peak_mb` includes the quality pass's largest batch.
+A process per variant makes the peak resident memory (`eval.memory.peak_rss_mb`) that variant's alone, including
+what its libraries cost (an ONNX worker never imports torch), and keeps one variant's threads, caches and allocator
+state from touching the next one's timings. The order is load -> speed -> predictions, and the memory high-water mark
+is read after each step: `after_load_mb` is the footprint of a loaded model, `peak_mb` includes the quality pass's
+largest batch.
 
 JOB.json: {"variant": {name, kind, path, quantized, hub, ...}, "sources": [str], "generation": {...},
            "speed": {...}, "threads": int, "max_source_length": int}
@@ -16,8 +17,8 @@ OUT.json: {"variant", "threads", "engine": {versions, threads}, "load_seconds", 
 
 from __future__ import annotations
 
+import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -25,28 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from distill.errors import cli_errors
+from distill.generation import generate_texts
 from eval.config import GenerationConfig, SpeedConfig
 from eval.engines import Engine, load_engine
-from eval.speed import pad_batch, run_grid
+from eval.memory import peak_rss_mb
+from eval.speed import run_grid
 
 
-def peak_rss_mb() -> float:
-    """This process's resident-memory high-water mark in MiB.
-
-    Linux: VmHWM of /proc/self/status, the peak of this address space. Not ru_maxrss: at exec the kernel carries the
-    parent's high-water mark over into the child's ru_maxrss, so every worker started from a parent that had imported
-    torch reported the same 590 MiB. Elsewhere ru_maxrss (KiB on Linux, bytes on macOS) is all there is.
-    """
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+def encode(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids with the tokenizer's own special tokens (T5: EOS last), truncated to `max_length`."""
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
@@ -55,19 +43,17 @@ def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
 
 def predict(engine: Engine, sources: list[list[int]], generation: GenerationConfig) -> list[str]:
     """Decoded outputs in input order; batches of `generation.batch_size` sources of similar length."""
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    outputs = [""] * len(sources)
-    for start in range(0, len(order), generation.batch_size):
-        batch = order[start:start + generation.batch_size]
-        ids, mask = pad_batch([sources[i] for i in batch], engine.pad_id)
-        generated = engine.generate(ids, mask, **generation.kwargs())
-        texts = engine.tokenizer.decode_batch(generated.tolist(), skip_special_tokens=True)
-        for i, text in zip(batch, texts, strict=True):
-            outputs[i] = text.strip()
-    return outputs
+    kwargs = generation.kwargs()
+
+    def decode(ids: list[list[int]]) -> list[str]:
+        return [text.strip() for text in engine.tokenizer.decode_batch(ids, skip_special_tokens=True)]
+
+    return generate_texts(lambda ids, mask: engine.generate(ids, mask, **kwargs), decode, sources, engine.pad_id,
+                          max_rows=generation.batch_size)
 
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
+    """Everything OUT.json holds, for the variant JOB.json names (see the module docstring)."""
     variant, threads = job["variant"], job["threads"]
     name = variant["name"]
 
@@ -99,12 +85,13 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        raise SystemExit("usage: python -m eval.worker JOB.json OUT.json")
-    job = json.loads(Path(args[0]).read_text())
-    result = run(job)
-    Path(args[1]).write_text(json.dumps(result, ensure_ascii=False) + "\n", encoding="utf-8")
+    parser = argparse.ArgumentParser(prog="python -m eval.worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("job", type=Path, metavar="JOB.json")
+    parser.add_argument("out", type=Path, metavar="OUT.json")
+    args = parser.parse_args(argv)
+    with cli_errors("python -m eval.worker"):
+        result = run(json.loads(args.job.read_text()))
+    args.out.write_text(json.dumps(result, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

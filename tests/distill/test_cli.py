@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from distill.__main__ import main
+from distill.errors import ModelError
 
 
 @pytest.fixture(autouse=True)
@@ -180,5 +181,44 @@ def test_a_best_checkpoint_deleted_since_last_ckpt_is_found_on_disk(tmp_path):
     callback.best_model_path = str(tmp_path / "gone" / "best-step=2.ckpt")
     callback.dirpath = str(tmp_path / "gone")
     (tmp_path / "gone").mkdir()
-    with pytest.raises(SystemExit, match="is gone"):
+    with pytest.raises(ModelError, match="is gone"):
         best_checkpoint(callback)
+
+
+def test_a_user_error_inside_the_run_is_one_line_and_exit_2(tmp_path, dataset_dir, tokenizer_dir, capsys):
+    """A ModelError raised while LightningCLI builds the module, or a DataError while the trainer sets up the data,
+    reaches the user as `python -m distill: error: ...`, not as a traceback."""
+    config = tiny_config(tmp_path, dataset_dir, tokenizer_dir, max_steps=1)
+    data = yaml.safe_load(config.read_text())
+    data["model"]["init_args"]["model_config"]["d_modle"] = 8
+    config.write_text(yaml.safe_dump(data))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "python -m distill: error: model.model_config has keys that T5Config does not know" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(tiny_config(tmp_path, dataset_dir, tokenizer_dir, max_steps=1)),
+              "--data.path", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2
+    assert "python -m distill: error: Dataset folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("command", "args", "message"), [
+    ("score", ["--model", "{tmp}/missing"], "does not exist"),
+    ("pseudo", ["--teacher", "{tmp}/missing", "--data", "{tmp}/nodata", "--out", "{tmp}/out"], "does not exist"),
+    ("checkpoint", ["--ckpt", "{tmp}/none.ckpt", "--out", "{tmp}/out"], "does not exist"),
+    ("bible", ["--db", "{tmp}/nope.db", "--out", "{tmp}/out"], "no such file"),
+    ("tokenizer", ["--data", "{tmp}/nodata", "--out", "{tmp}/out"], "does not exist"),
+])
+def test_every_command_reports_a_user_error_in_one_line(tmp_path, capsys, command, args, message):
+    from distill import bible, checkpoint, pseudo, score, tokenizer
+
+    mains = {"score": score.main, "pseudo": pseudo.main, "checkpoint": checkpoint.main, "bible": bible.main,
+             "tokenizer": tokenizer.main}
+    with pytest.raises(SystemExit) as exit_info:
+        mains[command]([a.format(tmp=tmp_path) for a in args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m distill.{command}: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

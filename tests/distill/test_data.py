@@ -3,7 +3,9 @@ import json
 import pytest
 import torch
 
-from distill.data import DataConfig, DataError, TokenBatchSampler, collate, encode, load_split
+from distill.batching import TokenBatchSampler, collate
+from distill.data import DataConfig, encode, load_split
+from distill.errors import DataError
 
 
 def test_local_jsonl_and_csv_load_with_configured_columns(tmp_path, dataset_dir):
@@ -110,7 +112,8 @@ def test_collate_pads_sources_and_masks_labels():
 
 
 def test_resumable_loader_continues_where_the_epoch_stopped():
-    from distill.data import Encoded, EncodedDataset, ResumableLoader
+    from distill.batching import EncodedDataset, ResumableLoader
+    from distill.data import Encoded
 
     lengths = [(i * 13) % 20 + 2 for i in range(200)]
     encoded = Encoded([[5] * (n // 2) for n in lengths], [[6] * (n - n // 2) for n in lengths], [""] * 200,

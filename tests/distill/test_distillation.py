@@ -5,7 +5,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from distill.distillation import DistillModule
-from distill.module import ModelError
+from distill.errors import ModelError
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def teacher_dir(tmp_path_factory, tokenizer_dir):
 
 
 def batch(dataset_dir, tokenizer_dir):
-    from distill.data import Seq2SeqDataModule
+    from distill.datamodule import Seq2SeqDataModule
 
     data = Seq2SeqDataModule(tokenizer=str(tokenizer_dir), path=str(dataset_dir), max_tokens=400)
     data.setup("fit")
@@ -142,7 +142,7 @@ def test_freeze_until_step_thaws_the_frozen_parts_at_that_step(teacher_dir, data
 
     import lightning as L
 
-    from distill.data import Seq2SeqDataModule
+    from distill.datamodule import Seq2SeqDataModule
 
     module = DistillModule(teacher=str(teacher_dir), tokenizer=str(teacher_dir), decoder_layers=1,
                            freeze_encoder=True, freeze_embeddings=True, freeze_until_step=2, warmup_steps=0)

@@ -5,9 +5,9 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from distill.data import DataConfig, encode, load_split
-from distill.module import load_tokenizer
+from distill.generation_torch import torch_generate_texts
+from distill.models import load_tokenizer
 from distill.pseudo import make_pseudo_labels
-from distill.score import translate
 
 LIMIT, MAX_NEW = 6, 5
 
@@ -38,7 +38,8 @@ def expected_labels(teacher_dir, config):
     model, tokenizer = T5ForConditionalGeneration.from_pretrained(teacher_dir), load_tokenizer(str(teacher_dir))
     train = load_split(config, "train").select(range(LIMIT))
     encoded = encode(train, tokenizer, config, 512, 512)
-    return translate(model, tokenizer, encoded.sources, num_beams=2, max_new_tokens=MAX_NEW, progress=False)
+    return torch_generate_texts(model, tokenizer, encoded.sources, num_beams=2, max_new_tokens=MAX_NEW,
+                                progress=False)
 
 
 @pytest.mark.parametrize("nested", [False, True])
@@ -71,16 +72,17 @@ def test_an_interrupted_run_resumes_and_other_settings_start_over(teacher_dir, d
         calls.append(len(sources))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return translate(model, tokenizer, sources, *args, progress=False)
+        return torch_generate_texts(model, tokenizer, sources, *args, progress=False)
 
-    monkeypatch.setattr(pseudo, "translate", crash_after_first_chunk)
+    monkeypatch.setattr(pseudo, "torch_generate_texts", crash_after_first_chunk)
     with pytest.raises(KeyboardInterrupt):
         make_pseudo_labels(str(teacher_dir), config, tmp_path / "pseudo", 2, MAX_NEW, chunk=4, limit=LIMIT)
     partial = tmp_path / ".pseudo.train.partial.jsonl"
     assert len(partial.read_text().splitlines()) == 1 + 4  # settings line + the first chunk
 
     calls.clear()
-    monkeypatch.setattr(pseudo, "translate", lambda *a: calls.append(len(a[2])) or translate(*a, progress=False))
+    monkeypatch.setattr(pseudo, "torch_generate_texts",
+                        lambda *a: calls.append(len(a[2])) or torch_generate_texts(*a, progress=False))
     make_pseudo_labels(str(teacher_dir), config, tmp_path / "pseudo", 2, MAX_NEW, chunk=4, limit=LIMIT)
     assert calls == [LIMIT - 4]  # only the rest was generated
     labels = [json.loads(line)["fr"] for line in (tmp_path / "pseudo" / "train.jsonl").read_text().splitlines()]
@@ -104,7 +106,8 @@ def test_a_labels_file_is_reused_only_for_the_same_teacher_sources_and_settings(
     shutil.copytree(teacher_dir, teacher)
     config = DataConfig(str(dataset_dir), None, "en", "fr", [], "translate: ")
     calls = []
-    monkeypatch.setattr(pseudo, "translate", lambda *a: calls.append(len(a[2])) or translate(*a, progress=False))
+    monkeypatch.setattr(pseudo, "torch_generate_texts",
+                        lambda *a: calls.append(len(a[2])) or torch_generate_texts(*a, progress=False))
     labels_file = tmp_path / "labels.jsonl.gz"
     first = make_pseudo_labels(str(teacher), config, tmp_path / "a", 2, MAX_NEW, limit=LIMIT,
                                labels_file=labels_file)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from distill.module import ModelError
+from distill.errors import ModelError
 from distill.student import layers_to_copy, make_student, save_student
 
 
@@ -87,7 +87,7 @@ def test_block_zero_always_gets_the_relative_attention_bias():
     assert maps["decoder"] == [2, 3] and maps["encoder"] == [0, 1, 2, 3]
 
 
-def test_command_refuses_a_non_t5_model(tmp_path):
+def test_command_refuses_a_non_t5_model(tmp_path, capsys):
     from transformers import BartConfig, BartForConditionalGeneration
 
     from distill.student import main
@@ -95,6 +95,10 @@ def test_command_refuses_a_non_t5_model(tmp_path):
     config = BartConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                         decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, max_position_embeddings=32)
     BartForConditionalGeneration(config).save_pretrained(tmp_path / "bart")
-    with pytest.raises(ModelError, match="T5-family"):
+    capsys.readouterr()  # the progress bar of save_pretrained
+    with pytest.raises(SystemExit) as exit_info:
         main(["--teacher", str(tmp_path / "bart"), "--decoder-layers", "1", "--out", str(tmp_path / "s")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m distill.student: error: ") and "T5-family" in err
     assert not (tmp_path / "s").exists()

@@ -1,5 +1,6 @@
 from transformers import AutoTokenizer
 
+from distill.errors import DataError
 from distill.tokenizer import train_tokenizer
 
 
@@ -16,6 +17,6 @@ def test_tokenizer_folder_loads_with_t5_special_ids(tokenizer_dir):
 def test_empty_training_text_is_refused(tmp_path):
     import pytest
 
-    with pytest.raises(SystemExit, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         train_tokenizer(["", "  "], tmp_path / "tok", vocab_size=50)
     assert not (tmp_path / "tok").exists()

@@ -8,8 +8,9 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
+from distill.metrics import corpus_scores, paired_bootstrap, sentences_per_line
 from eval.config import EvalConfig, Variant
-from eval.quality import corpus_scores, gate_checks, gate_failure, paired_bootstrap, sentences_per_line
+from eval.quality import gate_checks, gate_failure
 
 PREDICTIONS = ["The cat sat on the mat. It was happy!", "A quick brown fox jumps over the lazy dogs.",
                "Rain is expected tomorrow in the north.", "He said unto Moses: go and speak to the people.",

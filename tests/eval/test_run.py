@@ -38,11 +38,14 @@ def test_the_quality_gate_decides_the_exit(tmp_path, monkeypatch, capsys, datase
         synthetic_results, {}, cli.gate_checks(config, scores)))  # the gate as evaluate() computes it
     run_dir = tmp_path / "run"
     if fails:
-        with pytest.raises(cli.EvalError) as err:
-            cli.main(["--config", config, "--out", str(run_dir)])
+        with pytest.raises(cli.GateFailed) as err:
+            cli.run(["--config", config, "--out", str(run_dir)])
         assert "student-onnx loses 1.00 BLEU against its source student-torch (28.00 -> 27.00; margin 0.50)" in str(
             err.value)
         assert "student-torch loses" not in str(err.value)
+        with pytest.raises(SystemExit) as status:  # a worse model is status 1; bad input is 2
+            cli.main(["--config", config, "--out", str(run_dir)])
+        assert status.value.code == 1
     else:
         cli.main(["--config", config, "--out", str(run_dir)])
     assert (run_dir / "report.md").is_file()
@@ -52,7 +55,7 @@ def test_the_quality_gate_decides_the_exit(tmp_path, monkeypatch, capsys, datase
 @pytest.mark.slow
 def test_a_whole_run_on_tiny_models(tmp_path, capsys, dataset_dir, tiny_t5_dir):
     """torch, its ONNX export and its torch int8, each in its worker process, on 5 test examples."""
-    from export.onnx import export
+    from export.exporter import export
 
     onnx_dir = export(str(tiny_t5_dir), tmp_path / "onnx")
     config = _write_config(
@@ -92,3 +95,10 @@ def test_a_whole_run_on_tiny_models(tmp_path, capsys, dataset_dir, tiny_t5_dir):
         assert (run_dir / file).is_file(), file
     out = capsys.readouterr().out
     assert "| teacher-onnx | onnx |" in out and f"report: {run_dir / 'report.md'}" in out
+
+
+def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as status:
+        cli.main(["--config", str(tmp_path / "none.yaml")])
+    assert status.value.code == 2
+    assert capsys.readouterr().err.startswith(f"python -m eval: error: Config file {tmp_path / 'none.yaml'} does not")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from rouge_score import rouge_scorer
 
+from distill.metrics import corpus_scores, paired_bootstrap, sentences_per_line
 from eval.config import DatasetConfig
 from eval.data import load_examples
-from eval.quality import corpus_scores, paired_bootstrap, sentences_per_line
 
 FIXTURE = Path(__file__).parent / "fixtures" / "aclsum"
 

@@ -10,17 +10,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from distill.errors import ModelError
 from export import OnnxT5
 from export.__main__ import main
-from export.onnx import (
-    DecoderWithPastGraph,
-    ExportError,
-    drop_single_input_concats,
-    export,
-    graph_specs,
-    quantize,
-)
-from export.runtime import DECODER_WITH_PAST
+from export.errors import ExportError
+from export.exporter import export
+from export.graphs import DecoderWithPastGraph, graph_specs
+from export.layout import DECODER_WITH_PAST
+from export.quantize import quantize
+from export.surgery import drop_single_input_concats
 
 GRAPHS = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
 
@@ -80,11 +78,11 @@ def test_refuses_other_architectures_and_foreign_folders(tied, tmp_path):
     from transformers import BartConfig
 
     BartConfig(d_model=16, encoder_layers=1, decoder_layers=1, vocab_size=32).save_pretrained(tmp_path / "bart")
-    with pytest.raises(ExportError, match="'bart' model"):
+    with pytest.raises(ModelError, match="'bart' model"):
         export(str(tmp_path / "bart"), tmp_path / "out")
     with pytest.raises(ExportError, match="not an earlier export"):
         export(str(tied.model_dir), tied.model_dir)  # would replace the model folder itself
-    with pytest.raises(ExportError, match="does not exist"):
+    with pytest.raises(ModelError, match="does not exist"):
         export(str(tmp_path / "missing"), tmp_path / "out")
 
 

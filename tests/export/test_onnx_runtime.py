@@ -47,15 +47,20 @@ def test_generate_matches_transformers_token_for_token(exported, kwargs, batch):
 
 @pytest.mark.parametrize("per_input", [True, False], ids=["shared-by-beams", "repeated-per-beam"])
 def test_beams_share_their_inputs_cross_attention_rows(tied, batch, per_input):
-    """A fresh export takes one cross-attention K/V row per input; fed a row per beam (an older export's layout, and
-    optimum's), the same graph decodes the same tokens."""
+    """The runtime feeds one cross-attention K/V row per input; fed a row per beam (optimum's layout), the same graph
+    decodes the same tokens."""
     runtime = OnnxT5.from_pretrained(tied.onnx_dir)
-    assert runtime.cross_per_input
-    runtime.cross_per_input = per_input
     rows = []
     step = runtime.decoder_with_past.run
-    runtime.decoder_with_past = type("Spy", (), {"run": lambda _, names, feed: rows.append(
-        feed["past_key_values.0.encoder.key"].shape[0]) or step(names, feed)})()
+
+    def run(_, names, feed):
+        if not per_input:  # the encoder side repeated for each of the 3 beams, as optimum feeds it
+            feed = {name: np.repeat(value, 3, axis=0) if name == "encoder_attention_mask" or ".encoder." in name
+                    else value for name, value in feed.items()}
+        rows.append(feed["past_key_values.0.encoder.key"].shape[0])
+        return step(names, feed)
+
+    runtime.decoder_with_past = type("Spy", (), {"run": run})()
     ids, mask = batch(LENGTHS)
     got = runtime.generate(ids, mask, **BEAM["beam3"])
     np.testing.assert_array_equal(got, _reference(tied.model, ids, mask, **BEAM["beam3"]))
@@ -64,7 +69,7 @@ def test_beams_share_their_inputs_cross_attention_rows(tied, batch, per_input):
 
 def test_encoder_in_chunks_decodes_the_same(tied, batch, monkeypatch):
     """Inputs longer than ENCODER_CHUNK_TOKENS run through the encoder a few rows at a time, to the same tokens."""
-    from export import runtime as rt
+    from export.runtime import model as rt
 
     monkeypatch.setattr(rt, "ENCODER_CHUNK_TOKENS", 18)  # 2 rows of 9 tokens per run: 3 runs for the batch of 5
     runtime = OnnxT5.from_pretrained(tied.onnx_dir)
@@ -92,11 +97,11 @@ def test_teacher_forced_logits_match_pytorch_within_1e_4(exported, batch):
     decoder = np.random.default_rng(4).integers(2, 48, (4, 6))
     decoder[:, 0] = 0
     runtime = OnnxT5.from_pretrained(exported.onnx_dir)
-    hidden = runtime._encode(ids, mask)
-    logits, own, cross = runtime._first_step(decoder[:, :1], mask, hidden)
+    hidden = runtime.encode(ids, mask)
+    logits, own, cross = runtime.first_step(decoder[:, :1], mask, hidden)
     steps = [logits]
     for t in range(1, decoder.shape[1]):
-        logits, own = runtime._step(decoder[:, t:t + 1], mask, own, cross)
+        logits, own = runtime.step(decoder[:, t:t + 1], mask, own, cross)
         steps.append(logits)
     want, cache = [], None
     with torch.no_grad():
@@ -196,23 +201,24 @@ def test_runtime_imports_neither_torch_nor_transformers():
     assert result.returncode == 0, result.stderr
 
 
-def test_from_model_exports_once_then_reuses(tmp_path, monkeypatch, batch, tiny_t5):
-    import export.onnx
+def test_load_or_export_exports_once_then_reuses(tmp_path, monkeypatch, batch, tiny_t5):
+    import export.exporter
+    from export.exporter import load_or_export
 
     tiny_t5(tmp_path / "model", "3enc-1dec")
-    runtime = OnnxT5.from_model(tmp_path / "model", onnx_path=tmp_path / "onnx")
+    runtime = load_or_export(tmp_path / "model", onnx_path=tmp_path / "onnx")
     ids, mask = batch(LENGTHS)
     first = runtime.generate(ids, mask, max_new_tokens=5)
 
     calls = []
     with monkeypatch.context() as patch:
-        patch.setattr(export.onnx, "export", lambda *a, **k: calls.append(a))
-        again = OnnxT5.from_model(str(tmp_path / "model"), onnx_path=tmp_path / "onnx")
+        patch.setattr(export.exporter, "export", lambda *a, **k: calls.append(a))
+        again = load_or_export(str(tmp_path / "model"), onnx_path=tmp_path / "onnx")
     assert calls == []  # reused
     np.testing.assert_array_equal(again.generate(ids, mask, max_new_tokens=5), first)
 
     (tmp_path / "model" / "model.safetensors").touch()  # changed weights: exported again, replacing the folder
-    OnnxT5.from_model(tmp_path / "model", onnx_path=tmp_path / "onnx")
+    load_or_export(tmp_path / "model", onnx_path=tmp_path / "onnx")
     meta = json.loads((tmp_path / "onnx" / "export_meta.json").read_text())
     weights = tmp_path / "model" / "model.safetensors"
     assert meta["source_fingerprint"]["model.safetensors"] == [weights.stat().st_size, weights.stat().st_mtime_ns]
@@ -220,7 +226,7 @@ def test_from_model_exports_once_then_reuses(tmp_path, monkeypatch, batch, tiny_
 
     tiny_t5(tmp_path / "other", "3enc-1dec", seed=2)
     with pytest.raises(ValueError, match="holds an export of"):
-        OnnxT5.from_model(tmp_path / "other", onnx_path=tmp_path / "onnx")
+        load_or_export(tmp_path / "other", onnx_path=tmp_path / "onnx")
 
 
 @pytest.mark.parametrize("shape, k", [((3, 4 * 2000 + 37), 8), ((2, 5000), 4), ((3, 4 * 500), 8), ((2, 40), 4),
@@ -228,21 +234,21 @@ def test_from_model_exports_once_then_reuses(tmp_path, monkeypatch, batch, tiny_
 def test_topk_is_a_stable_descending_sort_cut_at_k(shape, k):
     """Beam search's top-k: block-wise selection (long rows) or a sort, same order as a full stable sort (ties: lowest
     index first), -inf included."""
-    from export.runtime import _topk
+    from export.runtime.topk import topk
 
     x = np.round(np.random.default_rng(0).standard_normal(shape), 1).astype(np.float32)  # many ties
     x[:, 3] = x[:, 1] = x.max() + 1  # a tie at the very top
     x[0, -2] = -np.inf
-    values, idx = _topk(x, k)
+    values, idx = topk(x, k)
     want = np.argsort(-x, axis=-1, kind="stable")[:, :k]
     assert np.array_equal(idx, want) and np.array_equal(values, np.take_along_axis(x, want, axis=-1))
 
 
 def test_loading_returns_the_heap_it_freed(tied, monkeypatch):
     """Parsing the graphs frees a copy of their weights that glibc would keep: from_pretrained trims it, once."""
-    from export import runtime
+    from export.runtime import model
 
     calls = []
-    monkeypatch.setattr(runtime, "_return_freed_heap", lambda: calls.append(1))
+    monkeypatch.setattr(model, "return_freed_heap", lambda: calls.append(1))
     OnnxT5.from_pretrained(tied.onnx_dir)
     assert calls == [1]

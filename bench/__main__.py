@@ -1,11 +1,11 @@
 """`make bench`: OnnxT5 against torch, CTranslate2 and optimum on the same weights, inputs, output length and threads.
 
-    python -m eval.bench                        # the full grid (batch 1, 8, 32 x greedy, beam 4 x input 16, 64, 256)
-    python -m eval.bench --grid quick           # batch 1 and 8, input 64: a few minutes, for before/after checks
+    python -m bench                        # the full grid (batch 1, 8, 32 x greedy, beam 4 x input 16, 64, 256)
+    python -m bench --grid quick           # batch 1 and 8, input 64: a smaller grid, for before/after checks
 
 Models: the default student (`runs/distill/student`), a t5-small-shaped random teacher (6+6 layers, 60.5M parameters)
 and its 6->2 student (`python -m distill.student`), all three made or read under `--work` (default bench/work).
-Engines, each in its own process (eval/bench_worker.py), so that its peak memory is its own:
+Engines, each in its own process (`python -m bench.worker`, bench/worker.py), so that its peak memory is its own:
 
     torch          transformers `generate`, fp32 (the project venv)
     onnx-fp32      OnnxT5 on `python -m export` graphs, run from a venv that holds only numpy, onnxruntime and
@@ -19,7 +19,8 @@ Every engine gets the same token ids (real test verses joined end to end and cut
 padding), min_new_tokens = max_new_tokens = 32, and the same thread count. Each cell: one untimed call, then the
 median of `--repeats` calls. Outputs are compared with torch's, cell by cell (share of equal tokens), so that no engine
 wins by decoding something else. Written to bench/results/: results.json, results.md (tables with the ratios against
-CTranslate2 int8 and against torch, and the goals), speedup.png.
+CTranslate2 int8 and against torch, and the goals), speedup.png. What `make bench` needs and lacks (a venv, the
+student) prints one `python -m bench: error: ...` line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -38,26 +39,25 @@ from typing import Any
 
 import numpy as np
 
+from bench.shapes import T5_SMALL
+from distill.errors import UserError, cli_errors
 from eval.report import environment, markdown_table
 from eval.speed import fixed_inputs
 
-WORKER = Path(__file__).with_name("bench_worker.py")
+PROG = "python -m bench"
+WORKER = "bench.worker"  # run as `python -m bench.worker` with the repository root on PYTHONPATH, in any of the venvs
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS = {"full": {"batch_sizes": [1, 8, 32], "num_beams": [1, 4], "input_lengths": [16, 64, 256]},
          "quick": {"batch_sizes": [1, 8], "num_beams": [1, 4], "input_lengths": [64]}}
 ENGINES = ("torch", "onnx-fp32", "onnx-int8", "ct2-int8", "ct2-fp32", "optimum-fp32", "optimum-int8")
-# the same shape as export/bench.py's T5_SMALL: written twice because no top-level package imports another
-T5_SMALL = {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_decoder_layers": 6,
-            "num_heads": 8, "feed_forward_proj": "relu", "tie_word_embeddings": True, "decoder_start_token_id": 0,
-            "pad_token_id": 0, "eos_token_id": 1}
 
 
-class BenchError(SystemExit):
-    """Something `make bench` needs and does not have; printed without a traceback."""
+class BenchError(UserError):
+    """Something `make bench` needs and does not have, or a conversion step that failed."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--student", type=Path, default=Path("runs/distill/student"),
                         help="the default student (default %(default)s; made by make distill)")
     parser.add_argument("--data", type=Path, default=Path("data/bible"), help="test sources for the inputs")
@@ -89,12 +89,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _run(command: list[str], what: str, env: dict | None = None) -> None:
+def _run(command: list[str], what: str, env: dict[str, str] | None = None) -> None:
     """A conversion step; its output goes to the console, a failure stops the bench naming the step."""
     print(f"$ {' '.join(map(str, command))}", flush=True)
     done = subprocess.run(command, env=env, check=False)
     if done.returncode != 0:
-        raise BenchError(f"bench: {what} failed (exit {done.returncode}); see the output above.")
+        raise BenchError(f"{what} failed (exit {done.returncode}); see the output above.")
+
+
+def _worker_env() -> dict[str, str]:
+    """The environment of `python -m bench.worker`: the venvs other than the project's find `eval` and `export`
+    through PYTHONPATH only."""
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 # ---- models and conversions ----------------------------------------------------------------------------------------
@@ -102,7 +108,7 @@ def make_models(args: argparse.Namespace) -> dict[str, Path]:
     models = {}
     if "student" in args.models:
         if not (args.student / "model.safetensors").is_file():
-            raise BenchError(f"bench: no student at {args.student}. Make it with `make distill`.")
+            raise BenchError(f"no student at {args.student}. Make it with `make distill`.")
         models["student"] = args.student
     small = args.work / "t5-small-6-6"
     if {"t5-small-6-6", "t5-small-6-2"} & set(args.models) and not (small / "model.safetensors").is_file():
@@ -129,7 +135,7 @@ def convert(name: str, model: Path, args: argparse.Namespace) -> dict[str, Path]
     work = args.work / "converted" / name
     folders = {}
     if {"onnx-fp32", "onnx-int8"} & set(args.engines):
-        onnx = work / "onnx"  # made again on every run (20 s a model): the export is what this bench measures
+        onnx = work / "onnx"  # made again on every run: the export is what this bench measures
         _run([sys.executable, "-m", "export", "--model", str(model), "--out", str(onnx), "--int8"],
              f"exporting {name} with python -m export")
         folders["onnx"] = onnx
@@ -147,8 +153,8 @@ def convert(name: str, model: Path, args: argparse.Namespace) -> dict[str, Path]
             cli = args.optimum_python.with_name("optimum-cli")
             _run([str(cli), "export", "onnx", "--model", str(model), "--task", "text2text-generation-with-past",
                   str(folder)], f"exporting {name} with optimum-cli")
-            _run([str(args.optimum_python), str(WORKER), "--optimum-int8", str(folder)],
-                 f"quantizing {name}'s optimum export with ORTQuantizer")
+            _run([str(args.optimum_python), "-m", WORKER, "--optimum-int8", str(folder)],
+                 f"quantizing {name}'s optimum export with ORTQuantizer", _worker_env())
         folders["optimum"] = folder
     return folders
 
@@ -160,7 +166,7 @@ def check_venvs(args: argparse.Namespace) -> dict[str, Any]:
              "optimum": ({"optimum-fp32", "optimum-int8"}, args.optimum_python)}
     for venv, (engines, python) in needs.items():
         if engines & set(args.engines) and not python.is_file():
-            raise BenchError(f"bench: {python} does not exist; `make bench` creates the {venv} venv "
+            raise BenchError(f"{python} does not exist; `make bench` creates the {venv} venv "
                              "(or leave those engines out with --engines).")
     if args.serve_python.is_file():
         root = args.serve_python.parents[1]
@@ -174,7 +180,8 @@ def check_venvs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---- measuring -----------------------------------------------------------------------------------------------------
-def inputs_file(args: argparse.Namespace, grid: dict, folder: Path, eos_id: int) -> Path:
+def inputs_file(args: argparse.Namespace, grid: dict[str, list[int]], folder: Path, eos_id: int) -> Path:
+    """The token ids of every (batch, input length) of the grid, shared by all engines: `inputs.npz` in `folder`."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(args.tokenizer / "tokenizer.json"))
@@ -187,15 +194,16 @@ def inputs_file(args: argparse.Namespace, grid: dict, folder: Path, eos_id: int)
     return path
 
 
-def run_engine(engine: str, model: str, folders: dict[str, Path], source: Path, cells: list, inputs: Path,
-               args: argparse.Namespace, config: dict, tmp: Path) -> dict[str, Any]:
+def run_engine(engine: str, model: str, folders: dict[str, Path], source: Path, cells: list[list[int]], inputs: Path,
+               args: argparse.Namespace, config: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """One engine on one model, in `python -m bench.worker` with the engine's venv; the worker's OUT.json."""
     kind, _, precision = engine.partition("-")
     quantized = precision == "int8"
-    python, env = sys.executable, None
+    python = sys.executable
     path = {"torch": source, "onnx": folders.get("onnx"), "ct2": folders.get(engine),
             "optimum": folders.get("optimum")}[kind]
     if kind == "onnx":
-        python, env = str(args.serve_python), {**os.environ, "PYTHONPATH": str(ROOT)}
+        python = str(args.serve_python)
     elif kind == "optimum":
         python = str(args.optimum_python)
     job = {"name": f"{model}/{engine}", "engine": {"ct2": "ctranslate2"}.get(kind, kind), "path": str(path),
@@ -205,7 +213,7 @@ def run_engine(engine: str, model: str, folders: dict[str, Path], source: Path, 
            "pad_id": config["pad_token_id"]}
     job_file, out_file = tmp / f"{model}-{engine}.job.json", tmp / f"{model}-{engine}.json"
     job_file.write_text(json.dumps(job))
-    _run([python, str(WORKER), str(job_file), str(out_file)], f"{model}/{engine}", env)
+    _run([python, "-m", WORKER, str(job_file), str(out_file)], f"{model}/{engine}", _worker_env())
     return json.loads(out_file.read_text())
 
 
@@ -229,7 +237,8 @@ def summarize(results: dict[str, Any]) -> None:
                 c["agreement_with_torch"] = agreement(c["tokens"], cell["tokens"])
 
 
-def _cell(results: dict, model: str, engine: str, batch: int, beams: int, length: int) -> dict | None:
+def _cell(results: dict[str, Any], model: str, engine: str, batch: int, beams: int, length: int
+          ) -> dict[str, Any] | None:
     engines = results["models"].get(model, {}).get("engines", {})
     cells = engines.get(engine, {}).get("cells", [])
     return next((c for c in cells if (c["batch_size"], c["num_beams"], c["input_length"]) == (batch, beams, length)),
@@ -241,7 +250,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     length = 64 if 64 in results["grid"]["input_lengths"] else results["grid"]["input_lengths"][0]
     rows = []
 
-    def ratio(model_a, engine_a, model_b, engine_b, batch, beams):
+    def ratio(model_a: str, engine_a: str, model_b: str, engine_b: str, batch: int, beams: int) -> float | None:
         a, b = _cell(results, model_a, engine_a, batch, beams, length), _cell(results, model_b, engine_b, batch,
                                                                                beams, length)
         return None if a is None or b is None else b["latency_ms"]["median"] / a["latency_ms"]["median"]
@@ -280,6 +289,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ---- report ----------------------------------------------------------------------------------------------------------
 def render(results: dict[str, Any]) -> str:
+    """results.md: the goals, then per model the latency table (ratios, agreement) and the memory table."""
     lines = [f"# make bench, {results['created']}", "",
              f"{results['environment']['cpu']}, {results['threads']} threads; {results['new_tokens']} new tokens "
              "forced (min = max); median of the timed calls; ratios = other latency / this latency (> 1: faster).",
@@ -307,6 +317,7 @@ def render(results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
+    """speedup.png: every engine's speed-up against torch generate, cell by cell, one panel per model."""
     from matplotlib.figure import Figure
 
     models = list(results["models"])
@@ -327,14 +338,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(argv: list[str] | None = None) -> None:
+    """The whole bench of the module docstring; raises BenchError for what it needs and lacks."""
     args = parse_args(argv)
     grid = GRIDS[args.grid]
     venvs = check_venvs(args)
     models = make_models(args)
     cells = [[b, k, n] for b in grid["batch_sizes"] for k in grid["num_beams"] for n in grid["input_lengths"]]
     results = {"schema_version": 1, "created": datetime.now(UTC).isoformat(timespec="seconds"),
-               "command": "python -m eval.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "command": f"{PROG} " + " ".join(argv if argv is not None else sys.argv[1:]),
                "environment": environment(args.threads), "threads": args.threads, "new_tokens": args.new_tokens,
                "repeats": args.repeats, "grid": grid, "venvs": venvs, "models": {}}
     start = time.perf_counter()
@@ -361,6 +373,11 @@ def main(argv: list[str] | None = None) -> None:
     plot(results, args.out / "speedup.png")
     print(report)
     print(f"bench: {args.out / 'results.md'} ({results['seconds'] / 60:.1f} min)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    with cli_errors(PROG):
+        run(argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Measure training throughput of T5 shapes on this machine: how the teacher's size was chosen.
 
-    python -m distill.throughput --tokenizer data/tokenizer --data data/bible --steps 12
+    python -m bench.throughput --tokenizer data/tokenizer --data data/bible --steps 12
 
 Runs a few optimizer steps (forward, backward, clipping, AdamW) of each candidate shape on real batches of the
 training split, batched by token count as in training, and prints one JSON line per shape: parameters, real tokens
@@ -16,8 +16,11 @@ import time
 
 import torch
 
-from distill.data import DataConfig, EncodedDataset, TokenBatchSampler, collate, encode, load_split
+from distill.batching import EncodedDataset, TokenBatchSampler, collate
+from distill.data import DataConfig, encode, load_split
+from distill.errors import cli_errors
 from distill.losses import label_smoothed_ce
+from distill.models import load_tokenizer
 
 SHAPES = {
     "d128-ff512": {"d_model": 128, "d_ff": 512, "num_heads": 4, "d_kv": 32},
@@ -29,6 +32,7 @@ SHAPES = {
 
 def measure(shape: dict, vocab_size: int, dataset: EncodedDataset, lengths: list[int], max_tokens: int, bf16: bool,
             steps: int, warmup: int = 2) -> dict:
+    """Throughput of `steps` training steps of a 6+6-layer T5 of `shape`, after `warmup` steps that are not timed."""
     from transformers import T5Config, T5ForConditionalGeneration
 
     config = T5Config(vocab_size=vocab_size, num_layers=6, num_decoder_layers=6, decoder_start_token_id=0, **shape)
@@ -65,11 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--fp32", action="store_true", help="also measure without bf16 autocast")
     args = parser.parse_args(argv)
-    from distill.module import load_tokenizer
-
-    tokenizer = load_tokenizer(args.tokenizer)
-    config = DataConfig(path=args.data)
-    encoded = encode(load_split(config, "train"), tokenizer, config, 192, 192)
+    with cli_errors("python -m bench.throughput"):
+        tokenizer = load_tokenizer(args.tokenizer)
+        config = DataConfig(path=args.data)
+        encoded = encode(load_split(config, "train"), tokenizer, config, 192, 192)
     lengths = [len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets, strict=True)]
     dataset = EncodedDataset(encoded)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)

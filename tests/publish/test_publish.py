@@ -1,4 +1,4 @@
-"""`python -m eval.publish`: the staged hub folder, its model card, its load-back check, the refusals and the token."""
+"""`python -m publish`: the staged hub folder, its model card, its load-back check, the refusals and the token."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import shutil
 
 import pytest
 
-import eval.publish as publish
+from publish.__main__ import run
+from publish.check import check_staged
+from publish.errors import PublishError
 
 FAKE_TOKEN = "hf_" + "FakeTokenNeverToBeWritten0123456789"
 
@@ -15,7 +17,7 @@ FAKE_TOKEN = "hf_" + "FakeTokenNeverToBeWritten0123456789"
 @pytest.fixture(scope="module")
 def student_and_export(tmp_path_factory, tiny_t5_dir):
     """A student folder (the tiny T5 with a distill_meta.json) and its fp32 + int8 export."""
-    from export.onnx import export
+    from export.exporter import export
 
     root = tmp_path_factory.mktemp("publish")
     student = root / "student"
@@ -57,7 +59,7 @@ def test_a_dry_run_stages_a_folder_that_loads_with_a_card_holding_the_measured_n
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     out = tmp_path / "staged"
-    publish.main(_argv(inputs, out))
+    run(_argv(inputs, out))
 
     printed = capsys.readouterr().out
     assert "dry run: nothing uploaded" in printed and str(out) in printed
@@ -89,21 +91,21 @@ def test_a_dry_run_stages_a_folder_that_loads_with_a_card_holding_the_measured_n
     assert json.loads((out / "onnx" / "export_meta.json").read_text())["source"] == "someone/tiny-t5-6-2"
 
     # the staged folder itself loads and generates with both runtimes, the ONNX tokens equal to transformers'
-    tokens = publish.check_staged(out, "translate English to French: ")
+    tokens = check_staged(out, "translate English to French: ")
     assert tokens["onnx"] == tokens["transformers"] and len(tokens["onnx-int8"]) > 1
 
 
 @pytest.mark.parametrize("repo_id", ["no-namespace", "a/b/c", "/name", "name space/x", "ns/"])
 def test_a_repo_id_that_is_not_namespace_name_is_refused(tmp_path, inputs, repo_id):
-    with pytest.raises(publish.PublishError, match="is not `namespace/name`"):
-        publish.main(_argv(inputs, tmp_path / "staged", repo_id=repo_id))
+    with pytest.raises(PublishError, match="is not `namespace/name`"):
+        run(_argv(inputs, tmp_path / "staged", repo_id=repo_id))
     assert not (tmp_path / "staged").exists()
 
 
 def test_missing_evaluation_results_are_refused(tmp_path, inputs):
     inputs["results"] = tmp_path / "nowhere" / "results.json"
-    with pytest.raises(publish.PublishError, match=r"results\.json does not exist.*make eval"):
-        publish.main(_argv(inputs, tmp_path / "staged"))
+    with pytest.raises(PublishError, match=r"results\.json does not exist.*make eval"):
+        run(_argv(inputs, tmp_path / "staged"))
     assert not (tmp_path / "staged").exists()
 
 
@@ -111,8 +113,8 @@ def test_results_that_do_not_hold_the_student_are_refused(tmp_path, inputs):
     results = json.loads(inputs["results"].read_text())
     del results["variants"]["student-torch"]
     inputs["results"].write_text(json.dumps(results))
-    with pytest.raises(publish.PublishError, match="holds no torch variant at"):
-        publish.main(_argv(inputs, tmp_path / "staged"))
+    with pytest.raises(PublishError, match="holds no torch variant at"):
+        run(_argv(inputs, tmp_path / "staged"))
 
 
 def test_an_export_without_int8_graphs_is_refused(tmp_path, inputs):
@@ -120,8 +122,8 @@ def test_an_export_without_int8_graphs_is_refused(tmp_path, inputs):
     shutil.copytree(inputs["onnx"], onnx)
     (onnx / "decoder_model_quantized.onnx").unlink()
     inputs["onnx"] = onnx
-    with pytest.raises(publish.PublishError, match=r"lacks decoder_model_quantized\.onnx.*make export"):
-        publish.main(_argv(inputs, tmp_path / "staged"))
+    with pytest.raises(PublishError, match=r"lacks decoder_model_quantized\.onnx.*make export"):
+        run(_argv(inputs, tmp_path / "staged"))
     assert not (tmp_path / "staged").exists() and not list(tmp_path.glob(".staged.tmp.*"))
 
 
@@ -141,8 +143,8 @@ def test_graphs_of_other_weights_are_refused(tmp_path, inputs):
     results["variants"]["student-torch"]["path"] = str(student)
     inputs["results"].write_text(json.dumps(results))
     inputs["student"] = student
-    with pytest.raises(publish.PublishError, match="generate other tokens than the PyTorch weights"):
-        publish.main(_argv(inputs, tmp_path / "staged"))
+    with pytest.raises(PublishError, match="generate other tokens than the PyTorch weights"):
+        run(_argv(inputs, tmp_path / "staged"))
     assert not (tmp_path / "staged").exists()
 
 
@@ -154,8 +156,8 @@ def test_push_without_a_token_is_refused(tmp_path, inputs, monkeypatch):
 
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
-    with pytest.raises(publish.PublishError, match=r"no Hugging Face token\. Set HF_TOKEN"):
-        publish.main(_argv(inputs, tmp_path / "staged", "--push"))
+    with pytest.raises(PublishError, match=r"no Hugging Face token\. Set HF_TOKEN"):
+        run(_argv(inputs, tmp_path / "staged", "--push"))
 
 
 def test_push_without_a_network_fails_clearly_and_never_shows_the_token(tmp_path, inputs, monkeypatch, capsys):
@@ -163,8 +165,8 @@ def test_push_without_a_network_fails_clearly_and_never_shows_the_token(tmp_path
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    with pytest.raises(publish.PublishError) as err:
-        publish.main(_argv(inputs, tmp_path / "staged", "--push"))
+    with pytest.raises(PublishError) as err:
+        run(_argv(inputs, tmp_path / "staged", "--push"))
     assert "cannot reach the hub" in str(err.value) and FAKE_TOKEN not in str(err.value)
     captured = capsys.readouterr()
     assert FAKE_TOKEN not in captured.out + captured.err

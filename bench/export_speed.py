@@ -1,7 +1,7 @@
 """Speed of the export against PyTorch, measured side by side in one process: `make bench-export`.
 
-    python -m export.bench                       # a t5-small-shaped random model (60.5M parameters), exported here
-    python -m export.bench --model runs/distill/student --beams 1,4 --batch 1
+    python -m bench.export_speed                 # a random model of t5-small's shape (bench.shapes), exported here
+    python -m bench.export_speed --model runs/distill/student --beams 1,4 --batch 1
 
 For each decoding (greedy, beam 4) it times transformers' `generate`, `OnnxT5` fp32 and `OnnxT5` int8 on the same
 inputs (batch 1, 64 input tokens, 32 new tokens forced with min_new_tokens = max_new_tokens, so that every engine
@@ -21,23 +21,23 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from export.onnx import export
-from export.runtime import DECODER_WITH_PAST, OnnxT5, quantized_name
-
-# t5-small (T5 v1.0): the shape FACTS.md's baseline was measured on
-T5_SMALL = {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_decoder_layers": 6,
-            "num_heads": 8, "feed_forward_proj": "relu", "tie_word_embeddings": True, "decoder_start_token_id": 0,
-            "pad_token_id": 0, "eos_token_id": 1}
+from bench.shapes import T5_SMALL
+from distill.models import load_t5
+from export import OnnxT5
+from export.exporter import export
+from export.layout import DECODER_WITH_PAST, quantized_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.export_speed", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", help="a T5 folder to benchmark (default: a t5-small-shaped random model)")
     parser.add_argument("--decoder-layers", type=int, default=6,
                         help="decoder depth of the random t5-small-shaped model (default %(default)s)")
@@ -64,7 +64,7 @@ def random_t5_small(folder: Path, decoder_layers: int, seed: int = 0) -> Path:
     return folder
 
 
-def step_weight_bytes(model) -> int:
+def step_weight_bytes(model: Any) -> int:
     """Bytes of fp32 weights one decoder step with a cache reads: the decoder stack without its cross-attention K/V
     projections (computed once per input) and without the embedding (one row is gathered), plus lm_head."""
     total = 0
@@ -88,7 +88,7 @@ def bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
     return data.nbytes / best
 
 
-def timed(fn, repeats: int) -> tuple[list[float], object]:
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
     """Seconds of each of `repeats` calls after one untimed warm-up call; the last call's result."""
     out = fn()
     times = []
@@ -118,8 +118,6 @@ def step_ms(runtime: OnnxT5, batch: int, past: int, repeats: int = 50) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from transformers import T5ForConditionalGeneration
-
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-export.") as tmp:
         work = args.workdir or Path(tmp)
@@ -127,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"model: {source if args.model else f't5-small shape, random weights, 6-{args.decoder_layers} layers'}")
         print("exporting (fp32 + int8, validated against PyTorch) ...", flush=True)
         onnx_dir = export(str(source), work / "onnx", int8=True)
-        model = T5ForConditionalGeneration.from_pretrained(source).eval()
+        model = load_t5(str(source)).eval()
         runtimes = {"onnx-fp32": OnnxT5.from_pretrained(onnx_dir, threads=args.threads),
                     "onnx-int8": OnnxT5.from_pretrained(onnx_dir, quantized=True, threads=args.threads)}
 

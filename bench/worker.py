@@ -1,11 +1,14 @@
 """One engine of `make bench` in its own process: load, time every grid cell, return the tokens and the peak memory.
 
-    python eval/bench_worker.py JOB.json OUT.json      (run by path: the optimum engine runs it in another venv)
+    python -m bench.worker JOB.json OUT.json          (PYTHONPATH: the repository root)
+    python -m bench.worker --optimum-int8 FOLDER      optimum's own dynamic int8 of its export
 
-A standalone script on purpose: it imports only the standard library, numpy and the engine's own library, so the same
-file runs in the project's venv (torch, OnnxT5, CTranslate2), in the serving venv that holds only what OnnxT5 needs,
-and in the optimum venv (transformers < 4.58) without importing anything of the project but `export.runtime` for the
-`onnx` engine. A process per engine makes its peak resident memory its own.
+`python -m bench` runs it with three pythons: the project venv's (torch, CTranslate2), the serving venv's, which holds
+only numpy, onnxruntime and tokenizers (OnnxT5: it proves the runtime needs nothing else), and the optimum venv's
+(transformers < 4.58). So besides the standard library and numpy it imports only `eval.engines` and `eval.memory`,
+which import nothing more at the top, and the engine's own library when it loads: the torch and onnx engines are the
+evaluation's own (`eval.engines`), CTranslate2 and optimum are defined here. A process per engine makes its peak
+resident memory its own.
 
 JOB.json: {"engine": "torch"|"onnx"|"ctranslate2"|"optimum", "path", "quantized": bool, "threads",
            "inputs": NPZ (arrays ids_<batch>_<length>), "cells": [[batch, beams, length]], "new_tokens",
@@ -17,58 +20,48 @@ OUT.json: {"engine", "load_seconds", "memory": {"after_load_mb", "peak_mb"}, "ve
 
 from __future__ import annotations
 
-import importlib
+import argparse
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from eval.engines import load_engine
+from eval.memory import peak_rss_mb
 
 
-# ---- engines: generate(ids (B, L) int64, beams, new_tokens) -> (B, 1 + new_tokens) int64 ---------------------------
-class TorchEngine:
-    def __init__(self, job):
-        import torch
-        import transformers
+class BenchEngine(Protocol):
+    versions: dict[str, Any]
 
-        torch.set_num_threads(job["threads"])
-        self.torch = torch
-        self.model = transformers.T5ForConditionalGeneration.from_pretrained(job["path"], use_safetensors=True).eval()
-        self.versions = {"torch": torch.__version__, "transformers": transformers.__version__}
-
-    def generate(self, ids, beams, new_tokens):
-        with self.torch.inference_mode():
-            out = self.model.generate(input_ids=self.torch.from_numpy(ids), attention_mask=self.torch.ones_like(
-                self.torch.from_numpy(ids)), num_beams=beams, do_sample=False, min_new_tokens=new_tokens,
-                max_new_tokens=new_tokens)
-        return out.numpy()
+    def generate(self, ids: np.ndarray, beams: int, new_tokens: int) -> np.ndarray:
+        """(B, L) int64 ids without padding -> (B, 1 + new_tokens) int64, exactly `new_tokens` generated."""
+        ...
 
 
-class OnnxEngine:
-    def __init__(self, job):
-        runtime = importlib.import_module("export.runtime")  # the project's runtime, by name (see eval/engines.py)
-        import onnxruntime
+class EvalEngine:
+    """The evaluation's torch or OnnxT5 engine (`eval.engines`), fed token ids: no tokenizer is loaded."""
 
-        self.model = runtime.OnnxT5.from_pretrained(job["path"], quantized=job["quantized"], threads=job["threads"])
-        self.versions = {"onnxruntime": onnxruntime.__version__, "torch_imported": "torch" in sys.modules}
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.engine = load_engine(job["engine"], job["path"], quantized=job["quantized"], threads=job["threads"],
+                                  tokenizer=False)
+        info = self.engine.info
+        if job["engine"] == "torch":
+            self.versions = {"torch": info["torch"], "transformers": info["transformers"]}
+        else:
+            self.versions = {"onnxruntime": info["onnxruntime"], "torch_imported": "torch" in sys.modules}
 
-    def generate(self, ids, beams, new_tokens):
-        return self.model.generate(ids, np.ones_like(ids), num_beams=beams, do_sample=False,
-                                   min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+    def generate(self, ids: np.ndarray, beams: int, new_tokens: int) -> np.ndarray:
+        return self.engine.generate(ids, np.ones_like(ids), num_beams=beams, do_sample=False,
+                                    min_new_tokens=new_tokens, max_new_tokens=new_tokens)
 
 
 class CTranslate2Engine:
     """CTranslate2's own decoding; ids are mapped to its vocabulary strings and back (its folder has no tokenizer)."""
 
-    def __init__(self, job):
+    def __init__(self, job: dict[str, Any]) -> None:
         import ctranslate2
 
         folder = Path(job["path"])
@@ -83,7 +76,7 @@ class CTranslate2Engine:
                                             inter_threads=1, intra_threads=job["threads"])
         self.versions = {"ctranslate2": ctranslate2.__version__, "compute_type": job["compute_type"]}
 
-    def generate(self, ids, beams, new_tokens):
+    def generate(self, ids: np.ndarray, beams: int, new_tokens: int) -> np.ndarray:
         source = [[self.vocab[i] for i in row] for row in ids.tolist()]
         results = self.model.translate_batch(source, beam_size=beams, max_decoding_length=new_tokens,
                                              min_decoding_length=new_tokens, max_batch_size=0)
@@ -95,11 +88,13 @@ class CTranslate2Engine:
 class OptimumEngine:
     """optimum-onnx's ORTModelForSeq2SeqLM on its own export (fp32) or its own dynamic int8 of it."""
 
-    def __init__(self, job):
+    def __init__(self, job: dict[str, Any]) -> None:
         import onnxruntime
         import optimum.onnxruntime as ortopt
         import torch
         import transformers
+
+        from distill.files import package_version
 
         torch.set_num_threads(job["threads"])
         self.torch = torch
@@ -113,10 +108,10 @@ class OptimumEngine:
                      "decoder_with_past_file_name": "decoder_with_past_model_quantized.onnx"}
         self.model = ortopt.ORTModelForSeq2SeqLM.from_pretrained(job["path"], session_options=options, use_cache=True,
                                                                  use_merged=False, **names)
-        self.versions = {"optimum-onnx": _version("optimum-onnx"), "transformers": transformers.__version__,
+        self.versions = {"optimum-onnx": package_version("optimum-onnx"), "transformers": transformers.__version__,
                          "onnxruntime": onnxruntime.__version__}
 
-    def generate(self, ids, beams, new_tokens):
+    def generate(self, ids: np.ndarray, beams: int, new_tokens: int) -> np.ndarray:
         ids_t = self.torch.from_numpy(ids)
         with self.torch.inference_mode():
             out = self.model.generate(input_ids=ids_t, attention_mask=self.torch.ones_like(ids_t), num_beams=beams,
@@ -124,19 +119,12 @@ class OptimumEngine:
         return out.numpy()
 
 
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
+ENGINES: dict[str, type[BenchEngine]] = {"torch": EvalEngine, "onnx": EvalEngine, "ctranslate2": CTranslate2Engine,
+                                         "optimum": OptimumEngine}
 
 
-ENGINES = {"torch": TorchEngine, "onnx": OnnxEngine, "ctranslate2": CTranslate2Engine, "optimum": OptimumEngine}
-
-
-def run(job: dict) -> dict:
+def run(job: dict[str, Any]) -> dict[str, Any]:
+    """Everything OUT.json holds, for the engine and cells JOB.json names (see the module docstring)."""
     start = time.perf_counter()
     engine = ENGINES[job["engine"]](job)
     load_seconds = time.perf_counter() - start
@@ -177,14 +165,18 @@ def quantize_optimum(folder: Path) -> None:
         ORTQuantizer.from_pretrained(folder, file_name=graph).quantize(save_dir=folder, quantization_config=config)
 
 
-def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--optimum-int8":
-        quantize_optimum(Path(sys.argv[2]))
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", type=Path, metavar="FILE", help="JOB.json OUT.json")
+    parser.add_argument("--optimum-int8", type=Path, metavar="FOLDER", help="quantize optimum's export in FOLDER")
+    args = parser.parse_args(argv)
+    if args.optimum_int8 is not None and not args.files:
+        quantize_optimum(args.optimum_int8)
         return
-    if len(sys.argv) != 3:
-        raise SystemExit("usage: python eval/bench_worker.py JOB.json OUT.json | --optimum-int8 FOLDER")
-    job = json.loads(Path(sys.argv[1]).read_text())
-    Path(sys.argv[2]).write_text(json.dumps(run(job)) + "\n")
+    if len(args.files) != 2 or args.optimum_int8 is not None:
+        parser.error("give JOB.json OUT.json, or --optimum-int8 FOLDER alone")
+    job, out = args.files
+    out.write_text(json.dumps(run(json.loads(job.read_text()))) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""`make bench`: every engine of the project venv decodes what torch decodes; ratios, agreement and goals are computed
-from the measured latencies as the report states them."""
+"""`python -m bench`: every engine of the project venv decodes what torch decodes; ratios, agreement and goals are
+computed from the measured latencies as the report states them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from eval import bench, bench_worker
+from bench import __main__ as cli
+from bench import worker
 
 
 def _job(tmp_path, engine: str, path, inputs, **extra) -> dict:
@@ -21,7 +22,7 @@ def _job(tmp_path, engine: str, path, inputs, **extra) -> dict:
 def test_torch_onnx_and_ctranslate2_workers_decode_the_same_greedy_tokens(tmp_path, tiny_t5_dir):
     import ctranslate2
 
-    from export.onnx import export
+    from export.exporter import export
 
     onnx = export(str(tiny_t5_dir), tmp_path / "onnx")
     ct2 = tmp_path / "ct2"
@@ -32,7 +33,7 @@ def test_torch_onnx_and_ctranslate2_workers_decode_the_same_greedy_tokens(tmp_pa
               for b, n in ((2, 8), (3, 5))}
     np.savez(inputs, **arrays)
 
-    out = {engine: bench_worker.run(_job(tmp_path, engine, path, inputs))
+    out = {engine: worker.run(_job(tmp_path, engine, path, inputs))
            for engine, path in (("torch", tiny_t5_dir), ("onnx", onnx), ("ctranslate2", ct2))}
     for engine, result in out.items():
         assert [np.asarray(c["tokens"]).shape for c in result["cells"]] == [(2, 7), (3, 7), (2, 7)], engine
@@ -63,14 +64,14 @@ def _results() -> dict:
 
 def test_ratios_agreement_and_goals_follow_from_the_latencies():
     results = _results()
-    bench.summarize(results)
+    cli.summarize(results)
     cell = results["models"]["t5-small-6-2"]["engines"]["onnx-int8"]["cells"][0]
     assert cell["vs_torch"] == pytest.approx(10.0) and cell["vs_ct2_int8"] == pytest.approx(1.5)
     assert cell["agreement_with_torch"] == 1.0
     assert results["models"]["t5-small-6-2"]["engines"]["ct2-int8"]["cells"][0]["agreement_with_torch"] == \
         pytest.approx(2 / 3)
 
-    goals = {g["goal"]: g for g in bench.goals(results)}
+    goals = {g["goal"]: g for g in cli.goals(results)}
     ct2 = goals["t5-small 6-2, batch 1 greedy: OnnxT5 int8 vs CTranslate2 int8"]
     assert ct2["ratio"] == pytest.approx(1.5) and ct2["met"]
     assert goals["t5-small 6-2, batch 1 greedy: OnnxT5 int8 vs optimum int8"]["ratio"] == pytest.approx(2.5)
@@ -91,22 +92,37 @@ def test_the_report_shows_every_engine_and_goal(tmp_path):
 
     results = {**_results(), "created": "2026-11-26T00:00:00+00:00", "environment": environment(2), "threads": 2,
                "new_tokens": 32}
-    bench.summarize(results)
-    results["goals"] = bench.goals(results)
-    text = bench.render(results)
+    cli.summarize(results)
+    results["goals"] = cli.goals(results)
+    text = cli.render(results)
     assert "| 1 | greedy | 64 | onnx-int8 | 40.00 |" in text and "10.00x | 1.50x |" in text
     assert "| t5-small 6-2, batch 8 beam 4: OnnxT5 int8 vs CTranslate2 int8 | 64 | 0.89 | 1.00 | **no** |" in text
-    bench.plot(results, tmp_path / "speedup.png")
+    cli.plot(results, tmp_path / "speedup.png")
     assert (tmp_path / "speedup.png").stat().st_size > 10_000
     json.dumps(results)  # results.json is plain JSON
 
 
 def test_missing_venvs_and_students_are_named(tmp_path):
-    args = bench.parse_args(["--serve-python", str(tmp_path / "none/bin/python"), "--student", str(tmp_path)])
-    with pytest.raises(bench.BenchError, match="make bench` creates the serve venv"):
-        bench.check_venvs(args)
-    args = bench.parse_args(["--engines", "torch", "--student", str(tmp_path / "nothing"), "--models", "student"])
-    with pytest.raises(bench.BenchError, match="Make it with `make distill`"):
-        bench.make_models(args)
+    args = cli.parse_args(["--serve-python", str(tmp_path / "none/bin/python"), "--student", str(tmp_path)])
+    with pytest.raises(cli.BenchError, match="make bench` creates the serve venv"):
+        cli.check_venvs(args)
+    args = cli.parse_args(["--engines", "torch", "--student", str(tmp_path / "nothing"), "--models", "student"])
+    with pytest.raises(cli.BenchError, match="Make it with `make distill`"):
+        cli.make_models(args)
     with pytest.raises(SystemExit):
-        bench.parse_args(["--engines", "onnx-int8"])  # torch is what every output is checked against
+        cli.parse_args(["--engines", "onnx-int8"])  # torch is what every output is checked against
+
+
+def test_the_worker_imports_nothing_a_serving_venv_lacks():
+    """`python -m bench.worker` runs in a venv of numpy, onnxruntime and tokenizers: importing it (and the evaluation
+    engines it shares) must not load any other library; each engine loads its own when it starts."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys, bench.worker; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'onnxruntime', "
+            "'tokenizers', 'yaml', 'datasets', 'lightning', 'export', 'distill'}))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

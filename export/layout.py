@@ -1,0 +1,35 @@
+"""What an export folder holds and how it names its source: the file names both the exporter and the runtime use.
+
+Standard library only, so that the runtime can read it without the exporter's torch and transformers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# optimum's file names, so that `ORTModelForSeq2SeqLM` and transformers.js load the folder as it is
+ENCODER, DECODER, DECODER_WITH_PAST = "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"
+GRAPHS = (ENCODER, DECODER, DECODER_WITH_PAST)
+META_FILE = "export_meta.json"  # written last: a folder without it is not an export
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def quantized_name(graph: str) -> str:
+    """The file name of a graph's int8 version (`encoder_model.onnx` -> `encoder_model_quantized.onnx`)."""
+    return graph.replace(".onnx", "_quantized.onnx")
+
+
+def source_id(name_or_dir: str | Path) -> str:
+    """How an export records its source: the resolved path of a local folder, else the hub id as given."""
+    local = Path(name_or_dir).expanduser()
+    return str(local.resolve()) if local.is_dir() else str(name_or_dir)
+
+
+def source_fingerprint(name_or_dir: str | Path) -> dict[str, list[int]] | None:
+    """Size and modification time of a local folder's weight and config files (None for a hub id)."""
+    local = Path(name_or_dir).expanduser()
+    if not local.is_dir():
+        return None
+    return {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(local.iterdir())
+            if p.suffix in (".safetensors", ".json") and p.is_file()}

@@ -1,0 +1,65 @@
+"""int8 graphs beside the fp32 ones (dynamic quantization), and how closely their tokens follow the fp32 graphs'."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.errors import ExportError
+from export.layout import GRAPHS, quantized_name
+from export.runtime import OnnxT5
+from export.trace import example_batch
+from export.validate import Validation
+
+INT8_OPS = ("MatMul", "Gather")  # what --int8 quantizes (`quantize`), recorded in export_meta.json as it ran
+INT8_CHECK_NEW_TOKENS = 16  # greedy tokens compared between the int8 and the fp32 graphs on the validation batch
+
+
+def _excluded_nodes(path: Path, keep_fp32: tuple[str, ...]) -> list[str]:
+    """MatMul nodes whose module path (TorchScript names them /decoder/block.0/.../wo/MatMul) holds a kept name."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [node.name for node in graph.node
+            if (node.op_type == "MatMul" and any(part in keep_fp32 for part in node.name.split("/")))
+            or (node.op_type == "Gather" and "relative_attention_bias" in node.name.split("/"))]
+
+
+def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Write `*_quantized.onnx` beside each graph: dynamic int8 MatMuls and token-embedding Gathers; the excluded
+    node names per graph.
+
+    The Gathers too: each graph otherwise holds an fp32 copy of the vocabulary x d_model table. Safe here because the
+    TorchScript decoders give `lm_head` its own initializer; on the dynamo export the tied table is shared, and
+    quantizing its Gather made `lm_head` dequantize the whole matrix every step. The 32 x heads
+    relative-attention-bias Gathers stay fp32. `keep_fp32` names modules whose MatMuls stay fp32 (e.g. lm_head, wo).
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    excluded = {}
+    for graph in GRAPHS:
+        excluded[graph] = _excluded_nodes(folder / graph, keep_fp32)
+        quantize_dynamic(folder / graph, folder / quantized_name(graph), op_types_to_quantize=list(INT8_OPS),
+                         weight_type=QuantType.QInt8, nodes_to_exclude=excluded[graph] or None)
+    for name in keep_fp32:
+        if not any(name in node.split("/") for nodes in excluded.values() for node in nodes):
+            raise ExportError(f"--int8-keep-fp32 names {name!r}, but no MatMul node belongs to a module of that name "
+                              "(examples: lm_head, wo, wi, q, k, v, o).")
+    return excluded
+
+
+def int8_agreement(folder: Path, check: Validation, model_config: Any) -> dict[str, float | int]:
+    """Greedy tokens of the int8 graphs against the fp32 graphs on the validation batch (EOS suppressed)."""
+    ex = example_batch(model_config, check.enc_lengths, 1, check.seed)
+    ids, mask = ex["input_ids"], ex["attention_mask"]
+    kwargs = {"max_new_tokens": INT8_CHECK_NEW_TOKENS, "min_new_tokens": INT8_CHECK_NEW_TOKENS, "num_beams": 1,
+              "do_sample": False}
+    runtimes = [OnnxT5.from_pretrained(folder, quantized=q) for q in (False, True)]
+    fp32, int8 = (rt.generate(ids, mask, **kwargs)[:, 1:] for rt in runtimes)
+    first = [rt.first_step(ex["decoder_input_ids"], mask, rt.encode(ids, mask))[0] for rt in runtimes]
+    return {"greedy_token_agreement": float(np.mean(fp32 == int8)),
+            "greedy_sequence_agreement": float(np.mean(np.all(fp32 == int8, axis=1))),
+            "first_step_logits_max_abs_diff": float(np.max(np.abs(first[0] - first[1]))),
+            "new_tokens": INT8_CHECK_NEW_TOKENS, "batch": len(check.enc_lengths)}

@@ -1,0 +1,110 @@
+"""Beam search (and beam sampling with do_sample): transformers 5.x `_beam_search`, vectorized form, step for step.
+
+The beams of an input share its encoder side: the mask and the cross-attention K/V keep one row per input, which the
+decoder with past reads for all of that input's beams; only the self-attention cache has a row per beam.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from export.runtime.processors import log_softmax_, process_logits, softmax
+from export.runtime.settings import Resolved
+from export.runtime.steps import DecoderSteps
+from export.runtime.topk import topk
+
+NEG = np.float32(-1.0e9)  # transformers' beam search marks impossible candidates with -1e9, in float32
+
+
+def beam_search(decoder: DecoderSteps, hidden: np.ndarray, mask: np.ndarray, s: Resolved) -> np.ndarray:
+    """`s.num_return_sequences` best beams per input, laid out as transformers returns them; arrays are
+    (batch, beams, ...). Beams that end early are filled with pad_token_id, or with the first EOS id when the pad id
+    is 0 (transformers 5.x)."""
+    batch, beams, max_length = hidden.shape[0], s.num_beams, s.max_length
+    rng = np.random.default_rng(s.seed)
+    keep = max(2, 1 + s.eos.size) * beams  # candidates kept per step, so that `beams` unfinished ones remain
+    top_beam_mask = np.arange(keep) < beams
+    fill = (s.pad or int(s.eos[0])) if s.eos.size else -1  # transformers 5.x: `pad or eos[0]`: EOS when pad is 0
+    running = np.full((batch, beams, max_length), fill, dtype=np.int64)
+    running[:, :, 0] = s.start
+    sequences = running.copy()
+    running_scores = np.zeros((batch, beams), dtype=np.float32)
+    running_scores[:, 1:] = NEG  # only the first beam's continuations count at the first step
+    beam_scores = np.full((batch, beams), NEG, dtype=np.float32)
+    finished = np.zeros((batch, beams), dtype=bool)
+    improvable = np.ones((batch, 1), dtype=bool)  # the early-stop heuristic is not yet satisfied
+    running_idx = np.full((batch, beams, max_length - 1), -1, dtype=np.int64)
+    beam_idx_out = running_idx.copy()
+    offsets = np.arange(batch)[:, None] * beams
+
+    logits, own, cross = decoder.first_step(np.full((batch, 1), s.start, dtype=np.int64), mask, hidden)
+    logits, own = np.repeat(logits, beams, axis=0), [np.repeat(t, beams, axis=0) for t in own]
+    cur_len = 1
+    while True:
+        flat = running[:, :, :cur_len].reshape(batch * beams, cur_len)
+        logits = logits.astype(np.float32, copy=False)
+        if not logits.flags.writeable:
+            logits = logits.copy()
+        log_probs = process_logits(log_softmax_(logits), flat, s, beam=True)  # logits: fresh each step, ours to change
+        vocab = log_probs.shape[-1]
+        log_probs = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
+
+        # top-k continuations over all beams (sampled without replacement with do_sample)
+        if s.do_sample:
+            probs = softmax(log_probs.astype(np.float64))
+            top_idx = np.stack([rng.choice(p.size, size=keep, replace=False, p=p) for p in probs])
+            top_lp = np.take_along_axis(log_probs, top_idx, axis=1)
+            order = np.argsort(-top_lp, axis=1, kind="stable")
+            top_lp, top_idx = np.take_along_axis(top_lp, order, 1), np.take_along_axis(top_idx, order, 1)
+        else:
+            top_lp, top_idx = topk(log_probs, keep)
+        from_beam = top_idx // vocab
+        top_seqs = np.take_along_axis(running, from_beam[:, :, None], axis=1)
+        top_seqs[:, :, cur_len] = top_idx % vocab
+        top_running_idx = np.take_along_axis(running_idx, from_beam[:, :, None], axis=1)
+        top_running_idx[:, :, cur_len - 1] = from_beam + offsets
+
+        # which candidates stop: max length reached, or EOS
+        hits = np.isin(top_seqs[:, :, cur_len], s.eos) | (cur_len + 1 >= max_length)
+
+        # the best `beams` unfinished candidates run on
+        top_running_lp = (top_lp + hits.astype(np.float32) * NEG).astype(np.float32)
+        _, nxt = topk(top_running_lp, beams)
+        running = np.take_along_axis(top_seqs, nxt[:, :, None], axis=1)
+        running_scores = np.take_along_axis(top_running_lp, nxt, axis=1)
+        running_idx = np.take_along_axis(top_running_idx, nxt[:, :, None], axis=1)
+
+        # finished candidates among the top `beams` join the finished set if they beat it
+        just_finished = hits & top_beam_mask[None, :]
+        final_lp = (top_lp / np.float32((cur_len + 1 - 1) ** s.length_penalty)).astype(np.float32)
+        full = np.all(finished, axis=-1, keepdims=True) & (s.early_stopping is True)
+        final_lp = final_lp + full.astype(np.float32) * NEG
+        final_lp = final_lp + (~improvable).astype(np.float32) * NEG
+        final_lp = (final_lp + (~just_finished).astype(np.float32) * NEG).astype(np.float32)
+        merged_scores = np.concatenate([beam_scores, final_lp], axis=1)
+        _, best = topk(merged_scores, beams)
+        sequences = np.take_along_axis(np.concatenate([sequences, top_seqs], axis=1), best[:, :, None], axis=1)
+        beam_scores = np.take_along_axis(merged_scores, best, axis=1)
+        beam_idx_out = np.take_along_axis(np.concatenate([beam_idx_out, top_running_idx], axis=1),
+                                          best[:, :, None], axis=1)
+        finished = np.take_along_axis(np.concatenate([finished, just_finished], axis=1), best, axis=1)
+
+        cur_len += 1
+        # early-stop heuristic: can a running beam still beat the worst finished one?
+        never = s.early_stopping == "never" and s.length_penalty > 0.0  # then assume the longest possible beam
+        best_len = max_length - 1 if never else cur_len - 1
+        best_possible = running_scores[:, :1] / np.float32(best_len ** s.length_penalty)
+        worst = np.where(finished, np.min(beam_scores, axis=1, keepdims=True), NEG)
+        improvable = improvable & np.any(best_possible > worst, axis=-1, keepdims=True)
+        open_beam = not (np.all(finished) and s.early_stopping is True)
+        if not (np.any(improvable) and open_beam and not np.all(hits)):
+            break
+        order = running_idx[:, :, cur_len - 2].reshape(-1)  # the beam each running sequence continues
+        if not np.array_equal(order, np.arange(order.size)):  # every beam continuing itself: nothing to move
+            own = [t[order] for t in own]
+        logits, own = decoder.step(running[:, :, cur_len - 1].reshape(-1, 1), mask, own, cross)
+
+    n_ret = s.num_return_sequences
+    returned = sequences[:, :n_ret].reshape(batch * n_ret, max_length)
+    generated = int(np.max(np.sum(beam_idx_out[:, :n_ret].reshape(batch * n_ret, -1) != -1, axis=1)))
+    return returned[:, :1 + generated]

@@ -1,0 +1,48 @@
+"""How onnxruntime runs the graphs: session options, run options, and the heap that loading leaves behind."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+
+import onnxruntime as ort
+
+
+def session_options(threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
+    """The options every session gets; chosen for one-request-at-a-time decoding on CPU.
+
+    `threads`: intra-op threads (None: onnxruntime's default, one per physical core). `spin`: whether the session's
+    worker threads spin-wait for work after a run. Each session has its own pool, so a pool left spinning after the
+    encoder takes a core from the first decoder step: only the decoder with past, which runs back to back, should
+    spin (docs/architecture.md, "Runtime").
+    """
+    options = ort.SessionOptions()
+    # ENABLE_ALL: layer-norm, GELU and MatMul fusions on top of constant folding; what the export is validated with
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # T5's graphs are one chain: no parallel branches
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default, one thread per physical core
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
+
+
+def shrink_after_run() -> ort.RunOptions:
+    """Run options that hand a session's arena back after the run.
+
+    For the graphs that run once per call, on the whole input (the encoder and the first decoder step): their arenas
+    would otherwise keep the largest batch's activations for the process's lifetime (docs/architecture.md,
+    "Runtime"). The per-step graph keeps its arena.
+    """
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
+def return_freed_heap() -> None:
+    """Hand the heap that loading freed back to the OS (glibc's malloc_trim; elsewhere nothing happens).
+
+    Parsing the graphs allocates their weights once more than the sessions keep, and glibc holds on to the freed
+    pages.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -1,0 +1,43 @@
+"""Graph surgery after the trace: what the traced graphs compute without a purpose is taken out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def drop_single_input_concats(path: Path) -> int:
+    """Rewire the graph at `path` around every Concat of one input (an identity that copies); how many were dropped.
+
+    transformers' cache starts each layer empty and concatenates onto it; constant folding leaves `Concat(x)`, and
+    onnxruntime runs it as a copy: the decoder with past copied every cross-attention K/V at every step. A Concat
+    whose output is a graph output writes that output from its producer instead; one whose input is also a graph
+    input or initializer becomes an Identity.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)  # external weights, if any, stay where they are
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return 0  # subgraphs can read outer names; T5's graphs have none, and this pass does not rename into them
+    outputs = {o.name for o in graph.output}
+    fixed = {i.name for i in graph.input} | {t.name for t in graph.initializer} | outputs
+    dropped = 0
+    for node in [n for n in graph.node if n.op_type == "Concat" and len(n.input) == 1]:
+        src, dst = node.input[0], node.output[0]
+        if dst in outputs and src in fixed:
+            node.op_type = "Identity"
+            del node.attribute[:]
+            continue
+        old, new = (src, dst) if dst in outputs else (dst, src)
+        graph.node.remove(node)
+        for other in graph.node:
+            for names in (other.input, other.output):
+                for k, name in enumerate(names):
+                    if name == old:
+                        names[k] = new
+        for info in [v for v in graph.value_info if v.name == old]:
+            graph.value_info.remove(info)
+        dropped += 1
+    if dropped:
+        onnx.save(model, str(path))
+    return dropped

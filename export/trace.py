@@ -1,0 +1,66 @@
+"""Tracing a model into the three ONNX graphs with `torch.onnx.export` (TorchScript), on an example batch."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.cross_attention import shared_cross_attention
+from export.graphs import DecoderGraph, DecoderWithPastGraph, EncoderGraph, GraphSpec, graph_specs
+from export.layout import DECODER, DECODER_WITH_PAST, ENCODER
+from export.surgery import drop_single_input_concats
+
+DEFAULT_OPSET = 17  # T5's causal mask needs aten::triu (opset >= 14); 17 adds LayerNormalization, runs on ORT >= 1.11
+
+
+def example_batch(config: Any, enc_lengths: tuple[int, ...], dec_length: int, seed: int) -> dict[str, np.ndarray]:
+    """Padded encoder ids and mask, and decoder ids starting with the start token; ids avoid pad and EOS (0, 1)."""
+    rng = np.random.default_rng(seed)
+    batch, enc_len = len(enc_lengths), max(enc_lengths)
+    mask = (np.arange(enc_len)[None, :] < np.asarray(enc_lengths)[:, None]).astype(np.int64)
+    input_ids = np.where(mask == 1, rng.integers(2, config.vocab_size, (batch, enc_len)), config.pad_token_id or 0)
+    decoder_ids = rng.integers(2, config.vocab_size, (batch, dec_length))
+    start = config.decoder_start_token_id
+    decoder_ids[:, 0] = start if start is not None else (config.pad_token_id or 0)
+    return {"input_ids": input_ids.astype(np.int64), "attention_mask": mask, "decoder_input_ids": decoder_ids}
+
+
+def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path, opset: int) -> None:
+    with warnings.catch_warnings():  # scoped to the export; the validation that follows is what judges the graphs
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # one per Python-side shape use in transformers
+        # The TorchScript exporter on purpose (the dynamo exporter is the default): its decoders give lm_head an
+        # initializer of its own, so `quantize` can make the token-embedding lookups int8 without touching lm_head.
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
+        warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)  # inside that exporter
+        # the mask code indexes with aranges (never negative), the case this warning is about
+        warnings.filterwarnings("ignore", "Exporting aten::index operator of advanced indexing", UserWarning)
+        torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=opset,
+                          input_names=list(spec.inputs), output_names=list(spec.outputs),
+                          dynamic_axes={**spec.inputs, **spec.outputs}, do_constant_folding=True)
+    drop_single_input_concats(path)
+
+
+def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> dict[str, GraphSpec]:
+    """Write the three fp32 graphs of `model` into `folder` (no validation; `export` validates)."""
+    specs = graph_specs(model.config.num_decoder_layers)
+    # The first-step example must have more than one decoder token, or the trace bakes in "no causal mask".
+    ex = {k: torch.from_numpy(v) for k, v in example_batch(model.config, (6, 4), dec_length=3, seed=0).items()}
+    with torch.no_grad():
+        hidden = model.get_encoder()(input_ids=ex["input_ids"], attention_mask=ex["attention_mask"]).last_hidden_state
+        first = DecoderGraph(model).eval()(ex["decoder_input_ids"], ex["attention_mask"], hidden)
+    past = list(first[1:])  # per layer: self keys, self values, cross keys, cross values (the graphs' order)
+    _torch_export(EncoderGraph(model), (ex["input_ids"], ex["attention_mask"]), specs[ENCODER], folder / ENCODER, opset)
+    _torch_export(DecoderGraph(model), (ex["decoder_input_ids"], ex["attention_mask"], hidden), specs[DECODER],
+                  folder / DECODER, opset)
+    # traced with two beams per input, so that nothing in the graph assumes as many sequences as inputs
+    beams = [t if k % 4 >= 2 else t.repeat_interleave(2, dim=0) for k, t in enumerate(past)]  # self K/V per beam
+    with shared_cross_attention(model):
+        _torch_export(DecoderWithPastGraph(model), (ex["decoder_input_ids"][:, -1:].repeat_interleave(2, dim=0),
+                                                    ex["attention_mask"], *beams),
+                      specs[DECODER_WITH_PAST], folder / DECODER_WITH_PAST, opset)
+    return specs

@@ -1,0 +1,129 @@
+"""The check an export must pass before it is kept: each graph in onnxruntime against the model in PyTorch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from export.errors import ExportError
+from export.graphs import GraphSpec, build_cache
+from export.layout import DECODER, DECODER_WITH_PAST, ENCODER, GRAPHS
+from export.runtime.sessions import session_options
+from export.trace import example_batch
+
+ATOL_LOGITS = 1e-4  # fp32 logits: room for the float reordering of fused kernels, none for a wrong graph
+
+
+@dataclass
+class Validation:
+    """Settings of the check against PyTorch: a padded batch, a first step of several tokens, then steps with past."""
+
+    enc_lengths: tuple[int, ...] = (11, 7, 3)  # batch of 3, two rows padded
+    first_decoder_length: int = 4  # start token + 3: the first-step graph must apply its causal mask
+    past_steps: int = 3  # decoder_with_past runs at past lengths 4, 5, 6
+    beams: int = 3  # then once with this many sequences per input (beam search's layout)
+    atol: float = ATOL_LOGITS  # on logits; other outputs get atol * max(1, max |reference|)
+    seed: int = 1234
+
+
+def _compare(graph: str, names: list[str], got: list[np.ndarray], want: list[torch.Tensor], atol: float,
+             diffs: dict[str, dict[str, float]], where: str) -> None:
+    """Record the max |diff| of each output of `graph` in `diffs`; ExportError for a shape or a diff out of bounds."""
+    for name, g, w in zip(names, got, want, strict=True):
+        ref = w.detach().float().numpy()
+        if g.shape != ref.shape:
+            raise ExportError(f"{graph}: output {name!r} has shape {list(g.shape)} in onnxruntime but "
+                              f"{list(ref.shape)} in PyTorch ({where}). The export is wrong; nothing was written.")
+        diff = float(np.max(np.abs(g - ref))) if g.size else 0.0
+        tol = atol if name == "logits" else atol * max(1.0, float(np.max(np.abs(ref))) if ref.size else 1.0)
+        diffs.setdefault(graph, {})[name] = max(diff, diffs.get(graph, {}).get(name, 0.0))
+        if not diff <= tol:  # also catches NaN
+            raise ExportError(f"{graph}: output {name!r} differs from PyTorch by {diff:.3g} (max |diff|, tolerance "
+                              f"{tol:.3g}) {where}. The export is wrong; nothing was written.")
+
+
+def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Validation) -> dict[str, dict[str, float]]:
+    """Run each graph in onnxruntime and `model` in PyTorch on the same inputs; the max |diff| per graph and output.
+
+    Every graph gets PyTorch's inputs (the reference cache, not onnxruntime's), so a difference points at one graph.
+    Raises ExportError naming the graph, the output and the difference when one exceeds the tolerance.
+    """
+    n_layers = model.config.num_decoder_layers
+    np_ = example_batch(model.config, check.enc_lengths, check.first_decoder_length + check.past_steps, check.seed)
+    ids, mask, dec = (torch.from_numpy(np_[k]) for k in ("input_ids", "attention_mask", "decoder_input_ids"))
+    diffs: dict[str, dict[str, float]] = {}
+    options = session_options()  # validated with the options the runtime serves with
+    sessions = {graph: ort.InferenceSession(str(folder / graph), options, providers=["CPUExecutionProvider"])
+                for graph in GRAPHS}
+    for graph, sess in sessions.items():
+        names = ([i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()])
+        if names != (list(specs[graph].inputs), list(specs[graph].outputs)):
+            raise ExportError(f"{graph}: inputs/outputs {names} differ from the declared {list(specs[graph].inputs)} "
+                              f"-> {list(specs[graph].outputs)}. The export is wrong; nothing was written.")
+    with torch.no_grad():
+        hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = sessions[ENCODER].run(None, {"input_ids": np_["input_ids"], "attention_mask": np_["attention_mask"]})
+        _compare(ENCODER, ["last_hidden_state"], got, [hidden], check.atol, diffs, "on the padded validation batch")
+
+        first = dec[:, :check.first_decoder_length]
+        out = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=first, use_cache=True)
+        cache = out.cache
+        want = [out.logits]
+        for i in range(n_layers):
+            own, cross = cache.self_attention_cache.layers[i], cache.cross_attention_cache.layers[i]
+            want += [own.keys, own.values, cross.keys, cross.values]
+        got = sessions[DECODER].run(None, {"input_ids": first.numpy(), "encoder_attention_mask": np_["attention_mask"],
+                                           "encoder_hidden_states": hidden.numpy()})
+        _compare(DECODER, list(specs[DECODER].outputs), got, want, check.atol, diffs,
+                f"at the first step with {check.first_decoder_length} decoder tokens")
+
+        for step in range(check.past_steps):
+            feed = {"input_ids": dec[:, check.first_decoder_length + step:][:, :1].numpy(),
+                    "encoder_attention_mask": np_["attention_mask"]}
+            for i in range(n_layers):
+                own, cross = cache.self_attention_cache.layers[i], cache.cross_attention_cache.layers[i]
+                feed.update({f"past_key_values.{i}.decoder.key": own.keys.numpy().copy(),
+                             f"past_key_values.{i}.decoder.value": own.values.numpy().copy(),
+                             f"past_key_values.{i}.encoder.key": cross.keys.numpy().copy(),
+                             f"past_key_values.{i}.encoder.value": cross.values.numpy().copy()})
+            past_len = cache.get_seq_length()
+            token = torch.from_numpy(feed["input_ids"])
+            out = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=token, cache=cache,
+                        use_cache=True)
+            cache = out.cache
+            want = [out.logits]
+            for i in range(n_layers):
+                own = cache.self_attention_cache.layers[i]
+                want += [own.keys, own.values]
+            got = sessions[DECODER_WITH_PAST].run(None, feed)
+            _compare(DECODER_WITH_PAST, list(specs[DECODER_WITH_PAST].outputs), got, want, check.atol, diffs,
+                    f"at past length {past_len}")
+
+        # beam search's layout: sequences are the beams of each input, the encoder side stays one row per input;
+        # PyTorch gets the encoder side repeated per beam, as transformers' beam search does
+        rows = len(check.enc_lengths) * check.beams
+        token = torch.from_numpy(np.random.default_rng(check.seed + 1).integers(2, model.config.vocab_size, (rows, 1)))
+        layers = cache.self_attention_cache.layers, cache.cross_attention_cache.layers
+        feed = {"input_ids": token.numpy(), "encoder_attention_mask": np_["attention_mask"]}
+        for i in range(n_layers):
+            for kind, layer, repeat in (("decoder", layers[0][i], check.beams), ("encoder", layers[1][i], 1)):
+                feed[f"past_key_values.{i}.{kind}.key"] = layer.keys.repeat_interleave(repeat, dim=0).numpy()
+                feed[f"past_key_values.{i}.{kind}.value"] = layer.values.repeat_interleave(repeat, dim=0).numpy()
+        beam_cache = build_cache(*([(layer.keys.repeat_interleave(check.beams, dim=0),
+                                     layer.values.repeat_interleave(check.beams, dim=0)) for layer in kind]
+                                   for kind in layers))
+        out = model(encoder_outputs=(hidden.repeat_interleave(check.beams, dim=0),),
+                    attention_mask=mask.repeat_interleave(check.beams, dim=0), decoder_input_ids=token,
+                    cache=beam_cache, use_cache=True)
+        want = [out.logits]
+        for own in out.cache.self_attention_cache.layers:
+            want += [own.keys, own.values]
+        got = sessions[DECODER_WITH_PAST].run(None, feed)
+        _compare(DECODER_WITH_PAST, list(specs[DECODER_WITH_PAST].outputs), got, want, check.atol, diffs,
+                f"with {check.beams} beams per input sharing its cross-attention K/V")
+    return diffs
