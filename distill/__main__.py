@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from distill.checkpoint import best_checkpoint
 from distill.datamodule import Seq2SeqDataModule
-from distill.errors import ModelError, UserError, cli_errors
+from distill.errors import UserError, cli_errors
 from distill.module import Seq2SeqModule
 
 
@@ -54,33 +54,6 @@ class CLI(LightningCLI):
         }
         module.save_pretrained(Path(out), {"train_meta.json": meta})
         print(f"wrote {out} from {best or 'the final weights'}")
-
-
-def best_checkpoint(callback: ModelCheckpoint) -> tuple[str, float | None]:
-    """The best checkpoint file of a `ModelCheckpoint` that monitors a metric, and its score.
-
-    `last.ckpt` is written every N steps, before that step's validation. A run resumed from it (a finished run run
-    again, or one killed between a new best and the next `last.ckpt`) remembers the best before that, whose file the
-    top-k rule has since deleted. Each file the callback wrote records its own score, so the best of those on disk is
-    found from them.
-    """
-    best = callback.best_model_path
-    if not best or Path(best).is_file():
-        return best, float(callback.best_model_score) if best and callback.best_model_score is not None else None
-    prefix = (callback.filename or "").split("{")[0]
-    scored = []
-    for path in Path(callback.dirpath).glob(f"{prefix}*.ckpt"):
-        if path.name.startswith(callback.CHECKPOINT_NAME_LAST):  # a copy of the latest step, not a scored one
-            continue
-        state = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {}).get(callback.state_key)
-        if state and state.get("current_score") is not None:
-            scored.append((float(state["current_score"]), str(path)))
-    if not scored:
-        raise ModelError(f"The best checkpoint {best} is gone and {callback.dirpath} holds no other checkpoint of "
-                         f"this run's {callback.monitor}; write a folder from another checkpoint with "
-                         "`python -m distill.checkpoint --ckpt PATH --out DIR`.")
-    score, path = (max if callback.mode == "max" else min)(scored)
-    return path, score
 
 
 def main(args: list[str] | None = None) -> None:

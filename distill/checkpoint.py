@@ -1,5 +1,6 @@
-"""Write a `save_pretrained` folder from a Lightning checkpoint of `Seq2SeqModule` or `DistillModule` (e.g. the best
-one of a run that is still training, the last one of a run, or one of a run that was interrupted).
+"""Lightning checkpoints of `Seq2SeqModule` or `DistillModule`: write one as a `save_pretrained` folder (e.g. the best
+one of a run that is still training, the last one of a run, or one of a run that was interrupted), and find a run's
+best one on disk (what `python -m distill fit --out` writes).
 
     python -m distill.checkpoint --ckpt runs/teacher/checkpoints/best-step=4000-val_bleu=17.10.ckpt --out models/teacher
 """
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from distill.distillation import DistillModule
 from distill.errors import ModelError, cli_errors
@@ -38,6 +40,33 @@ def checkpoint_to_pretrained(ckpt: Path, out: Path) -> Path:
             "best_scores": {k: float(v) for k, v in best.items() if v is not None},
             "command": "python -m distill.checkpoint " + " ".join(sys.argv[1:])}
     return module.save_pretrained(out, {"train_meta.json": meta})
+
+
+def best_checkpoint(callback: ModelCheckpoint) -> tuple[str, float | None]:
+    """The best checkpoint file of a `ModelCheckpoint` that monitors a metric, and its score.
+
+    `last.ckpt` is written every N steps, before that step's validation. A run resumed from it (a finished run run
+    again, or one killed between a new best and the next `last.ckpt`) remembers the best before that, whose file the
+    top-k rule has since deleted. Each file the callback wrote records its own score, so the best of those on disk is
+    found from them.
+    """
+    best = callback.best_model_path
+    if not best or Path(best).is_file():
+        return best, float(callback.best_model_score) if best and callback.best_model_score is not None else None
+    prefix = (callback.filename or "").split("{")[0]
+    scored = []
+    for path in Path(callback.dirpath).glob(f"{prefix}*.ckpt"):
+        if path.name.startswith(callback.CHECKPOINT_NAME_LAST):  # a copy of the latest step, not a scored one
+            continue
+        state = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {}).get(callback.state_key)
+        if state and state.get("current_score") is not None:
+            scored.append((float(state["current_score"]), str(path)))
+    if not scored:
+        raise ModelError(f"The best checkpoint {best} is gone and {callback.dirpath} holds no other checkpoint of "
+                         f"this run's {callback.monitor}; write a folder from another checkpoint with "
+                         "`python -m distill.checkpoint --ckpt PATH --out DIR`.")
+    score, path = (max if callback.mode == "max" else min)(scored)
+    return path, score
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -186,7 +186,7 @@ class DistillModule(Seq2SeqModule):
         return loss
 
     @torch.no_grad()
-    def _teacher_forward(self, inputs: dict, need_logits: bool, need_hidden: bool):
+    def _teacher_forward(self, inputs: dict, need_logits: bool, need_hidden: bool) -> Any:
         """The teacher's outputs; for the hidden-state loss alone, its stacks without the lm_head (a B*T*D*V matmul)."""
         if need_logits:
             return self.teacher(**inputs, output_hidden_states=need_hidden)
@@ -199,7 +199,8 @@ class DistillModule(Seq2SeqModule):
         return SimpleNamespace(encoder_hidden_states=encoder.hidden_states,
                                decoder_hidden_states=decoder.hidden_states)
 
-    def _hidden_loss(self, out, teacher_out, encoder_mask: torch.Tensor, decoder_mask: torch.Tensor) -> torch.Tensor:
+    def _hidden_loss(self, out: Any, teacher_out: Any, encoder_mask: torch.Tensor,
+                     decoder_mask: torch.Tensor) -> torch.Tensor:
         """hidden_states[k + 1] is the output of layer k (index 0 holds the embeddings)."""
         losses = []
         for stack, mask in (("encoder", encoder_mask), ("decoder", decoder_mask)):

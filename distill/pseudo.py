@@ -26,12 +26,16 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distill.data import DataConfig, encode, load_split
 from distill.errors import cli_errors
 from distill.files import replace_dir
 from distill.generation_torch import torch_generate_texts
 from distill.models import inference_device, load_t5, load_tokenizer
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 def make_pseudo_labels(teacher: str, data: DataConfig, out: Path, num_beams: int = 4, max_new_tokens: int = 256,
@@ -59,8 +63,8 @@ def _partial(out: Path) -> Path:
     return out.parent / f".{out.name}.train.partial.jsonl"
 
 
-def _generate(teacher: str, train, data: DataConfig, out: Path, settings: dict, num_beams: int, max_new_tokens: int,
-              chunk: int) -> list[str]:
+def _generate(teacher: str, train: Dataset, data: DataConfig, out: Path, settings: dict, num_beams: int,
+              max_new_tokens: int, chunk: int) -> list[str]:
     model, tokenizer = load_t5(teacher).to(inference_device()), load_tokenizer(teacher)
     encoded = encode(train, tokenizer, data, max_source_length=512, max_target_length=512)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +84,7 @@ def _generate(teacher: str, train, data: DataConfig, out: Path, settings: dict, 
     return labels
 
 
-def _write_dataset(train, labels: list[str], data: DataConfig, out: Path, settings: dict) -> None:
+def _write_dataset(train: Dataset, labels: list[str], data: DataConfig, out: Path, settings: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "pseudo"
         staged.mkdir()
@@ -110,7 +114,7 @@ def _weights_sha256(teacher: str) -> str | None:
     return digest.hexdigest()
 
 
-def _sources_sha256(train, data: DataConfig) -> str:
+def _sources_sha256(train: Dataset, data: DataConfig) -> str:
     column = data.source_column
     return hashlib.sha256("\n".join(str(x) for x in train[column]).encode("utf-8")).hexdigest()
 

@@ -7,8 +7,9 @@
    thread count.
 3. Each variant runs in its own worker process (`python -m eval.worker`, eval/worker.py): load, speed grid
    (eval/speed.py), predictions; its peak memory is its own.
-4. Here: corpus metrics and paired bootstrap against the reference variant (eval/quality.py), speed-ups against the
-   reference, the quality gate; then the run folder (eval/report.py: results.json, report.md, plots, predictions).
+4. Then (eval/harness.py): corpus metrics and paired bootstrap against the reference variant, speed-ups against the
+   reference, the quality gate (eval/quality.py); then the run folder (eval/report.py: results.json, report.md,
+   plots, predictions).
 5. The summary table is printed. Exit status 0; 1 with a message when the quality gate fails (an export that loses
    more than its margin against its PyTorch source, a student more than its margin against its teacher; the report is
    written first); 2 with one `python -m eval: error: ...` line when the config, the data or a worker fails (as for
@@ -19,99 +20,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-from distill.errors import UserError, cli_errors
-from distill.metrics import corpus_scores, paired_bootstrap, rouge_per_example
-from eval.config import EvalConfig, Variant, check_paths, load_config
-from eval.data import Examples, load_examples
-from eval.quality import GateCheck, gate_checks, gate_failure
-from eval.report import environment, headline_cell, summary_table, write_report
-from eval.speed import cell_key
+from distill.errors import cli_errors
+from eval.config import check_paths, load_config
+from eval.data import load_examples
+from eval.errors import GateFailed
+from eval.harness import evaluate
+from eval.quality import gate_failure
+from eval.report import write_report
+from eval.tables import summary_table
 
 PROG = "python -m eval"
-
-
-class EvalError(UserError):
-    """A run that cannot finish (a worker failed); the message says which variant."""
-
-
-class GateFailed(EvalError):
-    """The run finished and wrote its report, but a variant lost more than its margin; the message names each."""
-
-
-def run_worker(variant: Variant, job: dict[str, Any], folder: Path, threads: int) -> dict[str, Any]:
-    """Run `python -m eval.worker` for one variant; its progress and errors go to this process's stderr."""
-    folder.mkdir(parents=True, exist_ok=True)
-    job_file, out_file = folder / f"{variant.name}.job.json", folder / f"{variant.name}.json"
-    job_file.write_text(json.dumps(job, ensure_ascii=False) + "\n", encoding="utf-8")
-    out_file.unlink(missing_ok=True)
-    # OpenMP pools size themselves from these at start-up; set for the child only, so every engine gets `threads`
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    done = subprocess.run([sys.executable, "-m", "eval.worker", str(job_file), str(out_file)], env=env, check=False)
-    if done.returncode != 0 or not out_file.is_file():
-        raise EvalError(f"variant {variant.name}: its worker exited with status {done.returncode} (its error is "
-                        f"printed above). Rerun it alone with `{sys.executable} -m eval.worker {job_file} {out_file}`.")
-    return json.loads(out_file.read_text(encoding="utf-8"))
-
-
-def evaluate(config: EvalConfig, examples: Examples, run_dir: Path, command: str, config_file: str = "") \
-        -> tuple[dict[str, Any], dict[str, list[str]], list[GateCheck]]:
-    """Run every variant's worker; results.json's dict (schema: eval/report.py), the predictions, the gate checks."""
-    threads = config.speed.threads or os.cpu_count() or 1
-    env = environment(threads)  # before the workers: the load average then says how busy the machine was
-    outputs = {}
-    for v in config.variants:
-        job = {"variant": dataclasses.asdict(v), "sources": examples.sources,
-               "generation": dataclasses.asdict(config.generation), "speed": dataclasses.asdict(config.speed),
-               "threads": threads, "max_source_length": config.dataset.max_source_length}
-        print(f"eval: {v.name} ({v.kind}{', int8' if v.quantized else ''}) from {v.path}", file=sys.stderr, flush=True)
-        outputs[v.name] = run_worker(v, job, run_dir / "workers", threads)
-
-    predictions = {name: out["predictions"] for name, out in outputs.items()}
-    scores, signatures = {}, {}
-    rouge = {name: rouge_per_example(texts, examples.references) for name, texts in predictions.items()}
-    for name, texts in predictions.items():
-        scores[name], signatures = corpus_scores(texts, examples.references, rouge[name])
-    significance = paired_bootstrap(predictions, config.reference, examples.references,
-                                    config.quality.bootstrap_samples, config.quality.alpha, rouge)
-    reference_cells = {cell_key(c): c for c in outputs[config.reference]["speed"]}
-
-    variants = {}
-    for v in config.variants:
-        out = outputs[v.name]
-        speed = []
-        for cell in out["speed"]:
-            base = reference_cells.get(cell_key(cell))
-            speedup = base["latency_ms"]["median"] / cell["latency_ms"]["median"] if base else None
-            speed.append({**cell, "speedup": speedup})
-        variants[v.name] = {
-            "kind": v.kind, "path": v.path, "quantized": v.quantized, "hub": v.hub, "source": v.source,
-            "teacher": v.teacher, "quality": scores[v.name], "significance": significance.get(v.name),
-            "speed": speed, "size_bytes": out["size_bytes"], "size_files": out["size_files"],
-            "memory": out["memory"], "load_seconds": out["load_seconds"], "quality_seconds": out["quality_seconds"],
-            "threads": out["threads"], "engine": out["engine"], "source_tokens": out["source_tokens"],
-            "predictions": f"predictions/{v.name}.txt"}
-    checks = gate_checks(config, scores)
-    d = config.dataset
-    results = {
-        "schema_version": 1, "name": run_dir.name, "created": env["date"], "command": command,
-        "config_file": config_file, "config": dataclasses.asdict(config), "environment": env,
-        "dataset": {"path": d.path, "name": d.name, "split": d.split, "examples": len(examples),
-                    "max_references": max(len(r) for r in examples.references), "task": d.task,
-                    "task_prefix": d.task_prefix, "source_column": d.source_column, "target_column": d.target_column,
-                    "extra_references": d.extra_references},
-        "generation": dataclasses.asdict(config.generation), "reference": config.reference,
-        "headline_metrics": list(config.headline()), "sacrebleu_signatures": signatures,
-        "speed_headline": headline_cell(variants), "variants": variants,
-        "gate": {"passed": all(c.passed for c in checks), "checks": [c.to_dict() for c in checks]},
-    }
-    return results, predictions, checks
 
 
 def run(argv: list[str] | None = None) -> None:

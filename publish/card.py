@@ -15,7 +15,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from distill.metrics import NAMES
-from eval.report import headline_cell, markdown_table
+from eval.tables import headline_cell, markdown_table
 
 # the evaluation's variant for each role ("student", "onnx", "onnx-int8", "teacher"): (its name, its results entry)
 Found = dict[str, tuple[str, dict[str, Any]] | None]

@@ -78,7 +78,7 @@ def variant(kind: str, bleu: float, scale: float, delta: float | None, **fields)
 def synthetic_results() -> dict:
     """A results.json dict of three variants (teacher, student, student ONNX) with one failed gate check."""
     from eval.config import EvalConfig, Variant
-    from eval.report import environment
+    from eval.environment import environment
 
     variants = {"teacher-torch": variant("torch", 30.0, 1.0, None),
                 "student-torch": variant("torch", 28.0, 2.0, -2.0, teacher="teacher-torch"),

@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from bench import __main__ as cli
-from bench import worker
+from bench import models, report, worker
+from bench.__main__ import parse_args
+from bench.errors import BenchError
 
 
 def _job(tmp_path, engine: str, path, inputs, **extra) -> dict:
@@ -64,14 +65,14 @@ def _results() -> dict:
 
 def test_ratios_agreement_and_goals_follow_from_the_latencies():
     results = _results()
-    cli.summarize(results)
+    report.summarize(results)
     cell = results["models"]["t5-small-6-2"]["engines"]["onnx-int8"]["cells"][0]
     assert cell["vs_torch"] == pytest.approx(10.0) and cell["vs_ct2_int8"] == pytest.approx(1.5)
     assert cell["agreement_with_torch"] == 1.0
     assert results["models"]["t5-small-6-2"]["engines"]["ct2-int8"]["cells"][0]["agreement_with_torch"] == \
         pytest.approx(2 / 3)
 
-    goals = {g["goal"]: g for g in cli.goals(results)}
+    goals = {g["goal"]: g for g in report.goals(results)}
     ct2 = goals["t5-small 6-2, batch 1 greedy: OnnxT5 int8 vs CTranslate2 int8"]
     assert ct2["ratio"] == pytest.approx(1.5) and ct2["met"]
     assert goals["t5-small 6-2, batch 1 greedy: OnnxT5 int8 vs optimum int8"]["ratio"] == pytest.approx(2.5)
@@ -88,29 +89,29 @@ def test_ratios_agreement_and_goals_follow_from_the_latencies():
 
 
 def test_the_report_shows_every_engine_and_goal(tmp_path):
-    from eval.report import environment
+    from eval.environment import environment
 
     results = {**_results(), "created": "2026-11-26T00:00:00+00:00", "environment": environment(2), "threads": 2,
                "new_tokens": 32}
-    cli.summarize(results)
-    results["goals"] = cli.goals(results)
-    text = cli.render(results)
+    report.summarize(results)
+    results["goals"] = report.goals(results)
+    text = report.render(results)
     assert "| 1 | greedy | 64 | onnx-int8 | 40.00 |" in text and "10.00x | 1.50x |" in text
     assert "| t5-small 6-2, batch 8 beam 4: OnnxT5 int8 vs CTranslate2 int8 | 64 | 0.89 | 1.00 | **no** |" in text
-    cli.plot(results, tmp_path / "speedup.png")
+    report.plot(results, tmp_path / "speedup.png")
     assert (tmp_path / "speedup.png").stat().st_size > 10_000
     json.dumps(results)  # results.json is plain JSON
 
 
 def test_missing_venvs_and_students_are_named(tmp_path):
-    args = cli.parse_args(["--serve-python", str(tmp_path / "none/bin/python"), "--student", str(tmp_path)])
-    with pytest.raises(cli.BenchError, match="make bench` creates the serve venv"):
-        cli.check_venvs(args)
-    args = cli.parse_args(["--engines", "torch", "--student", str(tmp_path / "nothing"), "--models", "student"])
-    with pytest.raises(cli.BenchError, match="Make it with `make distill`"):
-        cli.make_models(args)
+    args = parse_args(["--serve-python", str(tmp_path / "none/bin/python"), "--student", str(tmp_path)])
+    with pytest.raises(BenchError, match="make bench` creates the serve venv"):
+        models.check_venvs(args)
+    args = parse_args(["--engines", "torch", "--student", str(tmp_path / "nothing"), "--models", "student"])
+    with pytest.raises(BenchError, match="Make it with `make distill`"):
+        models.make_models(args)
     with pytest.raises(SystemExit):
-        cli.parse_args(["--engines", "onnx-int8"])  # torch is what every output is checked against
+        parse_args(["--engines", "onnx-int8"])  # torch is what every output is checked against
 
 
 def test_the_worker_imports_nothing_a_serving_venv_lacks():

@@ -151,7 +151,7 @@ def test_a_best_checkpoint_deleted_since_last_ckpt_is_found_on_disk(tmp_path):
     top-k deleted. after_fit then takes the best of the files on disk, by the score each recorded."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from distill.__main__ import best_checkpoint
+    from distill.checkpoint import best_checkpoint
 
     callback = ModelCheckpoint(dirpath=tmp_path, filename="best-{step}", monitor="val_bleu", mode="max", save_top_k=2)
     other = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=0, save_last=True)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from eval.report import summary_table, write_report
+from eval.report import write_report
+from eval.tables import summary_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 import eval.__main__ as cli
+from eval.errors import GateFailed
+from eval.quality import gate_checks
 
 
 def _write_config(path, dataset_dir, variants, **sections) -> str:
@@ -35,10 +37,10 @@ def test_the_quality_gate_decides_the_exit(tmp_path, monkeypatch, capsys, datase
         onnx])
     scores = {name: v["quality"] for name, v in synthetic_results["variants"].items()}
     monkeypatch.setattr(cli, "evaluate", lambda config, *args, **kwargs: (
-        synthetic_results, {}, cli.gate_checks(config, scores)))  # the gate as evaluate() computes it
+        synthetic_results, {}, gate_checks(config, scores)))  # the gate as evaluate() computes it
     run_dir = tmp_path / "run"
     if fails:
-        with pytest.raises(cli.GateFailed) as err:
+        with pytest.raises(GateFailed) as err:
             cli.run(["--config", config, "--out", str(run_dir)])
         assert "student-onnx loses 1.00 BLEU against its source student-torch (28.00 -> 27.00; margin 0.50)" in str(
             err.value)
