@@ -11,6 +11,11 @@ from pathlib import Path
 ENCODER, DECODER, DECODER_WITH_PAST = "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"
 GRAPHS = (ENCODER, DECODER, DECODER_WITH_PAST)
 META_FILE = "export_meta.json"  # written last: a folder without it is not an export
+# export_meta.json keys the runtime checks a folder against:
+FILES_KEY = "files"  # {file name: {"bytes": int, "sha256": str}} of every other file the export wrote
+MODEL_KEY = "model"  # the model's shape: num_layers, num_decoder_layers, num_heads, d_kv, d_model, vocab_size, ...
+EXPORT_ID_KEY = "export_id"  # a random id shared by export_meta.json and every graph of one export
+GRAPH_EXPORT_ID = "t5fast.export_id"  # where each graph carries it: its ONNX metadata_props (read at no cost)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "spiece.model", "sentencepiece.bpe.model")
 
