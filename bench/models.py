@@ -13,6 +13,7 @@ from typing import Any
 from bench.errors import BenchError
 from bench.shapes import T5_SMALL
 from bench.steps import WORKER, run_step, worker_env
+from export.layout import META_FILE
 
 
 def make_models(args: argparse.Namespace) -> dict[str, Path]:
@@ -47,6 +48,8 @@ def convert(name: str, model: Path, args: argparse.Namespace) -> dict[str, Path]
     folders = {}
     if {"onnx-fp32", "onnx-int8"} & set(args.engines):
         onnx = work / "onnx"  # made again on every run: the export is what this bench measures
+        if (onnx / META_FILE).is_file():  # this bench's own earlier export, possibly by an older exporter
+            shutil.rmtree(onnx)
         run_step([sys.executable, "-m", "export", "--model", str(model), "--out", str(onnx), "--int8"],
              f"exporting {name} with python -m export")
         folders["onnx"] = onnx

@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from distill.checkpoint import best_checkpoint
+from distill.checkpoint import best_checkpoint, read_checkpoint
 from distill.datamodule import Seq2SeqDataModule
 from distill.errors import UserError, cli_errors
+from distill.files import check_output
 from distill.module import Seq2SeqModule
 
 
@@ -33,6 +34,21 @@ class CLI(LightningCLI):
         parser.add_argument("--out", type=Path | None, default=None,
                             help="save_pretrained folder written from the best checkpoint after fit")
 
+    def before_fit(self) -> None:
+        out = self.config[self.subcommand].get("out")
+        if out is not None:
+            check_output(out)  # before training: the folder written after fit must not be refused only then
+
+    def fit(self, model: Seq2SeqModule, **kwargs: Any) -> None:
+        """`trainer.fit`, with a checkpoint to resume from that cannot be read reported as a ModelError naming it."""
+        try:
+            self.trainer.fit(model, **kwargs)
+        except Exception:
+            resumed = self.trainer.ckpt_path  # set before Lightning reads the file
+            if resumed:
+                read_checkpoint(resumed)  # raises the ModelError when the file is the problem
+            raise
+
     def after_fit(self) -> None:
         out = self.config[self.subcommand].get("out")
         if out is None or self.trainer.global_rank != 0:
@@ -41,7 +57,7 @@ class CLI(LightningCLI):
         best, score = best_checkpoint(callback) if callback is not None else ("", None)
         module: Seq2SeqModule = self.model
         if best:
-            state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+            state = read_checkpoint(best)["state_dict"]
             module.load_state_dict(state)
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val_")}
         meta = {

@@ -43,7 +43,8 @@ class TokenBatchSampler(Sampler[list[int]]):
         rng = random.Random(self.seed + self.epoch)
         if self.shuffle:
             rng.shuffle(order)
-            pool_size = max(1, self.pool * self.max_tokens // max(1, int(sum(self.lengths) / len(self.lengths))))
+            mean = int(sum(self.lengths) / max(1, len(self.lengths)))  # no examples: no batches, not an error
+            pool_size = max(1, self.pool * self.max_tokens // max(1, mean))
             order = [i for s in range(0, len(order), pool_size)
                      for i in sorted(order[s:s + pool_size], key=self.lengths.__getitem__)]
         else:

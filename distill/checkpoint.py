@@ -8,25 +8,49 @@ best one on disk (what `python -m distill fit --out` writes).
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from distill.distillation import DistillModule
 from distill.errors import ModelError, cli_errors
+from distill.files import check_output
 from distill.module import Seq2SeqModule
 
 # the modules a checkpoint may name (`_class_path`, written by LightningCLI); nothing else is imported from a file
 MODULES = {f"{cls.__module__}.{cls.__qualname__}": cls for cls in (Seq2SeqModule, DistillModule)}
 
 
-def checkpoint_to_pretrained(ckpt: Path, out: Path) -> Path:
-    """Write the module of Lightning checkpoint `ckpt` to `out` as a `save_pretrained` folder; returns `out`."""
+def read_checkpoint(ckpt: Path | str) -> dict[str, Any]:
+    """The contents of a Lightning checkpoint file (tensors on the CPU, nothing but weights and plain data unpickled);
+    ModelError when the file is missing, truncated or corrupt."""
+    ckpt = Path(ckpt)
+    if ckpt.is_dir():
+        raise ModelError(f"Checkpoint {ckpt} is a folder; give a .ckpt file (e.g. runs/teacher/checkpoints/last.ckpt).")
     if not ckpt.is_file():
         raise ModelError(f"Checkpoint {ckpt} does not exist.")
-    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"Checkpoint {ckpt} cannot be read: it is truncated or corrupt ({type(err).__name__}: "
+                         f"{reason}). A run killed while saving leaves such a file: delete it and use another "
+                         "checkpoint of the run (resume with --ckpt_path PATH, or convert one with "
+                         "`python -m distill.checkpoint --ckpt PATH --out DIR`).") from err
+    if not isinstance(checkpoint, dict):
+        raise ModelError(f"{ckpt} is not a Lightning checkpoint of the distill module (it holds a "
+                         f"{type(checkpoint).__name__}, not a dict of states).")
+    return checkpoint
+
+
+def checkpoint_to_pretrained(ckpt: Path, out: Path) -> Path:
+    """Write the module of Lightning checkpoint `ckpt` to `out` as a `save_pretrained` folder; returns `out`."""
+    checkpoint = read_checkpoint(ckpt)
     if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
         raise ModelError(f"{ckpt} is not a Lightning checkpoint of the distill module (no hyper_parameters).")
     class_path = checkpoint["hyper_parameters"].get("_class_path", "distill.module.Seq2SeqModule")
@@ -58,7 +82,11 @@ def best_checkpoint(callback: ModelCheckpoint) -> tuple[str, float | None]:
     for path in Path(callback.dirpath).glob(f"{prefix}*.ckpt"):
         if path.name.startswith(callback.CHECKPOINT_NAME_LAST):  # a copy of the latest step, not a scored one
             continue
-        state = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {}).get(callback.state_key)
+        try:
+            state = read_checkpoint(path).get("callbacks", {}).get(callback.state_key)
+        except ModelError as err:  # a file cut short by a crash cannot be the best one to keep
+            print(f"skipped {path}: {err}", file=sys.stderr)
+            continue
         if state and state.get("current_score") is not None:
             scored.append((float(state["current_score"]), str(path)))
     if not scored:
@@ -75,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     with cli_errors("python -m distill.checkpoint"):
+        check_output(args.out)
         out = checkpoint_to_pretrained(args.ckpt, args.out)
     print(f"wrote {out}")
 

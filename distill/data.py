@@ -4,10 +4,17 @@ training, scoring, pseudo-labels and the evaluation harness share.
 A dataset is a local folder holding `{split}.jsonl` / `.json` / `.csv` / `.parquet`, or a hub id (with an optional
 config name, e.g. `wmt16` + `ro-en`) for users who have a network: both go through `load_dataset`. Columns are
 configurable; a dotted column (`translation.en`) reads a field of a nested column, as hub translation sets store them.
+
+What would train or score silently wrong is refused with the file, the line (jsonl) or row, and the column: an empty
+file or split, a malformed line, a source or target that is null, not text or empty (`drop_invalid` drops such rows
+instead, and says how many). A hub id is looked up once, briefly, so an unreachable hub is reported in seconds.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +26,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SHOWN = 5  # positions of bad rows a message lists
 
 
 @dataclass
@@ -31,6 +39,9 @@ class DataConfig:
     target_column: str = "fr"
     extra_columns: list[str] = field(default_factory=list)  # e.g. further references, kept but not tokenized
     task_prefix: str = "translate English to French: "
+    # a row whose source or target is null, not text or empty is refused, naming it; True drops such rows instead
+    # (and says how many)
+    drop_invalid: bool = False
 
 
 def _is_local(path: str) -> bool:
@@ -38,40 +49,175 @@ def _is_local(path: str) -> bool:
 
 
 def load_split(config: DataConfig, split: str) -> Dataset:
-    """Load one split as a `datasets.Dataset` whose columns include the configured ones (flattened when dotted)."""
+    """Load one split as a `datasets.Dataset` whose columns include the configured ones (flattened when dotted).
+
+    Every row's source and target must be non-empty text, and extra columns text or null: a bad row is a DataError
+    naming the file, its line (jsonl) or row, and the column; with `config.drop_invalid` such rows are dropped and
+    counted on stderr.
+    """
     import datasets
 
+    file = None
     if _is_local(config.path):
-        folder = Path(config.path).expanduser()
-        if folder.is_file():
-            files = {split: str(folder)}
-            builder = FORMATS.get(folder.suffix)
-        else:
-            if not folder.is_dir():
-                raise DataError(f"Dataset folder {folder} does not exist. Build the default one with `make data`, "
-                                "or pass a folder holding train/validation/test .jsonl, .csv or .parquet files.")
-            found = sorted(p for p in folder.glob(f"{split}.*") if p.suffix in FORMATS)
-            if not found:
-                have = sorted(p.name for p in folder.iterdir())
-                raise DataError(f"No file for split {split!r} in {folder} (expected {split}.jsonl, .json, .csv or "
-                                f".parquet; found {have}).")
-            files, builder = {split: str(found[0])}, FORMATS[found[0].suffix]
-        if builder is None:
-            raise DataError(f"{folder}: unsupported file type; use one of {sorted(FORMATS)}.")
+        file, builder = _local_file(config, split)
         try:
-            dataset = datasets.load_dataset(builder, data_files=files, split=split)
-        except Exception as err:  # a parse error of the user's file: say which file
-            raise DataError(f"Could not read {files[split]} as {builder}: {err}") from err
+            dataset = datasets.load_dataset(builder, data_files={split: str(file)}, split=split)
+        except Exception as err:  # a parse error of the user's file: say which file, and where in it
+            if builder != "json":
+                raise _read_error(file, builder, err) from err
+            # Arrow refuses a column whose type changes from row to row; reading the lines here names the row
+            dataset = _read_json_lines(file, config, err)
     else:
+        dataset = _load_hub(config, split)
+    dataset = _select_columns(dataset, config, split)
+    return _check_values(dataset, config, split, file)
+
+
+def _local_file(config: DataConfig, split: str) -> tuple[Path, str]:
+    """The file holding `split` of a local dataset and its `load_dataset` builder; DataError when there is none."""
+    folder = Path(config.path).expanduser()
+    if folder.is_file():
+        file = folder
+    else:
+        if not folder.is_dir():
+            raise DataError(f"Dataset folder {folder} does not exist. Build the default one with `make data`, "
+                            "or pass a folder holding train/validation/test .jsonl, .csv or .parquet files.")
+        found = sorted(p for p in folder.glob(f"{split}.*") if p.suffix in FORMATS and p.is_file())
+        if not found:
+            have = sorted(p.name for p in folder.iterdir())
+            raise DataError(f"No file for split {split!r} in {folder} (expected {split}.jsonl, .json, .csv or "
+                            f".parquet; found {have}).")
+        file = found[0]
+    if file.suffix not in FORMATS:
+        raise DataError(f"{file}: unsupported file type; use one of {sorted(FORMATS)}.")
+    if _is_blank(file):
+        raise DataError(f"{file} is empty: split {split!r} has no rows. Put one example per line "
+                        f"(e.g. {{\"{config.source_column}\": \"...\", \"{config.target_column}\": \"...\"}} in "
+                        "a .jsonl file), or give another folder.")
+    return file, FORMATS[file.suffix]
+
+
+def _is_blank(file: Path) -> bool:
+    """Whether `file` holds nothing but whitespace (read only up to its first other byte)."""
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
+def _read_error(file: Path, builder: str, err: Exception) -> DataError:
+    """The DataError for a csv or parquet file `load_dataset` could not read."""
+    if _has_no_rows(file, builder):
+        return DataError(f"{file} has no rows (a header or schema only): the split is empty. Add examples, or give "
+                         "another folder.")
+    return DataError(f"Could not read {file} as {builder}: {_reason(err)}")
+
+
+def _has_no_rows(file: Path, builder: str) -> bool:
+    """Whether a csv file holds at most its header line, or a parquet file no row."""
+    if builder == "csv":
+        with open(file, encoding="utf-8", errors="replace") as f:
+            return sum(1 for line in f if line.strip()) <= 1
+    if builder == "parquet":
+        import pyarrow.parquet as pq
+
         try:
-            dataset = datasets.load_dataset(config.path, config.name, split=split)
-        except Exception as err:  # offline, unknown id, unknown split: all need the same advice
-            raise DataError(
-                f"Could not load dataset {config.path!r} (config {config.name!r}, split {split!r}) from the Hugging "
-                f"Face hub: {type(err).__name__}: {err}\nThe hub may be unreachable from this machine; a local folder "
-                "holding {train,validation,test}.jsonl works offline (`make data` builds one)."
-            ) from err
-    return _select_columns(dataset, config, split)
+            return pq.ParquetFile(file).metadata.num_rows == 0
+        except (OSError, ValueError):  # not a parquet file: the reader's own error says so
+            return False
+    return False
+
+
+def _read_json_lines(file: Path, config: DataConfig, err: Exception) -> Dataset:
+    """A JSON-lines file that `load_dataset` could not read, read line by line: a DataError naming the first line
+    that is not a JSON object, or whose source or target is not text (dropped instead with `config.drop_invalid`)."""
+    import datasets
+
+    fix = 'A .jsonl file holds one JSON object per line, e.g. {"en": "...", "fr": "..."}; fix or remove that line.'
+    with open(file, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):  # one JSON document (a .json array): where it fails to parse, if it does
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as parse_err:
+            raise DataError(f"{file}, line {parse_err.lineno}: not valid JSON ({parse_err.msg}, column "
+                            f"{parse_err.colno}).") from err
+        raise DataError(f"Could not read {file} as json: {_reason(err)}") from err
+    lines, rows = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as parse_err:
+            raise DataError(f"{file}, line {number}: not valid JSON ({parse_err.msg}, column {parse_err.colno}): "
+                            f"{line.strip()[:80]!r}. {fix}") from err
+        if not isinstance(row, dict):
+            raise DataError(f"{file}, line {number}: a JSON {type(row).__name__}, not an object: "
+                            f"{line.strip()[:80]!r}. {fix}") from err
+        lines.append(number)
+        rows.append(row)
+    bad = _bad_cells(config, lambda column: [_field(row, column) for row in rows])
+    keep = _keep(bad, len(rows), [f"line {n}" for n in lines], str(file), config)
+    kept = [rows[i] for i in keep]
+    columns = dict.fromkeys(key for row in kept for key in row)  # every key of any row, in order of appearance
+    try:
+        return datasets.Dataset.from_dict({key: [row.get(key) for row in kept] for key in columns})
+    except Exception as arrow_err:  # another column whose type changes: the reader's message names it
+        raise DataError(f"Could not read {file} as json: {_reason(err)}") from arrow_err
+
+
+def _field(row: Mapping, column: str) -> object:
+    """The value of a (dotted) column in a row; None where a level is missing."""
+    value: object = row
+    for key in column.split("."):
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
+def _reason(err: BaseException) -> str:
+    """The most specific message in `err`'s chain of causes (datasets wraps parse errors in generic ones)."""
+    reasons = []
+    seen: BaseException | None = err
+    while seen is not None and len(reasons) < 10:
+        if str(seen).strip():
+            reasons.append(f"{type(seen).__name__}: {str(seen).strip()}")
+        seen = seen.__cause__ or seen.__context__
+    return reasons[-1] if reasons else type(err).__name__
+
+
+def _load_hub(config: DataConfig, split: str) -> Dataset:
+    """`split` of hub dataset `config.path`, after one quick look-up (an unreachable hub fails in seconds)."""
+    import datasets
+
+    from distill.models import HUB_TIMEOUT, hub_endpoint, hub_status
+
+    status = hub_status(config.path, "dataset")
+    what = f"dataset {config.path!r} (config {config.name!r}, split {split!r})"
+    local = ("a local folder holding {train,validation,test}.jsonl works offline (`make data` builds the default "
+             "data/bible)")
+    if status == "invalid":
+        raise DataError(f"{config.path!r} is not a local folder, nor a hub dataset id (owner/name); {local}.")
+    if status == "missing":
+        raise DataError(f"{config.path!r} is not a local folder, and the Hugging Face hub ({hub_endpoint()}) has no "
+                        f"dataset repository of that name (a private one needs `hf auth login`); {local}.")
+    if status == "unreachable":
+        raise DataError(f"Could not load {what}: it is not a local folder, and the Hugging Face hub "
+                        f"({hub_endpoint()}) could not be reached (asked once, for at most {HUB_TIMEOUT:g} s). The hub "
+                        f"may be unreachable from this machine; {local}. A copy cached by an earlier run loads with "
+                        "HF_HUB_OFFLINE=1.")
+    try:
+        return datasets.load_dataset(config.path, config.name, split=split)
+    except Exception as err:  # unknown config or split, or not in the cache when offline: all need the same advice
+        if status == "offline":
+            raise DataError(f"HF_HUB_OFFLINE is set and {config.path!r} is not a local folder, nor a dataset the "
+                            f"cache holds ({type(err).__name__}: {err}). Unset HF_HUB_OFFLINE to download it; "
+                            f"{local}.") from err
+        raise DataError(
+            f"Could not load {what} from the Hugging Face hub: {type(err).__name__}: {err}\nThe hub may be "
+            f"unreachable from this machine; {local}."
+        ) from err
 
 
 def _select_columns(dataset: Dataset, config: DataConfig, split: str) -> Dataset:
@@ -81,19 +227,83 @@ def _select_columns(dataset: Dataset, config: DataConfig, split: str) -> Dataset
         raise DataError(f"Dataset {config.path!r} split {split!r} has no column {missing[0]!r} "
                         f"(columns: {dataset.column_names}); set source_column / target_column accordingly.")
     if len(dataset) == 0:
-        raise DataError(f"Dataset {config.path!r} split {split!r} is empty.")
+        raise DataError(f"Dataset {config.path!r} split {split!r} is empty: it has no rows.")
     dotted = [c for c in wanted if "." in c]
     if dotted:
-        def flatten(row: dict) -> dict:
-            out = {}
-            for column in dotted:
-                value = row
-                for key in column.split("."):
-                    value = value[key]
-                out[column] = value
-            return out
-        dataset = dataset.map(flatten)
+        dataset = dataset.map(lambda row: {column: _field(row, column) for column in dotted})
     return dataset
+
+
+def _problem(value: object, required: bool) -> str | None:
+    """What is wrong with one cell: a source or target must be non-empty text, an extra reference text or null."""
+    if value is None:
+        return "null (missing)" if required else None
+    if not isinstance(value, str):
+        return f"not text but {type(value).__name__} {value!r:.40}"
+    if required and not value.strip():
+        return "empty"
+    return None
+
+
+def _bad_cells(config: DataConfig, values: Callable[[str], Sequence[object]]) -> dict[int, tuple[str, str]]:
+    """{row index: (column, problem)} of the first bad cell of each bad row; `values(column)` gives a column."""
+    columns = [(c, True) for c in dict.fromkeys([config.source_column, config.target_column])]
+    columns += [(c, False) for c in config.extra_columns if c not in (config.source_column, config.target_column)]
+    bad: dict[int, tuple[str, str]] = {}
+    for column, required in columns:
+        for i, value in enumerate(values(column)):
+            problem = _problem(value, required)
+            if problem is not None and i not in bad:
+                bad[i] = (column, problem)
+    return bad
+
+
+def _keep(bad: dict[int, tuple[str, str]], n_rows: int, positions: Sequence[str], source: str,
+          config: DataConfig) -> list[int]:
+    """The indices of the rows to keep: all when none is bad, the good ones with `config.drop_invalid` (the count
+    printed on stderr); otherwise a DataError naming the first bad row (`positions[i]`: where row i is) and column."""
+    if not bad:
+        return list(range(n_rows))
+    rows = sorted(bad)
+    shown = ", ".join(positions[i] for i in rows[:SHOWN]) + (", ..." if len(rows) > SHOWN else "")
+    if config.drop_invalid:
+        print(f"{source}: dropped {len(rows)} of {n_rows} rows whose source or target is null, not text or empty "
+              f"(drop_invalid): {shown}", file=sys.stderr)
+        if len(rows) == n_rows:
+            raise DataError(f"{source}: every row has a null, non-text or empty source or target, so none is left "
+                            f"after drop_invalid; check source_column ({config.source_column!r}) and target_column "
+                            f"({config.target_column!r}).")
+        dropped = set(rows)
+        return [i for i in range(n_rows) if i not in dropped]
+    column, problem = bad[rows[0]]
+    more = f" ({len(rows)} rows are unusable: {shown})" if len(rows) > 1 else ""
+    hint = ("Every example needs non-empty text in its source and target columns, and extra reference columns hold "
+            "text or null. Fix or remove those rows, or have them dropped (`data.drop_invalid: true` in a training "
+            "config, `--drop-invalid` for distill.score).")
+    raise DataError(f"{source}, {positions[rows[0]]}: column {column!r} is {problem}{more}. {hint}")
+
+
+def _check_values(dataset: Dataset, config: DataConfig, split: str, file: Path | None) -> Dataset:
+    """`dataset` when every row is usable; otherwise a DataError naming the first bad rows, or, with
+    `config.drop_invalid`, `dataset` without them (their count printed on stderr)."""
+    bad = _bad_cells(config, lambda column: dataset[column])
+    if not bad:
+        return dataset
+    source = str(file) if file is not None else f"dataset {config.path!r} split {split!r}"
+    keep = _keep(bad, len(dataset), _positions(file, len(dataset)), source, config)
+    return dataset.select(keep)
+
+
+def _positions(file: Path | None, n_rows: int) -> list[str]:
+    """Where each row is, as a user finds it: its line in a JSON-lines file (one row per non-blank line), else its
+    1-based row number."""
+    if file is not None and file.suffix in (".jsonl", ".json"):
+        with open(file, encoding="utf-8", errors="replace") as f:
+            lines = [n for n, line in enumerate(f, 1) if line.strip()]
+        if len(lines) == n_rows:
+            return [f"line {n}" for n in lines]
+    after = " after the header" if file is not None and file.suffix == ".csv" else ""
+    return [f"row {i + 1}{after}" for i in range(n_rows)]
 
 
 @dataclass

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from distill.batching import EncodedDataset, ResumableLoader, TokenBatchSampler, collate
 from distill.data import DataConfig, Encoded, encode, load_split
+from distill.errors import DataError
 from distill.models import load_tokenizer
 
 
@@ -30,11 +31,19 @@ class Seq2SeqDataModule(L.LightningDataModule):
         eval_max_tokens: int = 8192,
         limit_train_examples: int | None = None,  # for smoke runs
         seed: int = 1234,
+        drop_invalid: bool = False,  # drop rows with a null, non-text or empty source/target instead of refusing
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        positive = {"max_source_length": max_source_length, "max_target_length": max_target_length,
+                    "max_tokens": max_tokens, "eval_max_tokens": eval_max_tokens,
+                    "limit_train_examples": 1 if limit_train_examples is None else limit_train_examples}
+        bad = [f"data.{key}={value}" for key, value in positive.items() if value < 1]
+        if bad:
+            unlimited = " (leave limit_train_examples out to train on every example)" if "limit" in bad[-1] else ""
+            raise DataError(f"{', '.join(bad)}: must be >= 1{unlimited}.")
         self.data_config = DataConfig(path, name, source_column, target_column, list(extra_columns or []),
-                                      task_prefix)
+                                      task_prefix, drop_invalid)
         self.tokenizer_path = tokenizer
         self.encoded: dict[str, Encoded] = {}
 
@@ -48,10 +57,25 @@ class Seq2SeqDataModule(L.LightningDataModule):
             if split in self.encoded:
                 continue
             dataset = load_split(self.data_config, split)
-            if split == "train" and hp.limit_train_examples:
+            if split == "train" and hp.limit_train_examples is not None:
                 dataset = dataset.select(range(min(hp.limit_train_examples, len(dataset))))
             self.encoded[split] = encode(dataset, tokenizer, self.data_config, hp.max_source_length,
                                          hp.max_target_length)
+            self._check_budget(split)
+
+    def _check_budget(self, split: str) -> None:
+        """DataError when a batch of `split` could not hold its longest example (TokenBatchSampler needs it to)."""
+        hp = self.hparams
+        option, max_tokens = ("max_tokens", hp.max_tokens) if split == "train" else ("eval_max_tokens",
+                                                                                      hp.eval_max_tokens)
+        encoded = self.encoded[split]
+        longest = max(len(s) + len(t) for s, t in zip(encoded.sources, encoded.targets, strict=True))
+        if max_tokens < longest:
+            raise DataError(f"data.{option}={max_tokens} is below the longest {split} example ({longest} tokens, "
+                            f"source + target, truncated to max_source_length={hp.max_source_length} and "
+                            f"max_target_length={hp.max_target_length}): a batch could not hold it. Set "
+                            f"data.{option} to at least {longest}, or lower data.max_source_length / "
+                            "data.max_target_length.")
 
     def _sampler(self, split: str, max_tokens: int, shuffle: bool) -> TokenBatchSampler:
         encoded = self.encoded[split]

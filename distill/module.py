@@ -19,7 +19,7 @@ from distill.errors import ModelError
 from distill.files import replace_dir
 from distill.losses import label_smoothed_ce
 from distill.metrics import score
-from distill.models import load_t5, load_tokenizer
+from distill.models import check_tokenizer_fits, load_t5, load_tokenizer
 from distill.schedule import lr_lambda
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ class Seq2SeqModule(L.LightningModule):
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(tokenizer)
         self.model = self._build_model()
+        # a tokenizer with ids past the embedding's rows fails on the first batch that holds one, far from its cause
+        check_tokenizer_fits(self.tokenizer, self.model.config.vocab_size, tokenizer)
         self._val_outputs: list[tuple[int, str, list[str]]] = []
 
     def _build_model(self) -> T5ForConditionalGeneration:

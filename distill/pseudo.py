@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from distill.data import DataConfig, encode, load_split
 from distill.errors import cli_errors
-from distill.files import replace_dir
+from distill.files import check_output, replace_dir
 from distill.generation_torch import torch_generate_texts
 from distill.models import inference_device, load_t5, load_tokenizer
 
@@ -42,6 +42,7 @@ def make_pseudo_labels(teacher: str, data: DataConfig, out: Path, num_beams: int
                        chunk: int = 1000, limit: int | None = None, labels_file: Path | None = None) -> Path:
     """Write the pseudo-label dataset of `teacher` on `data` to `out`, reusing `labels_file` or a partial run when they
     match; returns `out`."""
+    check_output(out)  # before hours of generation: a refusal comes first
     train = load_split(data, "train")
     if limit:
         train = train.select(range(min(limit, len(train))))

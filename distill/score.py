@@ -19,16 +19,29 @@ from pathlib import Path
 import torch
 
 from distill.data import DataConfig, encode, load_split
-from distill.errors import cli_errors
+from distill.errors import UserError, cli_errors
 from distill.files import package_version
 from distill.generation_torch import torch_generate_texts
 from distill.metrics import score
 from distill.models import inference_device, load_t5, load_tokenizer
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of a count that must be >= 1 (0 would mean nothing or, for --limit, silently everything)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m distill.score", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="model folder or hub id")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id (default: the model's)")
     parser.add_argument("--data", default="data/bible", help="dataset folder or hub id")
     parser.add_argument("--name", default=None, help="hub dataset config name (e.g. ro-en)")
     parser.add_argument("--split", default="test")
@@ -38,27 +51,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task-prefix", default=None,
                         help="default: the model config's task_specific_params prefix, else none")
     parser.add_argument("--metric", choices=["bleu", "rouge"], default="bleu")
-    parser.add_argument("--num-beams", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N examples")
+    parser.add_argument("--num-beams", type=_at_least_one, default=1)
+    parser.add_argument("--max-new-tokens", type=_at_least_one, default=256)
+    parser.add_argument("--limit", type=_at_least_one, default=None, help="score only the first N examples")
+    parser.add_argument("--drop-invalid", action="store_true",
+                        help="drop rows whose source or target is null, not text or empty (default: refuse them)")
     parser.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
     parser.add_argument("--predictions", type=Path, default=None, help="write one prediction per line here")
     args = parser.parse_args(argv)
+    for option, path in (("--out", args.out), ("--predictions", args.predictions)):
+        if path is not None and path.is_dir():
+            parser.error(f"{option} {path} is a folder; give a file name (e.g. {path / 'metrics.json'}).")
     with cli_errors("python -m distill.score"):
         _run(args, argv)
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
     """Generate for the split, score, print the metrics and write the files that `args` asks for."""
-    tokenizer = load_tokenizer(args.model)
+    for option, path in (("--out", args.out), ("--predictions", args.predictions)):
+        if path is not None:  # checked before the long generation, not after it
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UserError(f"{option} {path}: its folder cannot be created ({err}).") from err
     model = load_t5(args.model).to(inference_device())
+    tokenizer = load_tokenizer(args.tokenizer or args.model, model.config.vocab_size)
     prefix = args.task_prefix
     if prefix is None:
         tasks = getattr(model.config, "task_specific_params", None) or {}
         prefix = next((t["prefix"] for t in tasks.values() if "prefix" in t), "")
-    config = DataConfig(args.data, args.name, args.source_column, args.target_column, args.extra_references, prefix)
+    config = DataConfig(args.data, args.name, args.source_column, args.target_column, args.extra_references, prefix,
+                        args.drop_invalid)
     dataset = load_split(config, args.split)
-    if args.limit:
+    if args.limit is not None:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
     encoded = encode(dataset, tokenizer, config, max_source_length=512, max_target_length=512)
     start = time.perf_counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from distill.errors import ModelError, cli_errors
-from distill.files import replace_dir
+from distill.files import check_output, replace_dir
 from distill.models import load_t5, load_tokenizer
 
 if TYPE_CHECKING:
@@ -160,13 +160,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoder-layers", type=int, default=None, help="default: as many as the teacher")
     parser.add_argument("--decoder-map", type=_int_list, default=None, help="teacher decoder layers to copy, e.g. 0,5")
     parser.add_argument("--encoder-map", type=_int_list, default=None, help="teacher encoder layers to copy")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer folder or hub id written into the student (default: the teacher's)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     with cli_errors("python -m distill.student"):
+        check_output(args.out)  # before the teacher loads: a refusal comes first
         teacher = load_t5(args.teacher)
+        # checked before the student is built: a student without its teacher's tokenizer reads text as <unk>
+        tokenizer = load_tokenizer(args.tokenizer or args.teacher, teacher.config.vocab_size)
         student, maps = make_student(teacher, args.decoder_layers, args.encoder_layers, args.decoder_map,
                                      args.encoder_map)
-        out = save_student(student, maps, teacher, args.teacher, load_tokenizer(args.teacher), args.out)
+        out = save_student(student, maps, teacher, args.teacher, tokenizer, args.out)
     t, s = sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters())
     print(f"wrote {out}: encoder layers {maps['encoder']}, decoder layers {maps['decoder']} of the teacher; "
           f"{s / 1e6:.2f}M parameters (teacher {t / 1e6:.2f}M)")

@@ -17,7 +17,7 @@ import sentencepiece as spm
 
 from distill.data import DataConfig, load_split
 from distill.errors import DataError, cli_errors
-from distill.files import replace_dir
+from distill.files import check_output, replace_dir
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2  # T5's ids: the decoder starts from pad
 
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/tokenizer"))
     args = parser.parse_args(argv)
     with cli_errors("python -m distill.tokenizer"):
+        check_output(args.out)
         dataset = load_split(DataConfig(path=args.data, source_column=args.columns[0], target_column=args.columns[-1],
                                         extra_columns=args.columns[1:-1]), args.split)
         sentences = [args.prefix + row[args.columns[0]] for row in dataset]

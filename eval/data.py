@@ -3,6 +3,8 @@
 The split is read by `distill.data.load_split`, the project's one dataset reader (a local folder of
 `{split}.jsonl` / `.json` / `.csv` / `.parquet`, a single data file, or a hub id with an optional config name; a
 dotted column such as `translation.en` reads a field of a nested column); its problems are `distill.errors.DataError`.
+Its rules hold here too: an empty file or split, a malformed line, and a row whose source or target is null, not text
+or empty are refused, naming the file, the line (or row) and the column, so every variant is scored on usable rows.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ The graphs are checked against PyTorch before the folder appears; `export_meta.j
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -16,9 +17,20 @@ from distill.errors import cli_errors
 from export.exporter import export
 from export.layout import META_FILE
 from export.trace import DEFAULT_OPSET
-from export.validate import ATOL_LOGITS, Validation
+from export.validate import ATOL, RTOL, Validation
 
 PROG = "python -m export"
+
+
+def _tolerance(text: str) -> float:
+    """argparse type of --atol / --rtol: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,9 +42,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also write *_quantized.onnx (dynamic int8 MatMuls and embeddings)")
     parser.add_argument("--int8-keep-fp32", default="", metavar="NAMES",
                         help="comma-separated module names whose MatMuls stay fp32 with --int8, e.g. lm_head,wo")
-    parser.add_argument("--atol", type=float, default=ATOL_LOGITS,
-                        help="max |logits diff| against PyTorch (default %(default)s); other outputs: atol * max|ref|")
+    parser.add_argument("--atol", type=_tolerance, default=ATOL,
+                        help="absolute part of each output's tolerance against PyTorch (default %(default)s)")
+    parser.add_argument("--rtol", type=_tolerance, default=RTOL,
+                        help="relative part: the tolerance is atol + rtol * max |PyTorch output| (default %(default)s)")
+    parser.add_argument("--tokenizer", default=None, metavar="DIR_OR_ID",
+                        help="where the tokenizer comes from (default: the model's folder or hub id)")
+    parser.add_argument("--no-tokenizer", action="store_true",
+                        help="export the graphs without a tokenizer (e.g. random weights for a benchmark)")
     args = parser.parse_args(argv)
+    if args.tokenizer and args.no_tokenizer:
+        parser.error("--tokenizer and --no-tokenizer exclude each other")
     args.int8_keep_fp32 = tuple(name.strip() for name in args.int8_keep_fp32.split(",") if name.strip())
     if args.int8_keep_fp32 and not args.int8:
         parser.error("--int8-keep-fp32 needs --int8")
@@ -44,8 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with cli_errors(PROG):
+        check = Validation(atol=args.atol, rtol=args.rtol)
         out = export(args.model, args.out, opset=args.opset, int8=args.int8, int8_keep_fp32=args.int8_keep_fp32,
-                     check=Validation(atol=args.atol), command=" ".join([PROG, *(argv or sys.argv[1:])]))
+                     check=check, command=" ".join([PROG, *(argv or sys.argv[1:])]), tokenizer=args.tokenizer,
+                     require_tokenizer=not args.no_tokenizer)
     print(f"wrote {out} (graphs validated against PyTorch; see {out / META_FILE})")
 
 

@@ -11,9 +11,15 @@ The folder follows optimum's layout and input/output names (so `ORTModelForSeq2S
     export_meta.json               opset, versions, max |diff| against PyTorch per graph and output, sizes,
                                    int8 token agreement
 
-Everything is written to a hidden folder next to `--out` and renamed into place only after onnxruntime matched PyTorch
-on a padded batch (first decoder step with several tokens, then several steps with past), so a crash or a failed check
-never leaves a folder that looks complete.
+Everything is written to a hidden staging folder next to `--out` (`distill.files.staged_dir`) and renamed into place
+only after onnxruntime matched PyTorch on a padded batch (first decoder step with several tokens, then several steps
+with past), so a crash or a failed check never leaves a folder that looks complete; a killed run's staging folder is
+swept by the next run. export_meta.json lists every other file with its size and sha256 (`files`) and an id
+(`export_id`) that every graph carries in its ONNX metadata, so that the runtime can tell a whole export from a mix.
+
+An existing `--out` is replaced only when it is exactly an earlier export (what its export_meta.json lists, unchanged)
+or empty; anything else is refused before any work, naming what is in the way. An export without --int8 over an
+earlier --int8 export is refused too, naming the int8 graphs it would delete: add --int8, or remove them first.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,27 +35,47 @@ import numpy as np
 import torch
 
 from distill.errors import ModelError
-from distill.files import replace_dir
+from distill.files import check_output, file_manifest, replace_dir, staged_dir
 from distill.models import load_t5, load_tokenizer
 from export.errors import ExportError
-from export.layout import ENCODER, META_FILE, TOKENIZER_FILES, quantized_name, source_fingerprint, source_id
+from export.layout import (
+    ENCODER,
+    EXPORT_ID_KEY,
+    FILES_KEY,
+    GRAPH_EXPORT_ID,
+    GRAPHS,
+    META_FILE,
+    TOKENIZER_FILES,
+    quantized_name,
+    source_fingerprint,
+    source_id,
+)
 from export.quantize import INT8_OPS, int8_agreement, quantize
 from export.runtime import OnnxT5
 from export.trace import DEFAULT_OPSET, export_graphs
 from export.validate import Validation, validate
 
 
-def _copy_tokenizer(name_or_dir: str, staged: Path) -> list[str]:
-    local = Path(name_or_dir).expanduser()
+def _copy_tokenizer(source: str, staged: Path, vocab_size: int, required: bool) -> list[str]:
+    """Copy the tokenizer of `source` (a folder or hub id) into the export, after checking it fits the model.
+
+    A folder without one is an error unless `required` is False: OnnxT5's `.tokenizer`, the eval harness and publish
+    read `tokenizer.json` from the export, and a placeholder tokenizer would turn every word into <unk>.
+    """
+    try:
+        tokenizer = load_tokenizer(source, vocab_size)
+    except ModelError:
+        if required:
+            raise
+        return []
+    local = Path(source).expanduser()
     if local.is_dir():
         copied = [name for name in TOKENIZER_FILES if (local / name).is_file()]
         for name in copied:
             shutil.copy2(local / name, staged / name)
-        return copied
-    try:  # a hub id: the same loader as everywhere else; a repo without a tokenizer is allowed
-        load_tokenizer(name_or_dir).save_pretrained(staged)
-    except ModelError:
-        return []
+        if "tokenizer.json" in copied:
+            return copied
+    tokenizer.save_pretrained(staged)  # a hub id, or a folder holding only a slow tokenizer: write tokenizer.json
     return sorted(p.name for p in staged.iterdir() if p.name in TOKENIZER_FILES)
 
 
@@ -81,63 +107,105 @@ def _meta(model: Any, model_name_or_dir: str, staged: Path, opset: int, check: V
         | {"lm_head_is_shared_embedding": model.lm_head.weight is model.shared.weight},
         "validation": {"batch": len(check.enc_lengths), "encoder_lengths": list(check.enc_lengths),
                        "first_decoder_length": check.first_decoder_length, "past_steps": check.past_steps,
-                       "atol_logits": check.atol, "max_abs_diff": diffs},
+                       "atol_logits": check.atol, "rtol": check.rtol, "max_abs_diff": diffs},
         "int8": int8_meta,
         "tokenizer_files": tokenizer_files,
         "file_bytes": {p.name: p.stat().st_size for p in sorted(staged.iterdir()) if p.suffix == ".onnx"},
     }
 
 
+def stamp_export_id(path: Path, export_id: str) -> None:
+    """Set the graph's `GRAPH_EXPORT_ID` metadata to `export_id` (rewritten only when it differs; external weights,
+    if any, stay where they are)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    if {p.key: p.value for p in proto.metadata_props}.get(GRAPH_EXPORT_ID) == export_id:
+        return
+    kept = [p for p in proto.metadata_props if p.key != GRAPH_EXPORT_ID]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=GRAPH_EXPORT_ID, value=export_id)
+    onnx.save(proto, str(path))
+
+
+def check_out(out: Path, int8: bool) -> None:
+    """Refuse, before any work, an `out` that an export must not replace: anything but an empty folder or an earlier
+    export as its export_meta.json lists it, or an export whose int8 graphs an export without --int8 would delete."""
+    check_output(out, META_FILE, "an earlier export", FILES_KEY, error=ExportError)
+    int8_graphs = [name for name in map(quantized_name, GRAPHS) if (out / name).is_file()]
+    if int8_graphs and not int8:
+        raise ExportError(f"{out} holds the int8 graphs of an earlier --int8 export ({', '.join(int8_graphs)}); an "
+                          "export without --int8 would delete them. Add --int8 to make them again, choose another "
+                          "--out, or remove them first.")
+
+
 def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, int8: bool = False,
-           int8_keep_fp32: tuple[str, ...] = (), check: Validation | None = None, command: str | None = None) -> Path:
+           int8_keep_fp32: tuple[str, ...] = (), check: Validation | None = None, command: str | None = None,
+           tokenizer: str | None = None, require_tokenizer: bool = True) -> Path:
     """Export, validate and (optionally) quantize `model_name_or_dir` into `out`; returns `out`.
 
+    The tokenizer comes from `tokenizer` (a folder or hub id) or else from the model's own folder; a model without one
+    is refused unless `require_tokenizer` is False (the graphs alone, for benchmarks on random weights).
+
     `command` is recorded in export_meta.json (the CLI passes its own command line). An existing `out` is replaced
-    only when it is an earlier export (it holds export_meta.json).
+    only when it is empty or exactly an earlier export (`check_out`, checked first and again at the swap).
     """
     out = Path(out).expanduser().resolve()
     check = check or Validation()
-    if out.exists() and not (out / META_FILE).is_file():
-        raise ExportError(f"{out} exists and is not an earlier export (no {META_FILE}); it is left alone. "
-                          "Choose a new folder for --out, or remove this one.")
+    check_out(out, int8)
     model = load_t5(model_name_or_dir).float().eval()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp.", dir=out.parent) as tmp:
-        staged = Path(tmp) / out.name
-        staged.mkdir()
+    export_id = uuid.uuid4().hex
+    with staged_dir(out) as staged:
         specs = export_graphs(model, staged, opset)
+        for graph in GRAPHS:  # before the validation, so that the bytes checked are the bytes kept
+            stamp_export_id(staged / graph, export_id)
         diffs = validate(model, staged, specs, check)
         model.config.save_pretrained(staged)
         model.generation_config.save_pretrained(staged)
-        tokenizer_files = _copy_tokenizer(model_name_or_dir, staged)
+        tokenizer_files = _copy_tokenizer(tokenizer or model_name_or_dir, staged, model.config.vocab_size,
+                                          require_tokenizer)
         int8_meta = None
         if int8:
             excluded = quantize(staged, tuple(int8_keep_fp32))
+            for graph in GRAPHS:  # quantize_dynamic keeps metadata_props; this makes sure of it
+                stamp_export_id(staged / quantized_name(graph), export_id)
             int8_meta = {"op_types_to_quantize": list(INT8_OPS), "weight_type": "QInt8",
                          "keep_fp32": list(int8_keep_fp32), "excluded_nodes": excluded,
                          **int8_agreement(staged, check, model.config)}
         meta = _meta(model, model_name_or_dir, staged, opset, check, diffs, int8_meta, tokenizer_files, command)
+        meta |= {EXPORT_ID_KEY: export_id, FILES_KEY: file_manifest(staged, skip=(META_FILE,))}
         (staged / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        replace_dir(staged, out)
+        replace_dir(staged, out, manifest=META_FILE, what="an earlier export", files_key=FILES_KEY)
     return out
 
 
+def _read_meta(folder: Path) -> dict[str, Any] | None:
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def load_or_export(name_or_dir: str | Path, onnx_path: str | Path, quantized: bool = False,
-                   threads: int | None = None, providers: list[Any] | None = None) -> OnnxT5:
+                   threads: int | None = None, providers: list[Any] | None = None,
+                   require_tokenizer: bool = True) -> OnnxT5:
     """The export of `name_or_dir` (folder or hub id) in `onnx_path`, made there first if it is not there yet.
 
     An existing export is reused when it was made from the same source (and, for a local folder, the same weight
-    files); otherwise it is re-exported. Another source's export in `onnx_path` is a ValueError.
+    files); otherwise it is re-exported (`require_tokenizer`: as `export`'s). Another source's export in `onnx_path`
+    is a ValueError.
     """
     onnx_path = Path(onnx_path).expanduser()
-    meta_file = onnx_path / META_FILE
-    need_int8 = quantized and not (onnx_path / quantized_name(ENCODER)).is_file()
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
+    had_int8 = (onnx_path / quantized_name(ENCODER)).is_file()
+    meta = _read_meta(onnx_path)
+    if meta is not None and FILES_KEY in meta:
         if meta.get("source") != source_id(name_or_dir):
             raise ValueError(f"load_or_export: {onnx_path} holds an export of {meta.get('source')}, not of "
                              f"{source_id(name_or_dir)}. Give another onnx_path, or remove that folder.")
-        if meta.get("source_fingerprint") == source_fingerprint(name_or_dir) and not need_int8:
+        if meta.get("source_fingerprint") == source_fingerprint(name_or_dir) and (had_int8 or not quantized):
             return OnnxT5.from_pretrained(onnx_path, quantized, threads, providers)
-    export(str(name_or_dir), onnx_path, int8=quantized or (onnx_path / quantized_name(ENCODER)).is_file())
+    # no export yet, or an outdated one: `export` replaces only a folder that is exactly an earlier export
+    export(str(name_or_dir), onnx_path, int8=quantized or had_int8, require_tokenizer=require_tokenizer)
     return OnnxT5.from_pretrained(onnx_path, quantized, threads, providers)

@@ -56,7 +56,7 @@ def int8_agreement(folder: Path, check: Validation, model_config: Any) -> dict[s
     ids, mask = ex["input_ids"], ex["attention_mask"]
     kwargs = {"max_new_tokens": INT8_CHECK_NEW_TOKENS, "min_new_tokens": INT8_CHECK_NEW_TOKENS, "num_beams": 1,
               "do_sample": False}
-    runtimes = [OnnxT5.from_pretrained(folder, quantized=q) for q in (False, True)]
+    runtimes = [OnnxT5.from_staged(folder, quantized=q) for q in (False, True)]  # export_meta.json comes later
     fp32, int8 = (rt.generate(ids, mask, **kwargs)[:, 1:] for rt in runtimes)
     first = [rt.first_step(ex["decoder_input_ids"], mask, rt.encode(ids, mask))[0] for rt in runtimes]
     return {"greedy_token_agreement": float(np.mean(fp32 == int8)),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from distill.errors import cli_errors
 from publish.push import push
-from publish.stage import stage
+from publish.stage import MANIFEST, stage
 
 PROG = "python -m publish"
 
@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results", type=Path, default=Path("runs/eval/default/results.json"),
                         help="the evaluation that measured it (default %(default)s)")
     parser.add_argument("--repo-id", required=True, help="namespace/name on the hub")
-    parser.add_argument("--out", type=Path, help="staging folder (default runs/publish/<name>)")
+    parser.add_argument("--out", type=Path, help="the staged folder (default runs/publish/<name>); an existing "
+                        "one is replaced only when it is empty or staged by an earlier run")
     parser.add_argument("--license", default="apache-2.0", help="the card's license (default %(default)s)")
     parser.add_argument("--base-model", help="the teacher's hub id for the card's base_model (default: the teacher "
                         "recorded in distill_meta.json when it is a hub id; a local teacher is described in the body)")
@@ -50,7 +51,8 @@ def run(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out = args.out or Path("runs/publish") / args.repo_id.split("/")[-1]
     folder = stage(args.model, args.onnx, args.results, args.repo_id, out, args.license, args.base_model)
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    # what would be uploaded: all but the manifest
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST)
     print(f"staged {folder} (loaded back with transformers and OnnxT5; ONNX fp32 tokens equal transformers'):")
     for p in files:
         print(f"  {p.relative_to(folder)}  {p.stat().st_size / 1e6:.2f} MB")

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from publish.errors import PublishError
+from publish.stage import MANIFEST
 
 
 def push(folder: Path, repo_id: str, private: bool) -> str:
-    """Upload `folder` with huggingface_hub; the token is huggingface_hub's (HF_TOKEN or the cached login), never
-    printed or written. Returns the repository's URL."""
+    """Upload `folder` (but its publish_manifest.json, which is this machine's record of the staged folder) with
+    huggingface_hub; the token is huggingface_hub's (HF_TOKEN or the cached login), never printed or written.
+    Returns the repository's URL."""
     from huggingface_hub import HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -18,7 +20,8 @@ def push(folder: Path, repo_id: str, private: bool) -> str:
     api = HfApi()
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload student (python -m publish)")
+        api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload student (python -m publish)",
+                          ignore_patterns=[MANIFEST])
     except HfHubHTTPError as error:
         status = getattr(error.response, "status_code", None)
         raise PublishError(f"the hub refused the upload to {repo_id} (HTTP {status}); check that the token may "

@@ -6,8 +6,12 @@
     onnx/*_quantized.onnx              int8 (transformers.js picks these with `quantized: true`)
     onnx/config.json generation_config.json tokenizer.json export_meta.json   so `OnnxT5.from_pretrained(repo/onnx)`
     README.md                          the model card (publish/card.py)
+    publish_manifest.json              every other file with its size and sha256 (kept here, not uploaded)
 
-The folder is written in a temporary sibling, checked (publish/check.py) and only then put in place, whole.
+The folder is written in a hidden staging sibling (`distill.files.staged_dir`), checked (publish/check.py) and only
+then put in place, whole. An existing `--out` is replaced only when it is empty or exactly what its
+publish_manifest.json lists; anything else (a git checkout, a model or export folder, a user's files) is refused
+before any work, naming what is in the way.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from distill.files import replace_dir
-from export.layout import GRAPHS, TOKENIZER_FILES, quantized_name
+from distill.files import FILES_KEY, check_output, file_manifest, replace_dir, sha256_file, staged_dir
+from export.layout import FILES_KEY as EXPORT_FILES_KEY
+from export.layout import GRAPHS, META_FILE, TOKENIZER_FILES, quantized_name
 from publish.card import find_variants, is_hub_id, model_card
 from publish.check import check_staged
 from publish.errors import PublishError
@@ -28,12 +32,35 @@ from publish.errors import PublishError
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
 ONNX_SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+MANIFEST = "publish_manifest.json"  # what `stage` wrote: an earlier staged folder may be replaced, nothing else
+OUT_WHAT = "an earlier `python -m publish` folder"
 
 
 def _read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+    if path.is_dir():
+        raise PublishError(f"{path} is a folder, not a JSON file ({what}). {fix}")
     if not path.is_file():
         raise PublishError(f"{path} does not exist ({what}). {fix}")
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise PublishError(f"{path} cannot be read as JSON ({what}: {error}). {fix}") from None
+    if not isinstance(data, dict):
+        raise PublishError(f"{path} does not hold a JSON object ({what}). {fix}")
+    return data
+
+
+def _onnx_files(onnx: Path, listed: dict[str, Any], staged: Path, fix: str) -> dict[str, Any]:
+    """The export's file list (`listed`) for the files copied from `onnx` to `staged`, each copy checked against it:
+    the staged graphs are the ones the export validated."""
+    copied = sorted(p.name for p in staged.iterdir())
+    changed = [name for name in copied if not isinstance(listed.get(name), dict)
+               or (staged / name).stat().st_size != listed[name].get("bytes")
+               or sha256_file(staged / name) != listed[name].get("sha256")]
+    if changed:
+        raise PublishError(f"{onnx} was changed after it was exported ({', '.join(changed)} not as its {META_FILE} "
+                           f"lists). {fix}")
+    return {name: listed[name] for name in copied}
 
 
 def _copy(src: Path, dst: Path, names: tuple[str, ...], required: tuple[str, ...], what: str, fix: str) -> None:
@@ -55,7 +82,8 @@ def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, license_: str = "apache-2.0",
           base_model: str | None = None) -> Path:
-    """Write the hub folder to `out` (through a temporary sibling, moved into place when complete and checked)."""
+    """Write the hub folder to `out` (through a staging sibling, moved into place when complete and checked); an
+    existing `out` must be empty or an earlier staged folder (its publish_manifest.json), else PublishError."""
     if not REPO_ID.match(repo_id):
         raise PublishError(f"repo id {repo_id!r} is not `namespace/name` (letters, digits, '.', '_', '-'; "
                            "e.g. you/t5-small-6-2).")
@@ -63,6 +91,10 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
                       "Publish a student made by `make distill` or `python -m distill.student`.")
     export_meta = _read_json(onnx / "export_meta.json", "the ONNX export",
                              f"Export it first: make export MODEL={model} OUT={onnx}")
+    export_fix = f"Export it again: make export MODEL={model} OUT={onnx}"
+    if not isinstance(export_meta.get(EXPORT_FILES_KEY), dict):
+        raise PublishError(f"{onnx / META_FILE} lists no files: {onnx} is not a complete export of this version of "
+                           f"`python -m export`. {export_fix}")
     results = _read_json(results_file, "the evaluation's results",
                          "Evaluate the student first: make eval (its config must list the student and its exports).")
     found = find_variants(results, model, onnx)
@@ -72,18 +104,19 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
     quantized = tuple(quantized_name(g) for g in GRAPHS)
     base_model = base_model or (meta.get("teacher") if is_hub_id(meta.get("teacher")) else None)
     out = out.expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.tmp.", dir=out.parent) as tmp:
-        staged = Path(tmp) / out.name
+    check_output(out, MANIFEST, OUT_WHAT, error=PublishError)
+    with staged_dir(out) as staged:
         _copy(model, staged, MODEL_FILES + TOKENIZER_FILES, (*MODEL_FILES, "tokenizer.json"), "the student",
               "It must be a save_pretrained folder with safetensors weights and a fast tokenizer.")
         _copy(onnx, staged / "onnx", GRAPHS + quantized + ONNX_SIDE_FILES, GRAPHS + quantized,
               "fp32 and int8 graphs", f"Export with int8: make export MODEL={model} OUT={onnx}")
         (staged / "distill_meta.json").write_text(json.dumps(_public_meta(meta), indent=2) + "\n")
         export_meta = {k: v for k, v in export_meta.items() if k not in ("source", "source_fingerprint", "command")}
-        (staged / "onnx" / "export_meta.json").write_text(json.dumps({"source": repo_id, **export_meta}, indent=2)
-                                                         + "\n")
+        export_meta[EXPORT_FILES_KEY] = _onnx_files(onnx, export_meta[EXPORT_FILES_KEY], staged / "onnx", export_fix)
+        (staged / "onnx" / META_FILE).write_text(json.dumps({"source": repo_id, **export_meta}, indent=2) + "\n")
         model_card(repo_id, meta, results, found, license_, base_model).save(staged / "README.md")
         check_staged(staged, results.get("dataset", {}).get("task_prefix") or "")
-        replace_dir(staged, out)
+        manifest = {"repo_id": repo_id, FILES_KEY: file_manifest(staged, skip=(MANIFEST,))}
+        (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        replace_dir(staged, out, manifest=MANIFEST, what=OUT_WHAT)
     return out

@@ -8,6 +8,10 @@
     ids = model.generate([b.ids for b in batch], [b.attention_mask for b in batch], num_beams=4, max_new_tokens=64)
     print(tok.decode_batch(ids.tolist(), skip_special_tokens=True))
 
+`from_pretrained` loads only a whole export: the graphs must be the ones its export_meta.json lists (size, export id,
+shapes; `verify=True` or `model.verify()` also compares sha256). `generate` checks every argument and input before
+anything runs, and its memory grows with the tokens generated, not with max_new_tokens.
+
 Imports only numpy, onnxruntime, (for `.tokenizer`) tokenizers and `export.layout`; `export.exporter.load_or_export`
 exports a model on first use (that needs torch). Greedy and beam search follow transformers 5.x `generate` step by
 step (same processors, order, stopping rules and output layout), so on the same weights they return the same tokens;

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from export.runtime.columns import first_width, widened
 from export.runtime.processors import log_softmax_, process_logits, softmax
 from export.runtime.settings import Resolved
 from export.runtime.steps import DecoderSteps
@@ -22,10 +23,8 @@ def beam_search(decoder: DecoderSteps, hidden: np.ndarray, mask: np.ndarray, s: 
     is 0 (transformers 5.x)."""
     batch, beams, max_length = hidden.shape[0], s.num_beams, s.max_length
     rng = np.random.default_rng(s.seed)
-    keep = max(2, 1 + s.eos.size) * beams  # candidates kept per step, so that `beams` unfinished ones remain
-    top_beam_mask = np.arange(keep) < beams
     fill = (s.pad or int(s.eos[0])) if s.eos.size else -1  # transformers 5.x: `pad or eos[0]`: EOS when pad is 0
-    running = np.full((batch, beams, max_length), fill, dtype=np.int64)
+    running = np.full((batch, beams, first_width(max_length)), fill, dtype=np.int64)  # grows with cur_len
     running[:, :, 0] = s.start
     sequences = running.copy()
     running_scores = np.zeros((batch, beams), dtype=np.float32)
@@ -33,14 +32,22 @@ def beam_search(decoder: DecoderSteps, hidden: np.ndarray, mask: np.ndarray, s: 
     beam_scores = np.full((batch, beams), NEG, dtype=np.float32)
     finished = np.zeros((batch, beams), dtype=bool)
     improvable = np.ones((batch, 1), dtype=bool)  # the early-stop heuristic is not yet satisfied
-    running_idx = np.full((batch, beams, max_length - 1), -1, dtype=np.int64)
+    running_idx = np.full((batch, beams, running.shape[2] - 1), -1, dtype=np.int64)
     beam_idx_out = running_idx.copy()
     offsets = np.arange(batch)[:, None] * beams
 
     logits, own, cross = decoder.first_step(np.full((batch, 1), s.start, dtype=np.int64), mask, hidden)
+    # candidates kept per step, so that `beams` unfinished ones remain; at most all of them (transformers' top-k
+    # fails when EOS ids are so many that this exceeds beams * vocabulary)
+    keep = min(max(2, 1 + s.eos.size) * beams, beams * logits.shape[-1])
+    top_beam_mask = np.arange(keep) < beams
     logits, own = np.repeat(logits, beams, axis=0), [np.repeat(t, beams, axis=0) for t in own]
     cur_len = 1
     while True:
+        if cur_len == running.shape[2]:  # the next column is past the buffers' end: widen all four alike
+            width = min(max_length, 2 * cur_len)
+            running, sequences = widened(running, width, fill), widened(sequences, width, fill)
+            running_idx, beam_idx_out = widened(running_idx, width - 1, -1), widened(beam_idx_out, width - 1, -1)
         flat = running[:, :, :cur_len].reshape(batch * beams, cur_len)
         logits = logits.astype(np.float32, copy=False)
         if not logits.flags.writeable:
@@ -52,6 +59,11 @@ def beam_search(decoder: DecoderSteps, hidden: np.ndarray, mask: np.ndarray, s: 
         # top-k continuations over all beams (sampled without replacement with do_sample)
         if s.do_sample:
             probs = softmax(log_probs.astype(np.float64))
+            left = int(np.min(np.count_nonzero(probs, axis=1)))
+            if left < keep:  # transformers' torch.multinomial fails here too
+                raise ValueError(f"OnnxT5.generate: beam sampling draws {keep} candidates per step without "
+                                 f"replacement, but top_k/top_p and the other settings left {left} tokens with a "
+                                 "non-zero probability: raise top_p (or top_k), or use fewer beams.")
             top_idx = np.stack([rng.choice(p.size, size=keep, replace=False, p=p) for p in probs])
             top_lp = np.take_along_axis(log_probs, top_idx, axis=1)
             order = np.argsort(-top_lp, axis=1, kind="stable")
@@ -105,6 +117,6 @@ def beam_search(decoder: DecoderSteps, hidden: np.ndarray, mask: np.ndarray, s: 
         logits, own = decoder.step(running[:, :, cur_len - 1].reshape(-1, 1), mask, own, cross)
 
     n_ret = s.num_return_sequences
-    returned = sequences[:, :n_ret].reshape(batch * n_ret, max_length)
+    returned = sequences[:, :n_ret].reshape(batch * n_ret, -1)
     generated = int(np.max(np.sum(beam_idx_out[:, :n_ret].reshape(batch * n_ret, -1) != -1, axis=1)))
     return returned[:, :1 + generated]

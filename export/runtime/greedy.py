@@ -6,6 +6,7 @@ from typing import cast
 
 import numpy as np
 
+from export.runtime.columns import first_width, widened
 from export.runtime.processors import process_logits, softmax
 from export.runtime.settings import Resolved
 from export.runtime.steps import DecoderSteps
@@ -18,7 +19,8 @@ def greedy_search(decoder: DecoderSteps, hidden: np.ndarray, mask: np.ndarray, s
     """
     n = hidden.shape[0]
     rng = np.random.default_rng(s.seed)
-    seqs = np.full((n, s.max_length), s.pad, dtype=np.int64)  # filled column by column: no copy per step
+    fill = 0 if s.pad is None else s.pad  # columns past the current length are never returned
+    seqs = np.full((n, first_width(s.max_length)), fill, dtype=np.int64)  # filled column by column
     seqs[:, 0] = s.start
     cur_len = 1
     unfinished = np.ones(n, dtype=bool)
@@ -33,6 +35,8 @@ def greedy_search(decoder: DecoderSteps, hidden: np.ndarray, mask: np.ndarray, s
             next_tokens = np.argmax(scores, axis=-1)
         if s.eos.size:  # then pad is set: the first EOS id stands in for a missing pad_token_id (`resolve`)
             next_tokens = np.where(unfinished, next_tokens, cast(int, s.pad))
+        if cur_len == seqs.shape[1]:
+            seqs = widened(seqs, min(s.max_length, 2 * cur_len), fill)
         seqs[:, cur_len] = next_tokens
         cur_len += 1
         unfinished &= ~np.isin(next_tokens, s.eos)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,36 +11,60 @@ import onnxruntime as ort
 
 from export.layout import DECODER_WITH_PAST, GRAPHS, quantized_name
 from export.runtime.beam import beam_search
+from export.runtime.folder import (
+    ExportMeta,
+    check_config,
+    check_graphs,
+    check_sizes,
+    open_session,
+    read_meta,
+    reexport_hint,
+    verify_checksums,
+)
 from export.runtime.greedy import greedy_search
+from export.runtime.inputs import checked_inputs
 from export.runtime.sessions import return_freed_heap, session_options, shrink_after_run
-from export.runtime.settings import Settings, resolve, settings_from_file
+from export.runtime.settings import Settings, read_json_object, resolve, settings_from_file
 
 # The encoder runs on this many input tokens at a time at most (`OnnxT5.encode`): its activations grow with
 # batch * length^2 (the attention scores), and smaller runs also ran faster (docs/architecture.md, "Runtime").
 ENCODER_CHUNK_TOKENS = 2048
+MAX_THREADS = 1024  # each session starts this many OS threads; far more fail inside onnxruntime (std::bad_alloc)
 
 
-def _as_array(x: Any, name: str) -> np.ndarray:
-    """numpy from a numpy array, a list, or a tensor-like (anything with .numpy(), e.g. return_tensors="pt")."""
-    for method in ("detach", "cpu", "numpy"):
-        if not isinstance(x, np.ndarray) and callable(getattr(x, method, None)):
-            x = getattr(x, method)()
-    arr = np.asarray(x)
-    if arr.ndim != 2 or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.bool_)):
-        raise ValueError(f"OnnxT5.generate: {name} must be a 2-D integer array (batch, length), "
-                         f"got shape {arr.shape} of {arr.dtype}.")
-    return arr.astype(np.int64)
+def check_providers(providers: Any) -> list[Any]:
+    """The execution providers to ask for (default: CPU); an unknown one is refused rather than silently replaced."""
+    if providers is None or (isinstance(providers, list | tuple) and not providers):
+        return ["CPUExecutionProvider"]
+    if not isinstance(providers, list | tuple):
+        raise TypeError(f"OnnxT5.from_pretrained: providers must be a list, e.g. ['CPUExecutionProvider'], got "
+                        f"{providers!r}.")
+    names = [p[0] if isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], dict) else p for p in providers]
+    available = ort.get_available_providers()
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"OnnxT5.from_pretrained: providers {unknown} are not available in this onnxruntime "
+                         f"(available: {', '.join(available)}); install the onnxruntime build that has them, or "
+                         "leave providers unset for the CPU.")
+    return list(providers)
 
 
 class OnnxT5:
     """Three onnxruntime sessions (encoder, first decoder step, decoder with past) and `generate`."""
 
     def __init__(self, folder: Path, sessions: dict[str, ort.InferenceSession], settings: Settings,
-                 config: dict[str, Any]):
+                 config: dict[str, Any], meta: ExportMeta | None = None, quantized: bool = False):
         self.folder = folder
         self.encoder, self.decoder, self.decoder_with_past = (sessions[g] for g in GRAPHS)
         self.settings = settings
         self.config = config
+        self.meta = meta
+        self.quantized = quantized
+        logits = self.decoder.get_outputs()[0].shape
+        vocab = meta.model["vocab_size"] if meta else config.get("vocab_size", logits[-1])
+        if not isinstance(vocab, int):
+            raise ValueError(f"OnnxT5: {folder} gives no vocabulary size (config.json's vocab_size).")
+        self.vocab_size = vocab
         past = [i.name for i in self.decoder_with_past.get_inputs() if i.name.startswith("past_key_values.")]
         self.num_layers = len(past) // 4
         self._self_names = [f"past_key_values.{i}.decoder.{kv}" for i in range(self.num_layers)
@@ -57,14 +81,46 @@ class OnnxT5:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, quantized: bool = False, threads: int | None = None,
-                        providers: list[Any] | None = None) -> OnnxT5:
-        """Load a folder written by `python -m export`; `threads`: intra-op threads per session (None: one per core)."""
+                        providers: list[Any] | None = None, verify: bool = False) -> OnnxT5:
+        """Load a folder written by `python -m export`; `threads`: intra-op threads per session (None: one per core).
+
+        The folder is checked against its export_meta.json first: each graph's size, the export id it carries and its
+        shapes (`verify=True` also compares every file's sha256, as `verify()` does). generation_config.json is
+        checked with `generate`'s rules. Every problem is a FileNotFoundError or ValueError naming the file and the
+        fix.
+        """
+        folder, files = cls._graph_files(folder, quantized, threads)
+        meta = read_meta(folder)
+        check_sizes(folder, meta, list(files.values()))
+        if verify:
+            verify_checksums(folder, meta, list(files.values()))
+        return cls._load(folder, files, threads, providers, meta)
+
+    @classmethod
+    def from_staged(cls, folder: str | Path, quantized: bool = False, threads: int | None = None,
+                    providers: list[Any] | None = None) -> OnnxT5:
+        """Load graphs without export_meta.json's checks: for the exporter, which runs the graphs it has just written
+        (its int8 check) before it writes export_meta.json. Anything else loads with `from_pretrained`."""
+        folder, files = cls._graph_files(folder, quantized, threads)
+        return cls._load(folder, files, threads, providers, None)
+
+    @staticmethod
+    def _graph_files(folder: str | Path, quantized: bool, threads: int | None) -> tuple[Path, dict[str, str]]:
+        """The folder and the file of each graph (GRAPHS -> file name); FileNotFoundError naming what is missing."""
+        if not isinstance(folder, str | os.PathLike):
+            raise TypeError(f"OnnxT5.from_pretrained: folder must be a path, got {folder!r}.")
+        if not isinstance(quantized, bool | np.bool_):
+            raise TypeError(f"OnnxT5.from_pretrained: quantized must be True or False, got {quantized!r}.")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int | np.integer)
+                                    or not 1 <= threads <= MAX_THREADS):
+            raise ValueError(f"OnnxT5.from_pretrained: threads must be an integer from 1 to {MAX_THREADS}, or None "
+                             f"(one per core), got {threads!r}.")
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"OnnxT5: {folder} is not a folder. Export one with "
                                     f"`python -m export --model MODEL --out {folder}`.")
-        files = [quantized_name(g) if quantized else g for g in GRAPHS]
-        missing = [f for f in files if not (folder / f).is_file()]
+        files = {g: quantized_name(g) if quantized else g for g in GRAPHS}
+        missing = [f for f in files.values() if not (folder / f).is_file()]
         if quantized and missing and all((folder / g).is_file() for g in GRAPHS):
             raise FileNotFoundError(f"OnnxT5: quantized=True, but {folder} holds no int8 graphs "
                                     f"({', '.join(missing)}). Export with `python -m export ... --int8`, or load "
@@ -72,18 +128,47 @@ class OnnxT5:
         if missing:
             raise FileNotFoundError(f"OnnxT5: {folder} lacks {', '.join(missing)}; the runtime needs the encoder, "
                                     "the first decoder step and the decoder with past. Re-export the folder with "
-                                    "`python -m export`.")
-        providers = providers or ["CPUExecutionProvider"]
-        sessions = {g: ort.InferenceSession(str(folder / f), session_options(threads, spin=g == DECODER_WITH_PAST),
-                                            providers=providers) for g, f in zip(GRAPHS, files, strict=True)}
+                                    f"`python -m export --model MODEL --out {folder}`.")
+        return folder, files
+
+    @classmethod
+    def _load(cls, folder: Path, files: dict[str, str], threads: int | None, providers: list[Any] | None,
+              meta: ExportMeta | None) -> OnnxT5:
+        fix = meta.fix() if meta else reexport_hint(folder)
         config_file = folder / "config.json"
-        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+        config = read_json_object(config_file, fix) if config_file.is_file() else {}
         settings = settings_from_file(folder / "generation_config.json")
         for key in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
             if getattr(settings, key) is None:
                 setattr(settings, key, config.get(key))
+        providers = check_providers(providers)
+        sessions = {g: open_session(folder / f, session_options(threads, spin=g == DECODER_WITH_PAST), providers, fix)
+                    for g, f in files.items()}
+        if meta:
+            check_graphs(folder, meta, sessions, files)
+            check_config(folder, config, meta)
+        model = cls(folder, sessions, settings, config, meta, quantized=files[GRAPHS[0]] != GRAPHS[0])
+        # the defaults alone must make a valid call: a bad generation_config.json fails here, not at every generate
+        try:
+            resolve(settings, {}, model.vocab_size, caller=f"OnnxT5: {folder}: generation_config.json and "
+                                                           "config.json's token ids give")
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{e} Correct those files; {fix}.") from None
         return_freed_heap()
-        return cls(folder, sessions, settings, config)
+        return model
+
+    def verify(self) -> list[str]:
+        """Compare the sha256 of every file export_meta.json lists (and the folder holds) with what the export wrote.
+
+        Returns the names checked; ValueError naming each file that differs.
+        """
+        if self.meta is None:
+            raise ValueError(f"OnnxT5.verify: {self.folder} was loaded without export_meta.json (from_staged); "
+                             "load it with OnnxT5.from_pretrained.")
+        return verify_checksums(self.folder, self.meta, list(self._graph_names()))
+
+    def _graph_names(self) -> tuple[str, ...]:
+        return tuple(quantized_name(g) if self.quantized else g for g in GRAPHS)
 
     @property
     def tokenizer(self) -> Any:
@@ -91,7 +176,11 @@ class OnnxT5:
         if self._tokenizer is None and (self.folder / "tokenizer.json").is_file():
             from tokenizers import Tokenizer
 
-            self._tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+            try:
+                self._tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+            except Exception as e:  # noqa: BLE001 (tokenizers raises a bare Exception for a file it cannot parse)
+                raise ValueError(f"OnnxT5: {self.folder / 'tokenizer.json'} cannot be read ({e}); copy the "
+                                 "export's tokenizer.json back, or re-export the folder.") from None
         return self._tokenizer
 
     # ---- graph calls -------------------------------------------------------------------------------------------------
@@ -138,18 +227,8 @@ class OnnxT5:
         transformers 5.x for encoder-decoders: pass the tokenizer's mask with padded batches.
         kwargs: see `Settings`; any other raises TypeError.
         """
-        s = resolve(self.settings, kwargs)
-        ids = _as_array(input_ids, "input_ids")
-        if attention_mask is None:  # as transformers 5.x for encoder-decoders: no mask inferred from padding
-            mask = np.ones_like(ids)
-        else:
-            mask = _as_array(attention_mask, "attention_mask")
-            if mask.shape != ids.shape:
-                raise ValueError(f"OnnxT5.generate: attention_mask has shape {mask.shape}, input_ids {ids.shape}.")
-        vocab = self.config.get("vocab_size")
-        if vocab is not None and ids.size and (ids.min() < 0 or ids.max() >= vocab):
-            raise ValueError(f"OnnxT5.generate: input_ids hold ids outside [0, {vocab}) (min {ids.min()}, max "
-                             f"{ids.max()}): the tokenizer does not match this model.")
+        s = resolve(self.settings, kwargs, self.vocab_size)
+        ids, mask = checked_inputs(input_ids, attention_mask, self.vocab_size)
         hidden = self.encode(ids, mask)
         if s.num_beams > 1:
             return beam_search(self, hidden, mask, s)

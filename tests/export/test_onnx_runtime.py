@@ -206,19 +206,19 @@ def test_load_or_export_exports_once_then_reuses(tmp_path, monkeypatch, batch, t
     from export.exporter import load_or_export
 
     tiny_t5(tmp_path / "model", "3enc-1dec")
-    runtime = load_or_export(tmp_path / "model", onnx_path=tmp_path / "onnx")
+    runtime = load_or_export(tmp_path / "model", onnx_path=tmp_path / "onnx", require_tokenizer=False)
     ids, mask = batch(LENGTHS)
     first = runtime.generate(ids, mask, max_new_tokens=5)
 
     calls = []
     with monkeypatch.context() as patch:
         patch.setattr(export.exporter, "export", lambda *a, **k: calls.append(a))
-        again = load_or_export(str(tmp_path / "model"), onnx_path=tmp_path / "onnx")
+        again = load_or_export(str(tmp_path / "model"), onnx_path=tmp_path / "onnx", require_tokenizer=False)
     assert calls == []  # reused
     np.testing.assert_array_equal(again.generate(ids, mask, max_new_tokens=5), first)
 
     (tmp_path / "model" / "model.safetensors").touch()  # changed weights: exported again, replacing the folder
-    load_or_export(tmp_path / "model", onnx_path=tmp_path / "onnx")
+    load_or_export(tmp_path / "model", onnx_path=tmp_path / "onnx", require_tokenizer=False)
     meta = json.loads((tmp_path / "onnx" / "export_meta.json").read_text())
     weights = tmp_path / "model" / "model.safetensors"
     assert meta["source_fingerprint"]["model.safetensors"] == [weights.stat().st_size, weights.stat().st_mtime_ns]
@@ -226,7 +226,7 @@ def test_load_or_export_exports_once_then_reuses(tmp_path, monkeypatch, batch, t
 
     tiny_t5(tmp_path / "other", "3enc-1dec", seed=2)
     with pytest.raises(ValueError, match="holds an export of"):
-        load_or_export(tmp_path / "other", onnx_path=tmp_path / "onnx")
+        load_or_export(tmp_path / "other", onnx_path=tmp_path / "onnx", require_tokenizer=False)
 
 
 @pytest.mark.parametrize("shape, k", [((3, 4 * 2000 + 37), 8), ((2, 5000), 4), ((3, 4 * 500), 8), ((2, 40), 4),
