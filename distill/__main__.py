@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from distill.checkpoint import best_checkpoint, read_checkpoint
@@ -34,10 +35,25 @@ class CLI(LightningCLI):
         parser.add_argument("--out", type=Path | None, default=None,
                             help="save_pretrained folder written from the best checkpoint after fit")
 
+    def before_instantiate_classes(self) -> None:
+        """A section that must be a mapping but is not (jsonargparse passes `trainer: [1, 2]` through unchecked) is
+        named here, instead of failing inside Lightning."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        for key in ("trainer", "data", "model"):
+            value = config.get(key)
+            if value is not None and not isinstance(value, Namespace | dict):
+                raise UserError(f"`{key}` in the config must be a mapping of settings (e.g. `trainer: "
+                                f"{{max_steps: 100}}`), not {type(value).__name__} {value!r:.60}; fix that section of "
+                                "the YAML file.")
+
     def before_fit(self) -> None:
-        out = self.config[self.subcommand].get("out")
-        if out is not None:
-            check_output(out)  # before training: the folder written after fit must not be refused only then
+        config = self.config[self.subcommand]
+        out = config.get("out")
+        if out is not None:  # before training: the folder written after fit must not be refused only then
+            model_args = (config.get("model") or {}).get("init_args") or {}
+            inputs = [(config.get("data") or {}).get(key) for key in ("path", "tokenizer")]
+            inputs += [model_args.get(key) for key in ("model", "teacher", "student")]
+            check_output(out, inputs=[p for p in inputs if isinstance(p, str | Path)])
 
     def fit(self, model: Seq2SeqModule, **kwargs: Any) -> None:
         """`trainer.fit`, with a checkpoint to resume from that cannot be read reported as a ModelError naming it."""

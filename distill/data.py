@@ -12,6 +12,7 @@ instead, and says how many). A hub id is looked up once, briefly, so an unreacha
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -60,6 +61,8 @@ def load_split(config: DataConfig, split: str) -> Dataset:
     file = None
     if _is_local(config.path):
         file, builder = _local_file(config, split)
+        if builder != "parquet":
+            _check_text(file, builder)
         try:
             dataset = datasets.load_dataset(builder, data_files={split: str(file)}, split=split)
         except Exception as err:  # a parse error of the user's file: say which file, and where in it
@@ -95,6 +98,61 @@ def _local_file(config: DataConfig, split: str) -> tuple[Path, str]:
                         f"(e.g. {{\"{config.source_column}\": \"...\", \"{config.target_column}\": \"...\"}} in "
                         "a .jsonl file), or give another folder.")
     return file, FORMATS[file.suffix]
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json object_pairs_hook: the object, or _DuplicateKey naming a key given twice (json keeps the last silently)."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _check_text(file: Path, builder: str) -> None:
+    """DataError naming the line of what the readers would take silently or fail on without saying where: bytes that
+    are not UTF-8, a CSV header naming a column twice (read as `name.1`), a JSON object giving a key twice (only the
+    last one kept)."""
+    fix_utf8 = "save the file as UTF-8 text (e.g. `iconv -f latin1 -t utf-8 IN > OUT`)"
+    json_lines = builder == "json"
+    with open(file, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{file}, line {number}: not UTF-8 text (byte {raw[err.start]:#04x} at column "
+                                f"{err.start + 1}); {fix_utf8}.") from None
+            if builder == "csv" and number == 1:
+                names = next(csv.reader([line]), [])
+                twice = sorted({n for n in names if names.count(n) > 1})
+                if twice:
+                    raise DataError(f"{file}: the header names column {twice[0]!r} more than once ({names}); the "
+                                    f"reader would rename the second to {twice[0] + '.1'!r} silently. Rename or remove "
+                                    "one of them.")
+            if json_lines and line.strip():
+                try:
+                    json.loads(line, object_pairs_hook=_no_duplicate_keys)
+                except _DuplicateKey as dup:
+                    raise DataError(f"{file}, line {number}: an object gives key {str(dup)!r} more than once; JSON "
+                                    "readers keep only the last one silently. Remove or rename the other.") from None
+                except json.JSONDecodeError:
+                    if number == 1 and line.lstrip().startswith("["):  # one JSON document: checked whole below
+                        json_lines = False
+                        break
+                    # a line that is not JSON: the reader's error, with its line, comes later
+    if builder == "json" and not json_lines:
+        try:
+            json.loads(file.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_duplicate_keys)
+        except _DuplicateKey as dup:
+            raise DataError(f"{file}: an object gives key {str(dup)!r} more than once; JSON readers keep only the "
+                            "last one silently. Remove or rename the other.") from None
+        except json.JSONDecodeError:
+            pass  # reported with its line by the reader's path
 
 
 def _is_blank(file: Path) -> bool:

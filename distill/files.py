@@ -31,7 +31,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -190,13 +190,28 @@ def _unwritable(out: Path) -> str | None:
     return None
 
 
+def _read_input(out: Path, inputs: Iterable[Path | str | None]) -> str | None:
+    """Why `out` would replace what the command reads (None: it would not): it is one of `inputs` (local paths; a hub
+    id names no local path) or holds one."""
+    for given in inputs:
+        if given is None or not str(given).strip() or not os.path.lexists(Path(given).expanduser()):
+            continue
+        source = _resolved(given)
+        if source == out or out in source.parents:
+            held = "is" if source == out else "holds"
+            return f"it {held} {source}, which this command reads: writing there would replace its own input"
+    return None
+
+
 def check_output(out: Path | str, manifest: str | None = None, what: str | None = None,
-                 files_key: str = FILES_KEY, error: type[UserError] = OutputError) -> None:
+                 files_key: str = FILES_KEY, error: type[UserError] = OutputError,
+                 inputs: Iterable[Path | str | None] = ()) -> None:
     """Raise `error` (a `UserError`) naming the problem and the fix when a command may not write `out`: it holds
-    the current folder, it cannot be created, or it exists and `in_the_way` refuses it; `what` names what it would
-    have to be (e.g. "an earlier export"). Call it before long work, so that a refusal comes first."""
+    the current folder, it cannot be created, it is (or holds) one of the command's `inputs`, or it exists and
+    `in_the_way` refuses it; `what` names what it would have to be (e.g. "an earlier export"). Call it before long
+    work, so that a refusal comes first."""
     out = _resolved(out)
-    unwritable = _unwritable(out)
+    unwritable = _unwritable(out) or _read_input(out, inputs)
     if unwritable is not None:
         raise error(f"cannot write {out}: {unwritable}. Choose another output folder (--out).")
     reason = in_the_way(out, manifest, files_key)

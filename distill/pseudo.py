@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from distill.data import DataConfig, encode, load_split
-from distill.errors import cli_errors
+from distill.errors import DataError, UserError, at_least_one, cli_errors
 from distill.files import check_output, replace_dir
 from distill.generation_torch import torch_generate_texts
 from distill.models import inference_device, load_t5, load_tokenizer
@@ -42,9 +42,16 @@ def make_pseudo_labels(teacher: str, data: DataConfig, out: Path, num_beams: int
                        chunk: int = 1000, limit: int | None = None, labels_file: Path | None = None) -> Path:
     """Write the pseudo-label dataset of `teacher` on `data` to `out`, reusing `labels_file` or a partial run when they
     match; returns `out`."""
-    check_output(out)  # before hours of generation: a refusal comes first
+    check_output(out, inputs=(data.path, teacher, labels_file))  # before hours of generation: refusals first
+    for name, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens), ("chunk", chunk)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} must be a whole number >= 1, got {value!r}.")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"limit must be a whole number >= 1 (or None for every row), got {limit!r}.")
+    if labels_file is not None:
+        _check_labels_path(Path(labels_file))
     train = load_split(data, "train")
-    if limit:
+    if limit is not None:
         train = train.select(range(min(limit, len(train))))
     settings = {"teacher": teacher, "data": data.path, "name": data.name, "source_column": data.source_column,
                 "task_prefix": data.task_prefix, "num_beams": num_beams, "max_new_tokens": max_new_tokens}
@@ -120,17 +127,34 @@ def _sources_sha256(train: Dataset, data: DataConfig) -> str:
     return hashlib.sha256("\n".join(str(x) for x in train[column]).encode("utf-8")).hexdigest()
 
 
+def _check_labels_path(path: Path) -> None:
+    """DataError, before any generation, when --labels could be neither read nor (re)written."""
+    if path.is_dir():
+        raise DataError(f"--labels {path} is a folder; give a file name (e.g. {path / 'labels.jsonl.gz'}).")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise DataError(f"--labels {path}: {parent} is a file, not a folder; give another --labels path.")
+
+
 def _read_labels(path: Path, fingerprint: dict) -> list[str] | None:
-    """The labels of `path` when it was made from the same teacher weights, sources and settings; else None."""
+    """The labels of `path` when it was made from the same teacher weights, sources and settings; else None.
+    DataError when it is not a labels file (it is never overwritten then)."""
     if not path.is_file():
         return None
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        header = json.loads(f.readline())
-        if header.get("fingerprint") != fingerprint:
-            print(f"{path} was made from another teacher, other data or other settings: generating anew",
-                  file=sys.stderr)
-            return None
-        labels = [json.loads(line)["label"] for line in f]
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            header = json.loads(f.readline())
+            if not isinstance(header, dict) or "fingerprint" not in header:
+                raise ValueError("its first line holds no fingerprint")
+            if header.get("fingerprint") != fingerprint:
+                print(f"{path} was made from another teacher, other data or other settings: generating anew",
+                      file=sys.stderr)
+                return None
+            labels = [json.loads(line)["label"] for line in f]
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"--labels {path} is not a labels file of `python -m distill.pseudo` (gzip JSON lines "
+                        f"headed by a fingerprint): {type(err).__name__}: {err}. It is left as it is; give another "
+                        "--labels path, or delete that file to generate the labels anew.") from None
     if len(labels) != fingerprint["rows"]:
         print(f"{path} holds {len(labels)} labels for {fingerprint['rows']} rows: generating anew", file=sys.stderr)
         return None
@@ -149,15 +173,34 @@ def _write_labels(path: Path, fingerprint: dict, labels: list[str]) -> None:
 
 
 def _resume(partial: Path, settings: dict) -> list[str]:
-    """Labels already generated with the same settings; a partial file made otherwise is started over."""
-    if not partial.exists():
+    """Labels already generated with the same settings; a partial file made otherwise, or unreadable, is started
+    over. A line cut short by a kill (and anything after it) is dropped from the file, so that appending continues
+    on whole lines."""
+    if not partial.is_file():
         return []
-    lines = partial.read_text(encoding="utf-8").splitlines()
-    if not lines or json.loads(lines[0]).get("settings") != settings:
-        print(f"{partial} was made with other settings: starting over", file=sys.stderr)
-        return []
-    print(f"resuming from {partial}: {len(lines) - 1} labels done", file=sys.stderr)
-    return [json.loads(line)["label"] for line in lines[1:]]
+    raw = partial.read_bytes()
+    labels: list[str] = []
+    kept = 0  # bytes of whole, readable lines
+    for number, line in enumerate(raw.splitlines(keepends=True)):
+        try:
+            row = json.loads(line.decode("utf-8")) if line.endswith(b"\n") else None
+            value = row.get("settings") if number == 0 else row["label"]
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+            value = None
+        if number == 0 and value != settings:
+            print(f"{partial} was made with other settings, or is not readable: starting over", file=sys.stderr)
+            return []
+        if not isinstance(value, str if number else dict):
+            break
+        if number:
+            labels.append(value)
+        kept += len(line)
+    if kept < len(raw):
+        with open(partial, "r+b") as f:
+            f.truncate(kept)
+        print(f"{partial}: dropped an incomplete line left by an interrupted run", file=sys.stderr)
+    print(f"resuming from {partial}: {len(labels)} labels done", file=sys.stderr)
+    return labels
 
 
 def _relabel(row: dict, target: str, label: str) -> dict:
@@ -183,9 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source-column", default="en")
     parser.add_argument("--target-column", default="fr")
     parser.add_argument("--task-prefix", default="translate English to French: ")
-    parser.add_argument("--num-beams", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--limit", type=int, default=None, help="label only the first N training rows")
+    parser.add_argument("--num-beams", type=at_least_one, default=4)
+    parser.add_argument("--max-new-tokens", type=at_least_one, default=256)
+    parser.add_argument("--limit", type=at_least_one, default=None, help="label only the first N training rows")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--labels", type=Path, default=None,
                         help="a .jsonl.gz of the labels alone: reused when it matches, else (re)written")

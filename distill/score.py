@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -19,22 +20,11 @@ from pathlib import Path
 import torch
 
 from distill.data import DataConfig, encode, load_split
-from distill.errors import UserError, cli_errors
+from distill.errors import UserError, at_least_one, cli_errors
 from distill.files import package_version
 from distill.generation_torch import torch_generate_texts
 from distill.metrics import score
 from distill.models import inference_device, load_t5, load_tokenizer
-
-
-def _at_least_one(text: str) -> int:
-    """argparse type of a count that must be >= 1 (0 would mean nothing or, for --limit, silently everything)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,9 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task-prefix", default=None,
                         help="default: the model config's task_specific_params prefix, else none")
     parser.add_argument("--metric", choices=["bleu", "rouge"], default="bleu")
-    parser.add_argument("--num-beams", type=_at_least_one, default=1)
-    parser.add_argument("--max-new-tokens", type=_at_least_one, default=256)
-    parser.add_argument("--limit", type=_at_least_one, default=None, help="score only the first N examples")
+    parser.add_argument("--num-beams", type=at_least_one, default=1)
+    parser.add_argument("--max-new-tokens", type=at_least_one, default=256)
+    parser.add_argument("--limit", type=at_least_one, default=None, help="score only the first N examples")
     parser.add_argument("--drop-invalid", action="store_true",
                         help="drop rows whose source or target is null, not text or empty (default: refuse them)")
     parser.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
@@ -62,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     for option, path in (("--out", args.out), ("--predictions", args.predictions)):
         if path is not None and path.is_dir():
             parser.error(f"{option} {path} is a folder; give a file name (e.g. {path / 'metrics.json'}).")
+    if args.out is not None and args.predictions is not None and args.out.resolve() == args.predictions.resolve():
+        parser.error(f"--out and --predictions are the same file ({args.out}): the predictions would overwrite the "
+                     "metrics; give two names.")
     with cli_errors("python -m distill.score"):
         _run(args, argv)
 
@@ -74,6 +67,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise UserError(f"{option} {path}: its folder cannot be created ({err}).") from err
+    if args.out is not None and args.out.exists() and not _earlier_metrics(args.out):
+        raise UserError(f"--out {args.out} exists and is not the metrics of an earlier `python -m distill.score` "
+                        "(a JSON object whose command is one): it is left as it is. Give another file name, or move "
+                        "that one away first.")
     model = load_t5(args.model).to(inference_device())
     tokenizer = load_tokenizer(args.tokenizer or args.model, model.config.vocab_size)
     prefix = args.task_prefix
@@ -103,11 +100,26 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
     }
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+        _write(args.out, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     if args.predictions:
-        args.predictions.parent.mkdir(parents=True, exist_ok=True)
-        args.predictions.write_text("\n".join(predictions) + "\n", encoding="utf-8")
+        _write(args.predictions, "\n".join(predictions) + "\n")
+
+
+def _earlier_metrics(path: Path) -> bool:
+    """Whether `path` holds what --out wrote before (so that replacing it loses nothing of the user's)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and str(data.get("command", "")).startswith("python -m distill.score")
+
+
+def _write(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: an interrupted run leaves the earlier file, not half of a new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     with cli_errors("python -m distill.student"):
-        check_output(args.out)  # before the teacher loads: a refusal comes first
+        check_output(args.out, inputs=(args.teacher, args.tokenizer))  # before the teacher loads: refusals first
         teacher = load_t5(args.teacher)
         # checked before the student is built: a student without its teacher's tokenizer reads text as <unk>
         tokenizer = load_tokenizer(args.tokenizer or args.teacher, teacher.config.vocab_size)

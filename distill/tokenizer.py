@@ -16,10 +16,11 @@ from pathlib import Path
 import sentencepiece as spm
 
 from distill.data import DataConfig, load_split
-from distill.errors import DataError, cli_errors
+from distill.errors import DataError, at_least_one, cli_errors
 from distill.files import check_output, replace_dir
 
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2  # T5's ids: the decoder starts from pad
+MIN_VOCAB = 8  # the three special pieces and a few of the text's: what load_tokenizer accepts as a vocabulary
 
 
 def train_tokenizer(sentences: list[str], out: Path, vocab_size: int = 8000) -> Path:
@@ -33,13 +34,21 @@ def train_tokenizer(sentences: list[str], out: Path, vocab_size: int = 8000) -> 
         tmp = Path(tmp)
         corpus = tmp / "corpus.txt"
         corpus.write_text("\n".join(s.replace("\n", " ") for s in sentences) + "\n", encoding="utf-8")
-        spm.SentencePieceTrainer.train(
-            input=str(corpus), model_prefix=str(tmp / "spiece"), model_type="unigram", vocab_size=vocab_size,
-            character_coverage=1.0,  # keep every accented letter of the French side
-            pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-            pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
-            num_threads=2, minloglevel=2,  # unigram training is deterministic: no seed to set
-        )
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB:
+            raise DataError(f"vocab_size must be a whole number >= {MIN_VOCAB} (the special tokens and the "
+                            f"characters of the text need pieces), got {vocab_size!r}.")
+        try:
+            spm.SentencePieceTrainer.train(
+                input=str(corpus), model_prefix=str(tmp / "spiece"), model_type="unigram", vocab_size=vocab_size,
+                character_coverage=1.0,  # keep every accented letter of the French side
+                pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+                pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+                num_threads=2, minloglevel=2,  # unigram training is deterministic: no seed to set
+            )
+        except RuntimeError as err:  # sentencepiece's checks, e.g. a vocabulary larger than the text allows
+            reason = str(err).strip().split("] ")[-1]
+            raise DataError(f"sentencepiece cannot train a {vocab_size}-piece tokenizer on these "
+                            f"{len(sentences)} sentences: {reason} Choose another --vocab-size.") from None
         folder = tmp / "hf"
         folder.mkdir()
         shutil.copy(tmp / "spiece.model", folder / "spiece.model")
@@ -64,11 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prefix", default="translate English to French: ",
                         help="task prefix put before the first column, as the model will see it: its words then get "
                              "whole pieces instead of costing a dozen tokens on every example")
-    parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--vocab-size", type=at_least_one, default=8000)
     parser.add_argument("--out", type=Path, default=Path("data/tokenizer"))
     args = parser.parse_args(argv)
     with cli_errors("python -m distill.tokenizer"):
-        check_output(args.out)
+        check_output(args.out, inputs=(args.data,))
         dataset = load_split(DataConfig(path=args.data, source_column=args.columns[0], target_column=args.columns[-1],
                                         extra_columns=args.columns[1:-1]), args.split)
         sentences = [args.prefix + row[args.columns[0]] for row in dataset]

@@ -29,7 +29,7 @@ from eval.data import load_examples
 from eval.errors import GateFailed
 from eval.harness import evaluate
 from eval.quality import gate_failure
-from eval.report import write_report
+from eval.report import check_run_dir, write_report
 from eval.tables import summary_table
 
 PROG = "python -m eval"
@@ -50,8 +50,9 @@ def run(argv: list[str] | None = None) -> None:
             parser.error(f"--limit must be >= 1, got {args.limit}")
         config = dataclasses.replace(config, dataset=dataclasses.replace(config.dataset, limit=args.limit))
     check_paths(config)
-    examples = load_examples(config.dataset)
     run_dir = args.out or Path("runs/eval") / args.config.stem
+    check_run_dir(run_dir)
+    examples = load_examples(config.dataset)
     command = f"{PROG} " + " ".join(sys.argv[1:] if argv is None else argv)
     results, predictions, checks = evaluate(config, examples, run_dir, command, str(args.config))
     written = write_report(results, run_dir, predictions, (examples.sources, examples.references))

@@ -14,6 +14,7 @@ and is the same for every variant: that is what makes the report like for like.
 from __future__ import annotations
 
 import json
+import math
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
@@ -135,9 +136,21 @@ class EvalConfig:
 def load_config(path: str | Path) -> EvalConfig:
     """Read and validate a YAML file; raises ConfigError naming every problem."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"Config file {path} is a folder; give a YAML file (e.g. configs/eval/default.yaml).")
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist (the shipped ones are in configs/eval/).")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); save "
+                          "it as UTF-8.") from None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f"line {where.line + 1}, column {where.column + 1}: " if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}: not valid YAML ({at}{problem}); fix the file (configs/eval/ holds examples)."
+                          ) from None
     return from_dict(data, source=str(path))
 
 
@@ -197,6 +210,9 @@ def _convert(tp: Any, value: Any, name: str, problems: list[str]) -> tuple[bool,
     accepts = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[tp]
     if not isinstance(value, accepts) or (isinstance(value, bool) and tp is not bool):  # YAML's true is not 1
         problems.append(f"{name}: expected {tp.__name__}, got {value!r}")
+        return False, None
+    if tp is float and not math.isfinite(value):  # a NaN margin would pass every gate: no comparison is true
+        problems.append(f"{name}: expected a finite number, got {value!r}")
         return False, None
     return True, float(value) if tp is float else value
 
@@ -265,6 +281,15 @@ def _check(c: EvalConfig) -> list[str]:
     return problems
 
 
+def _json_object(path: Path) -> dict[str, Any] | str:
+    """The JSON object in `path`, or why it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    return data if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+
+
 def check_paths(config: EvalConfig) -> None:
     """Every local variant folder exists and holds what its kind loads; raises ConfigError naming each missing one."""
     problems = []
@@ -273,14 +298,19 @@ def check_paths(config: EvalConfig) -> None:
             continue
         folder = Path(v.path).expanduser()
         how = f"build it with `{v.build}`" if v.build else "point `path` at a save_pretrained or export folder"
-        if not folder.is_dir():
+        if folder.exists() and not folder.is_dir():
+            problems.append(f"variant {v.name}: {folder} is a file, not a folder; {how}")
+        elif not folder.is_dir():
             problems.append(f"variant {v.name}: {folder} does not exist; {how}")
         elif v.kind == "onnx":
             meta = folder / "export_meta.json"  # written last by `python -m export`: the mark of a complete export
             if not meta.is_file():
                 problems.append(f"variant {v.name}: {folder} is not a finished ONNX export (no export_meta.json); "
                                 f"{how}")
-            elif v.quantized and not json.loads(meta.read_text()).get("int8"):
+            elif not isinstance(export_meta := _json_object(meta), dict):
+                problems.append(f"variant {v.name}: {meta} is not a JSON object ({export_meta}); the export is "
+                                f"damaged: {how}")
+            elif v.quantized and not export_meta.get("int8"):
                 problems.append(f"variant {v.name}: {folder} holds no int8 graphs (exported without --int8); {how}")
         elif not (folder / "config.json").is_file():
             problems.append(f"variant {v.name}: {folder} holds no config.json (not a save_pretrained folder); {how}")

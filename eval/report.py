@@ -49,13 +49,46 @@ memory in MiB):
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+from eval.errors import EvalError
 from eval.plots import plot_latency_vs_length, plot_quality_vs_latency
 from eval.tables import gate_table, memory_table, quality_table, speed_table, summary_table
 
 PLOTS = {"quality": "plots/quality_vs_latency.png", "length": "plots/latency_vs_input_length.png"}
+RUN_ENTRIES = {"results.json": "file", "report.md": "file", "references.jsonl": "file", "plots": "folder",
+               "predictions": "folder", "workers": "folder"}  # all a run folder holds at its top level
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """EvalError, before any work, when `run_dir` may not be written: it is a file, or a folder holding anything but
+    an earlier run's files (a model, an export, a user's files, whose report.md or results.json would be replaced).
+    A new or empty folder, or an earlier run, is fine: that run's files are replaced."""
+    run_dir = Path(run_dir).expanduser()
+    fix = "Choose another run folder (--out), or move that one away first."
+    if run_dir.exists() and not run_dir.is_dir():
+        raise EvalError(f"--out {run_dir} is a file, not a folder; it is left as it is. {fix}")
+    if not run_dir.is_dir():
+        return
+    odd = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()
+                 if p.is_symlink() or RUN_ENTRIES.get(p.name.removeprefix(".").removesuffix(".tmp"))
+                 != ("folder" if p.is_dir() else "file"))
+    if odd:
+        shown = ", ".join(odd[:5]) + (f" and {len(odd) - 5} more" if len(odd) > 5 else "")
+        raise EvalError(f"--out {run_dir} is not an earlier evaluation run: it holds {shown}, which `python -m eval` "
+                        f"does not write; it is left as it is. {fix}")
+    results = run_dir / "results.json"
+    if (run_dir / "report.md").exists() or results.exists():  # a run's report.md comes with its results.json
+        try:
+            earlier = json.loads(results.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            earlier = None
+        if not isinstance(earlier, dict) or "schema_version" not in earlier:
+            raise EvalError(f"--out {run_dir} is not an earlier evaluation run: its report.md or results.json was not "
+                            f"written by `python -m eval` (no results.json with a schema_version); it is left as it "
+                            f"is. {fix}")
 
 
 def render(results: dict[str, Any]) -> str:
@@ -105,6 +138,13 @@ def render(results: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _write(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a run stopped mid-write leaves the earlier file, not half of a new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def write_report(results: dict[str, Any], run_dir: Path, predictions: dict[str, list[str]] | None = None,
                  examples: tuple[list[str], list[list[str]]] | None = None) -> dict[str, Path]:
     """Write results.json, report.md, the plots and (when given) predictions and references into `run_dir`."""
@@ -114,17 +154,17 @@ def write_report(results: dict[str, Any], run_dir: Path, predictions: dict[str, 
     for name, texts in (predictions or {}).items():
         path = run_dir / results["variants"][name]["predictions"]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(t.replace("\n", " ") + "\n" for t in texts), encoding="utf-8")
+        _write(path, "".join(t.replace("\n", " ") + "\n" for t in texts))
     if examples is not None:
         written["references"] = run_dir / "references.jsonl"
-        written["references"].write_text("".join(json.dumps({"source": s, "references": r}, ensure_ascii=False) + "\n"
-                                                 for s, r in zip(*examples, strict=True)), encoding="utf-8")
+        _write(written["references"], "".join(json.dumps({"source": s, "references": r}, ensure_ascii=False) + "\n"
+                                              for s, r in zip(*examples, strict=True)))
     written["quality_plot"] = run_dir / PLOTS["quality"]
     plot_quality_vs_latency(results, written["quality_plot"])
     written["length_plot"] = run_dir / PLOTS["length"]
     plot_latency_vs_length(results, written["length_plot"])
     written["results"] = run_dir / "results.json"
-    written["results"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _write(written["results"], json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     written["report"] = run_dir / "report.md"
-    written["report"].write_text(render(results), encoding="utf-8")
+    _write(written["report"], render(results))
     return written

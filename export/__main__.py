@@ -16,7 +16,7 @@ from pathlib import Path
 from distill.errors import cli_errors
 from export.exporter import export
 from export.layout import META_FILE
-from export.trace import DEFAULT_OPSET
+from export.trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from export.validate import ATOL, RTOL, Validation
 
 PROG = "python -m export"
@@ -56,8 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.int8_keep_fp32 = tuple(name.strip() for name in args.int8_keep_fp32.split(",") if name.strip())
     if args.int8_keep_fp32 and not args.int8:
         parser.error("--int8-keep-fp32 needs --int8")
-    if args.opset < 14:
-        parser.error(f"--opset {args.opset}: T5's causal mask needs opset 14 or newer (aten::triu)")
+    if args.opset < MIN_OPSET:
+        parser.error(f"--opset {args.opset}: T5's causal mask needs opset {MIN_OPSET} or newer (aten::triu)")
+    if args.opset > MAX_OPSET:
+        parser.error(f"--opset {args.opset}: torch's TorchScript exporter writes opsets {MIN_OPSET} to {MAX_OPSET}; "
+                     f"choose one of those (default {DEFAULT_OPSET})")
     return args
 
 

@@ -25,6 +25,7 @@ earlier --int8 export is refused too, naming the int8 graphs it would delete: ad
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import uuid
@@ -52,7 +53,7 @@ from export.layout import (
 )
 from export.quantize import INT8_OPS, int8_agreement, quantize
 from export.runtime import OnnxT5
-from export.trace import DEFAULT_OPSET, export_graphs
+from export.trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graphs
 from export.validate import Validation, validate
 
 
@@ -151,6 +152,9 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
     `command` is recorded in export_meta.json (the CLI passes its own command line). An existing `out` is replaced
     only when it is empty or exactly an earlier export (`check_out`, checked first and again at the swap).
     """
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"opset {opset!r}: torch's TorchScript exporter writes opsets {MIN_OPSET} to {MAX_OPSET} "
+                          f"and T5 needs {MIN_OPSET} or newer; choose one of those (default {DEFAULT_OPSET}).")
     out = Path(out).expanduser().resolve()
     check = check or Validation()
     check_out(out, int8)
@@ -197,6 +201,12 @@ def load_or_export(name_or_dir: str | Path, onnx_path: str | Path, quantized: bo
     files); otherwise it is re-exported (`require_tokenizer`: as `export`'s). Another source's export in `onnx_path`
     is a ValueError.
     """
+    for name, value, what in (("name_or_dir", name_or_dir, "a model folder or hub id"),
+                              ("onnx_path", onnx_path, "the export folder's path")):
+        if not isinstance(value, str | os.PathLike) or not str(value).strip():
+            raise TypeError(f"load_or_export: {name} must be {what}, got {value!r}.")
+    if not isinstance(quantized, bool | np.bool_):
+        raise TypeError(f"load_or_export: quantized must be True or False, got {quantized!r}.")
     onnx_path = Path(onnx_path).expanduser()
     had_int8 = (onnx_path / quantized_name(ENCODER)).is_file()
     meta = _read_meta(onnx_path)

@@ -16,6 +16,9 @@ from export.layout import DECODER, DECODER_WITH_PAST, ENCODER
 from export.surgery import drop_single_input_concats
 
 DEFAULT_OPSET = 17  # T5's causal mask needs aten::triu (opset >= 14); 17 adds LayerNormalization, runs on ORT >= 1.11
+MIN_OPSET = 14
+# the newest opset the TorchScript exporter writes (torch's constant; a newer one fails deep inside the trace)
+MAX_OPSET: int = getattr(getattr(torch.onnx, "_constants", None), "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
 
 
 def example_batch(config: Any, enc_lengths: tuple[int, ...], dec_length: int, seed: int) -> dict[str, np.ndarray]:

@@ -50,6 +50,21 @@ def _read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
     return data
 
 
+RESULTS_KEYS = {"variants": dict, "dataset": dict, "generation": dict, "headline_metrics": list, "environment": dict,
+                "reference": str}  # what the card reads from results.json
+
+
+def _check_results(results: dict[str, Any], path: Path) -> None:
+    """PublishError naming what `results` lacks of what `python -m eval` writes and the card reads."""
+    fix = "Give the results.json that `python -m eval` wrote (make eval), unedited."
+    wrong = [f"{key} ({kind.__name__})" for key, kind in RESULTS_KEYS.items() if not isinstance(results.get(key), kind)]
+    if wrong:
+        raise PublishError(f"{path} is not an evaluation's results: it lacks {', '.join(wrong)}. {fix}")
+    for name, v in results["variants"].items():
+        if not isinstance(v, dict) or not isinstance(v.get("kind"), str) or not isinstance(v.get("path"), str):
+            raise PublishError(f"{path}: variant {name!r} is not a mapping with a kind and a path. {fix}")
+
+
 def _onnx_files(onnx: Path, listed: dict[str, Any], staged: Path, fix: str) -> dict[str, Any]:
     """The export's file list (`listed`) for the files copied from `onnx` to `staged`, each copy checked against it:
     the staged graphs are the ones the export validated."""
@@ -97,6 +112,7 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
                            f"`python -m export`. {export_fix}")
     results = _read_json(results_file, "the evaluation's results",
                          "Evaluate the student first: make eval (its config must list the student and its exports).")
+    _check_results(results, results_file)
     found = find_variants(results, model, onnx)
     if found["student"] is None:
         raise PublishError(f"{results_file} holds no torch variant at {model}: the card's numbers must be the "
@@ -114,7 +130,14 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
         export_meta = {k: v for k, v in export_meta.items() if k not in ("source", "source_fingerprint", "command")}
         export_meta[EXPORT_FILES_KEY] = _onnx_files(onnx, export_meta[EXPORT_FILES_KEY], staged / "onnx", export_fix)
         (staged / "onnx" / META_FILE).write_text(json.dumps({"source": repo_id, **export_meta}, indent=2) + "\n")
-        model_card(repo_id, meta, results, found, license_, base_model).save(staged / "README.md")
+        try:
+            card = model_card(repo_id, meta, results, found, license_, base_model)
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+            raise PublishError(f"the model card cannot be built from {results_file} and {model / 'distill_meta.json'}"
+                               f": {type(error).__name__}: {error} (a value missing or of another type). Both must be "
+                               "as `python -m eval` and `python -m distill` write them; evaluate or build the student "
+                               "again.") from None
+        card.save(staged / "README.md")
         check_staged(staged, results.get("dataset", {}).get("task_prefix") or "")
         manifest = {"repo_id": repo_id, FILES_KEY: file_manifest(staged, skip=(MANIFEST,))}
         (staged / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

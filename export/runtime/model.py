@@ -89,6 +89,8 @@ class OnnxT5:
         checked with `generate`'s rules. Every problem is a FileNotFoundError or ValueError naming the file and the
         fix.
         """
+        if not isinstance(verify, bool | np.bool_):
+            raise TypeError(f"OnnxT5.from_pretrained: verify must be True or False, got {verify!r}.")
         folder, files = cls._graph_files(folder, quantized, threads)
         meta = read_meta(folder)
         check_sizes(folder, meta, list(files.values()))
@@ -109,6 +111,9 @@ class OnnxT5:
         """The folder and the file of each graph (GRAPHS -> file name); FileNotFoundError naming what is missing."""
         if not isinstance(folder, str | os.PathLike):
             raise TypeError(f"OnnxT5.from_pretrained: folder must be a path, got {folder!r}.")
+        if not str(folder).strip():
+            raise ValueError("OnnxT5.from_pretrained: folder is an empty string; give the export folder "
+                             "(`python -m export --model MODEL --out FOLDER` writes one).")
         if not isinstance(quantized, bool | np.bool_):
             raise TypeError(f"OnnxT5.from_pretrained: quantized must be True or False, got {quantized!r}.")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int | np.integer)
@@ -136,7 +141,7 @@ class OnnxT5:
               meta: ExportMeta | None) -> OnnxT5:
         fix = meta.fix() if meta else reexport_hint(folder)
         config_file = folder / "config.json"
-        config = read_json_object(config_file, fix) if config_file.is_file() else {}
+        config = read_json_object(config_file, fix) if config_file.exists() else {}
         settings = settings_from_file(folder / "generation_config.json")
         for key in ("decoder_start_token_id", "eos_token_id", "pad_token_id"):
             if getattr(settings, key) is None:
@@ -173,7 +178,11 @@ class OnnxT5:
     @property
     def tokenizer(self) -> Any:
         """The folder's `tokenizer.json` as a `tokenizers.Tokenizer` (None when the export has none)."""
-        if self._tokenizer is None and (self.folder / "tokenizer.json").is_file():
+        path = self.folder / "tokenizer.json"
+        if self._tokenizer is None and path.exists():
+            if not path.is_file():
+                raise ValueError(f"OnnxT5: {path} is not a file; copy the export's tokenizer.json back, or "
+                                 "re-export the folder.")
             from tokenizers import Tokenizer
 
             try:

@@ -67,10 +67,14 @@ TOO_SMALL = "smaller ones overflow the float32 scores"
 
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from `path`; ValueError naming the file when it is not one."""
+    if path.is_dir():
+        raise ValueError(f"OnnxT5: {path} is a folder, not a JSON file; {what}.")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"OnnxT5: {path} is not valid JSON ({e}); {what}.") from None
+    except OSError as e:
+        raise ValueError(f"OnnxT5: {path} cannot be read ({e.strerror}); {what}.") from None
     if not isinstance(data, dict):
         raise ValueError(f"OnnxT5: {path} holds a JSON {type(data).__name__}, not an object; {what}.")
     return data
@@ -82,7 +86,7 @@ def settings_from_file(path: Path) -> Settings:
     ValueError naming the file for bad JSON, keys OnnxT5 ignores, or values `generate` would refuse (checked here
     value by value; `resolve` then checks how they combine).
     """
-    if not path.is_file():
+    if not path.exists():
         return Settings()
     data = read_json_object(path, "fix it, or delete it to use transformers' defaults")
     known = {f.name for f in fields(Settings)}
