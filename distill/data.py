@@ -249,7 +249,7 @@ def _load_hub(config: DataConfig, split: str) -> Dataset:
     """`split` of hub dataset `config.path`, after one quick look-up (an unreachable hub fails in seconds)."""
     import datasets
 
-    from distill.models import HUB_TIMEOUT, hub_endpoint, hub_status
+    from distill.hub import HUB_TIMEOUT, hub_endpoint, hub_status
 
     status = hub_status(config.path, "dataset")
     what = f"dataset {config.path!r} (config {config.name!r}, split {split!r})"

@@ -348,6 +348,14 @@ def replace_dir(staged: Path, out: Path, manifest: str | None = None, what: str 
     return out
 
 
+def write_text_whole(path: Path, text: str) -> None:
+    """Write a text file whole or not at all: an interrupted run leaves the earlier file, not half of a new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def package_version(package: str) -> str | None:
     """The installed version of a distribution (`rouge-score`, `optimum-onnx`), None when it is not installed."""
     from importlib.metadata import PackageNotFoundError, version

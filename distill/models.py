@@ -23,49 +23,15 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from distill.errors import ModelError
+from distill.hub import HUB_TIMEOUT, hub_endpoint, hub_status
 
 T5_FAMILY = ("t5", "mt5")  # model_type values whose checkpoints T5ForConditionalGeneration loads faithfully
-# a hub that answers does so well within this; transformers' own retries take about half a minute to give up
-HUB_TIMEOUT = 5.0
 # any of these makes a folder's tokenizer loadable; without all of them transformers builds a placeholder
-TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+TOKENIZER_MARKERS = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
 # transformers' placeholder holds one piece ("▁") besides its special tokens; any real tokenizer holds hundreds
 MIN_PIECES = 8
 
-HubStatus = Literal["found", "missing", "invalid", "offline", "unreachable"]
 Where = Literal["local", "hub", "offline", "unreachable"]
-
-
-def hub_status(repo_id: str, repo_type: Literal["model", "dataset"] = "model") -> HubStatus:
-    """How the Hugging Face hub answers for `repo_id`, asked once without retries (`HUB_TIMEOUT` seconds).
-
-    "found"; "missing" (no such repository, or a private one without a token); "invalid" (not a repository id);
-    "offline" (HF_HUB_OFFLINE is set: nothing is asked); "unreachable" (no answer, or the hub failed to answer).
-    """
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, RepositoryNotFoundError
-
-    if constants.HF_HUB_OFFLINE:
-        return "offline"
-    try:
-        HfApi().repo_info(repo_id, repo_type=repo_type, timeout=HUB_TIMEOUT)
-    except HFValidationError:
-        return "invalid"
-    except RepositoryNotFoundError:
-        return "missing"
-    except HfHubHTTPError as err:  # the hub answered: with an error of its own (5xx, 429) it did not serve the id
-        status = err.response.status_code if err.response is not None else 500
-        return "unreachable" if status >= 500 or status == 429 else "found"
-    except Exception:  # noqa: BLE001 - any failure to get an answer (DNS, refused, timeout, TLS) is "unreachable"
-        return "unreachable"
-    return "found"
-
-
-def hub_endpoint() -> str:
-    """The hub address a look-up goes to (`HF_ENDPOINT`, huggingface.co by default), for messages."""
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
 
 
 def _where(path: str, what: str) -> Where:
@@ -121,8 +87,8 @@ def load_tokenizer(path: str, model_vocab_size: int | None = None) -> PreTrained
     fix = ("Copy the tokenizer files (tokenizer.json, tokenizer_config.json, spiece.model) of the model it was made "
            "from (its teacher) into the folder, or give the tokenizer explicitly (--tokenizer where the command has "
            "one, data.tokenizer in a training config).")
-    if where == "local" and not any((local / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelError(f"{local} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); transformers would "
+    if where == "local" and not any((local / name).is_file() for name in TOKENIZER_MARKERS):
+        raise ModelError(f"{local} holds no tokenizer (none of {', '.join(TOKENIZER_MARKERS)}); transformers would "
                          f"stand in a placeholder that reads every word as <unk>. {fix}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=where in ("offline", "unreachable"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -21,7 +20,7 @@ import torch
 
 from distill.data import DataConfig, encode, load_split
 from distill.errors import UserError, at_least_one, cli_errors
-from distill.files import package_version
+from distill.files import package_version, write_text_whole
 from distill.generation_torch import torch_generate_texts
 from distill.metrics import score
 from distill.models import inference_device, load_t5, load_tokenizer
@@ -100,9 +99,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> None:
     }
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     if args.out:
-        _write(args.out, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+        write_text_whole(args.out, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     if args.predictions:
-        _write(args.predictions, "\n".join(predictions) + "\n")
+        write_text_whole(args.predictions, "\n".join(predictions) + "\n")
 
 
 def _earlier_metrics(path: Path) -> bool:
@@ -112,14 +111,6 @@ def _earlier_metrics(path: Path) -> bool:
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(data, dict) and str(data.get("command", "")).startswith("python -m distill.score")
-
-
-def _write(path: Path, text: str) -> None:
-    """Write `path` whole or not at all: an interrupted run leaves the earlier file, not half of a new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

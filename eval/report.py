@@ -49,10 +49,10 @@ memory in MiB):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from distill.files import write_text_whole
 from eval.errors import EvalError
 from eval.plots import plot_latency_vs_length, plot_quality_vs_latency
 from eval.tables import gate_table, memory_table, quality_table, speed_table, summary_table
@@ -138,13 +138,6 @@ def render(results: dict[str, Any]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    """Write `path` whole or not at all: a run stopped mid-write leaves the earlier file, not half of a new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(results: dict[str, Any], run_dir: Path, predictions: dict[str, list[str]] | None = None,
                  examples: tuple[list[str], list[list[str]]] | None = None) -> dict[str, Path]:
     """Write results.json, report.md, the plots and (when given) predictions and references into `run_dir`."""
@@ -154,17 +147,18 @@ def write_report(results: dict[str, Any], run_dir: Path, predictions: dict[str, 
     for name, texts in (predictions or {}).items():
         path = run_dir / results["variants"][name]["predictions"]
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write(path, "".join(t.replace("\n", " ") + "\n" for t in texts))
+        write_text_whole(path, "".join(t.replace("\n", " ") + "\n" for t in texts))
     if examples is not None:
         written["references"] = run_dir / "references.jsonl"
-        _write(written["references"], "".join(json.dumps({"source": s, "references": r}, ensure_ascii=False) + "\n"
-                                              for s, r in zip(*examples, strict=True)))
+        lines = (json.dumps({"source": s, "references": r}, ensure_ascii=False) + "\n"
+                 for s, r in zip(*examples, strict=True))
+        write_text_whole(written["references"], "".join(lines))
     written["quality_plot"] = run_dir / PLOTS["quality"]
     plot_quality_vs_latency(results, written["quality_plot"])
     written["length_plot"] = run_dir / PLOTS["length"]
     plot_latency_vs_length(results, written["length_plot"])
     written["results"] = run_dir / "results.json"
-    _write(written["results"], json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    write_text_whole(written["results"], json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     written["report"] = run_dir / "report.md"
-    _write(written["report"], render(results))
+    write_text_whole(written["report"], render(results))
     return written

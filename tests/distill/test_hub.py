@@ -17,7 +17,8 @@ import pytest
 
 from distill.data import DataConfig, load_split
 from distill.errors import DataError, ModelError
-from distill.models import hub_status, load_t5, load_tokenizer
+from distill.hub import hub_status
+from distill.models import load_t5, load_tokenizer
 
 FAST = 10.0  # seconds: transformers' own retries take about half a minute to give up
 
