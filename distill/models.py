@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 from distill.errors import ModelError
 from distill.hub import HUB_TIMEOUT, hub_endpoint, hub_status
 
-T5_FAMILY = ("t5", "mt5")  # model_type values whose checkpoints T5ForConditionalGeneration loads faithfully
+T5_FAMILY = ("t5", "mt5")  # model_type values this toolkit loads (`model_class` says with which class)
 # any of these makes a folder's tokenizer loadable; without all of them transformers builds a placeholder
 TOKENIZER_MARKERS = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
 # transformers' placeholder holds one piece ("▁") besides its special tokens; any real tokenizer holds hundreds
@@ -115,23 +115,45 @@ def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, model_vocab_size: i
                          "tokenizer the model was trained with (its teacher's tokenizer files).")
 
 
-def load_t5(path: str) -> T5ForConditionalGeneration:
-    """A T5-family model from a local folder or hub id, weights from safetensors, checked to be T5-family and whole."""
-    from safetensors import SafetensorError
-    from transformers import AutoConfig, T5ForConditionalGeneration
+def model_class(config: Any) -> type[T5ForConditionalGeneration]:
+    """The transformers class for a T5-family config: MT5ForConditionalGeneration for mT5 (transformers 5.x's
+    T5ForConditionalGeneration reads `scale_decoder_outputs`, which only T5Config has), else T5ForConditionalGeneration.
+    Both have the same modules, so everything downstream treats them alike."""
+    from transformers import MT5ForConditionalGeneration, T5ForConditionalGeneration
 
-    where = _where(path, "model")
-    local_only = where in ("offline", "unreachable")
+    if config.model_type == "mt5":
+        return cast("type[T5ForConditionalGeneration]", MT5ForConditionalGeneration)
+    return T5ForConditionalGeneration
+
+
+def _config(path: str, where: Where) -> Any:
+    from transformers import AutoConfig
+
     try:
-        config = AutoConfig.from_pretrained(path, local_files_only=local_only)
+        config = AutoConfig.from_pretrained(path, local_files_only=where in ("offline", "unreachable"))
     except (OSError, ValueError) as err:
         raise _load_error("model", path, err, where) from err
     if config.model_type not in T5_FAMILY:
         raise ModelError(f"{path} is a {config.model_type!r} model; this toolkit works on T5-family models "
                          f"(model_type in {T5_FAMILY}: t5, t5 v1.1, flan-t5, mT5).")
+    return config
+
+
+def load_config(path: str) -> Any:
+    """The config of a T5-family folder or hub id, without its weights (to size the work before loading them)."""
+    return _config(path, _where(path, "model"))
+
+
+def load_t5(path: str) -> T5ForConditionalGeneration:
+    """A T5-family model from a local folder or hub id, weights from safetensors, checked to be T5-family and whole."""
+    from safetensors import SafetensorError
+
+    where = _where(path, "model")
+    local_only = where in ("offline", "unreachable")
+    config = _config(path, where)
     try:
-        loaded = T5ForConditionalGeneration.from_pretrained(path, config=config, use_safetensors=True,
-                                                            local_files_only=local_only, output_loading_info=True)
+        loaded = model_class(config).from_pretrained(path, config=config, use_safetensors=True,
+                                                     local_files_only=local_only, output_loading_info=True)
     except SafetensorError as err:
         raise _corrupt_weights(path, where, err) from err
     except RuntimeError as err:  # transformers' report of weights whose shapes differ from the config's

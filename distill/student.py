@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from distill.errors import ModelError, cli_errors
 from distill.files import check_output, replace_dir
-from distill.models import load_t5, load_tokenizer
+from distill.models import load_t5, load_tokenizer, model_class
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
@@ -77,7 +77,6 @@ def make_student(teacher: T5ForConditionalGeneration, decoder_layers: int | None
     teacher's bias (if the map does not start at 0, the copied block 0 receives it from teacher block 0).
     """
     import torch
-    from transformers import T5ForConditionalGeneration
 
     config = teacher.config
     maps = {}
@@ -92,7 +91,7 @@ def make_student(teacher: T5ForConditionalGeneration, decoder_layers: int | None
 
     student_config = config.__class__.from_dict({**config.to_dict(), "num_layers": len(maps["encoder"]),
                                                  "num_decoder_layers": len(maps["decoder"])})
-    student = T5ForConditionalGeneration(student_config)
+    student = model_class(student_config)(student_config)
     if teacher.lm_head.weight is not teacher.shared.weight:
         # untied (T5 v1.1 / flan / mT5): give the student its own lm_head before loading, or loading the teacher's
         # lm_head would overwrite the shared embedding that a fresh transformers 5.x T5 ties it to
