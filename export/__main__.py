@@ -40,8 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
     parser.add_argument("--int8", action="store_true",
                         help="also write *_quantized.onnx (dynamic int8 MatMuls and embeddings)")
-    parser.add_argument("--int8-keep-fp32", default="", metavar="NAMES",
-                        help="comma-separated module names whose MatMuls stay fp32 with --int8, e.g. lm_head,wo")
+    parser.add_argument("--int8-keep-fp32", default=None, metavar="NAMES",
+                        help="comma-separated module names whose MatMuls stay fp32 with --int8, e.g. lm_head,wo; "
+                             "'none' for none (default: wo for gated-GELU models: T5 v1.1, flan-t5, mT5)")
+    parser.add_argument("--no-resource-check", action="store_true",
+                        help="skip the up-front estimate of the memory and disk the export needs")
     parser.add_argument("--atol", type=_tolerance, default=ATOL,
                         help="absolute part of each output's tolerance against PyTorch (default %(default)s)")
     parser.add_argument("--rtol", type=_tolerance, default=RTOL,
@@ -53,9 +56,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tokenizer and args.no_tokenizer:
         parser.error("--tokenizer and --no-tokenizer exclude each other")
-    args.int8_keep_fp32 = tuple(name.strip() for name in args.int8_keep_fp32.split(",") if name.strip())
-    if args.int8_keep_fp32 and not args.int8:
-        parser.error("--int8-keep-fp32 needs --int8")
+    if args.int8_keep_fp32 is not None:
+        if not args.int8:
+            parser.error("--int8-keep-fp32 needs --int8")
+        names = tuple(name.strip() for name in args.int8_keep_fp32.split(",") if name.strip())
+        if not names:
+            parser.error("--int8-keep-fp32 names no module; give e.g. lm_head,wo, or 'none' to quantize every MatMul")
+        args.int8_keep_fp32 = () if names == ("none",) else names
     if args.opset < MIN_OPSET:
         parser.error(f"--opset {args.opset}: T5's causal mask needs opset {MIN_OPSET} or newer (aten::triu)")
     if args.opset > MAX_OPSET:
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         check = Validation(atol=args.atol, rtol=args.rtol)
         out = export(args.model, args.out, opset=args.opset, int8=args.int8, int8_keep_fp32=args.int8_keep_fp32,
                      check=check, command=" ".join([PROG, *(argv or sys.argv[1:])]), tokenizer=args.tokenizer,
-                     require_tokenizer=not args.no_tokenizer)
+                     require_tokenizer=not args.no_tokenizer, check_resources=not args.no_resource_check)
     print(f"wrote {out} (graphs validated against PyTorch; see {out / META_FILE})")
 
 

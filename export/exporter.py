@@ -24,11 +24,13 @@ earlier --int8 export is refused too, naming the int8 graphs it would delete: ad
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,9 @@ import torch
 
 from distill.errors import ModelError
 from distill.files import check_output, file_manifest, replace_dir, staged_dir
-from distill.models import load_t5, load_tokenizer
+from distill.models import load_config, load_t5, load_tokenizer
 from export.errors import ExportError
+from export.external import EXTERNAL_DATA_BYTES
 from export.layout import (
     ENCODER,
     EXPORT_ID_KEY,
@@ -52,6 +55,7 @@ from export.layout import (
     source_id,
 )
 from export.quantize import INT8_OPS, int8_agreement, quantize
+from export.resources import predict, require
 from export.runtime import OnnxT5
 from export.trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graphs
 from export.validate import Validation, validate
@@ -89,7 +93,7 @@ def _versions() -> dict[str, str]:
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
-def _meta(model: Any, model_name_or_dir: str, staged: Path, opset: int, check: Validation,
+def _meta(model: ModelFacts, model_name_or_dir: str, staged: Path, opset: int, check: Validation,
           diffs: dict[str, dict[str, float]], int8_meta: dict[str, Any] | None, tokenizer_files: list[str],
           command: str | None) -> dict[str, Any]:
     """What export_meta.json records: the source, how the graphs were made, how they compared, what the folder holds."""
@@ -105,13 +109,14 @@ def _meta(model: Any, model_name_or_dir: str, staged: Path, opset: int, check: V
             "model_type", "num_layers", "num_decoder_layers", "d_model", "d_ff", "d_kv", "num_heads", "vocab_size",
             "feed_forward_proj", "tie_word_embeddings", "scale_decoder_outputs")}
         # transformers 5.x keeps tie_word_embeddings True for v1.1-style models; this says what the weights are
-        | {"lm_head_is_shared_embedding": model.lm_head.weight is model.shared.weight},
+        | {"lm_head_is_shared_embedding": model.lm_head_is_shared_embedding},
         "validation": {"batch": len(check.enc_lengths), "encoder_lengths": list(check.enc_lengths),
                        "first_decoder_length": check.first_decoder_length, "past_steps": check.past_steps,
                        "atol_logits": check.atol, "rtol": check.rtol, "max_abs_diff": diffs},
         "int8": int8_meta,
         "tokenizer_files": tokenizer_files,
-        "file_bytes": {p.name: p.stat().st_size for p in sorted(staged.iterdir()) if p.suffix == ".onnx"},
+        "file_bytes": {p.name: p.stat().st_size for p in sorted(staged.iterdir())
+                       if p.suffix in (".onnx", ".onnx_data")},
     }
 
 
@@ -141,13 +146,33 @@ def check_out(out: Path, int8: bool) -> None:
                           "--out, or remove them first.")
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What export_meta.json needs of the model once its weights are freed."""
+
+    config: Any
+    lm_head_is_shared_embedding: bool
+
+
+def default_keep_fp32(config: Any) -> tuple[str, ...]:
+    """Modules whose MatMuls --int8 keeps fp32 unless told otherwise: each feed-forward output projection (`wo`) of a
+    gated-GELU model (T5 v1.1, flan-t5, mT5). Activations entering `wo` are T5's known outliers (the reason fp16
+    overflows there, transformers issue 9295); int8 there turned real checkpoints' outputs into nonsense
+    (transformers issue 14351). The classic ReLU T5 quantizes whole."""
+    return ("wo",) if getattr(config, "is_gated_act", False) else ()
+
+
 def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, int8: bool = False,
-           int8_keep_fp32: tuple[str, ...] = (), check: Validation | None = None, command: str | None = None,
-           tokenizer: str | None = None, require_tokenizer: bool = True) -> Path:
+           int8_keep_fp32: tuple[str, ...] | None = None, check: Validation | None = None, command: str | None = None,
+           tokenizer: str | None = None, require_tokenizer: bool = True,
+           external_threshold: int = EXTERNAL_DATA_BYTES, check_resources: bool = True) -> Path:
     """Export, validate and (optionally) quantize `model_name_or_dir` into `out`; returns `out`.
 
     The tokenizer comes from `tokenizer` (a folder or hub id) or else from the model's own folder; a model without one
     is refused unless `require_tokenizer` is False (the graphs alone, for benchmarks on random weights).
+    `int8_keep_fp32`: module names whose MatMuls stay fp32 with `int8` (None: `default_keep_fp32`, () for none).
+    A graph whose weights pass `external_threshold` bytes keeps them in a data file of its own (`export.external`).
+    `check_resources`: refuse up front when the memory or the disk the sizes predict is not there (`export.resources`).
 
     `command` is recorded in export_meta.json (the CLI passes its own command line). An existing `out` is replaced
     only when it is empty or exactly an earlier export (`check_out`, checked first and again at the swap).
@@ -158,26 +183,35 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
     out = Path(out).expanduser().resolve()
     check = check or Validation()
     check_out(out, int8)
+    config = load_config(model_name_or_dir)
+    keep = default_keep_fp32(config) if int8_keep_fp32 is None else tuple(int8_keep_fp32)
+    if check_resources:
+        require(predict(config.to_dict(), int8, keep), out)
     model = load_t5(model_name_or_dir).float().eval()
     export_id = uuid.uuid4().hex
     with staged_dir(out) as staged:
-        specs = export_graphs(model, staged, opset)
+        specs = export_graphs(model, staged, opset, external_threshold)
         for graph in GRAPHS:  # before the validation, so that the bytes checked are the bytes kept
             stamp_export_id(staged / graph, export_id)
         diffs = validate(model, staged, specs, check)
         model.config.save_pretrained(staged)
         model.generation_config.save_pretrained(staged)
-        tokenizer_files = _copy_tokenizer(tokenizer or model_name_or_dir, staged, model.config.vocab_size,
+        facts = ModelFacts(model.config, model.lm_head.weight is model.shared.weight)
+        del model  # the weights are in the graphs now: quantizing and the int8 check need only those
+        gc.collect()
+        tokenizer_files = _copy_tokenizer(tokenizer or model_name_or_dir, staged, facts.config.vocab_size,
                                           require_tokenizer)
         int8_meta = None
         if int8:
-            excluded = quantize(staged, tuple(int8_keep_fp32))
+            excluded = quantize(staged, keep, external_threshold)
             for graph in GRAPHS:  # quantize_dynamic keeps metadata_props; this makes sure of it
                 stamp_export_id(staged / quantized_name(graph), export_id)
             int8_meta = {"op_types_to_quantize": list(INT8_OPS), "weight_type": "QInt8",
-                         "keep_fp32": list(int8_keep_fp32), "excluded_nodes": excluded,
-                         **int8_agreement(staged, check, model.config)}
-        meta = _meta(model, model_name_or_dir, staged, opset, check, diffs, int8_meta, tokenizer_files, command)
+                         "keep_fp32": list(keep),
+                         "keep_fp32_is_default": int8_keep_fp32 is None,
+                         "excluded_nodes": excluded,
+                         **int8_agreement(staged, check, facts.config)}
+        meta = _meta(facts, model_name_or_dir, staged, opset, check, diffs, int8_meta, tokenizer_files, command)
         meta |= {EXPORT_ID_KEY: export_id, FILES_KEY: file_manifest(staged, skip=(META_FILE,))}
         (staged / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         replace_dir(staged, out, manifest=META_FILE, what="an earlier export", files_key=FILES_KEY)

@@ -25,6 +25,18 @@ def quantized_name(graph: str) -> str:
     return graph.replace(".onnx", "_quantized.onnx")
 
 
+def data_name(graph: str) -> str:
+    """The external data file of a graph too large for one file (`export.external`): `decoder_model.onnx` ->
+    `decoder_model.onnx_data`, optimum's name."""
+    return f"{graph}_data"
+
+
+def graph_files(folder: Path, graph: str) -> list[str]:
+    """The files a graph occupies in `folder`: the graph, and its external data file when it has one."""
+    data = data_name(graph)
+    return [graph, data] if (folder / data).is_file() else [graph]
+
+
 def source_id(name_or_dir: str | Path) -> str:
     """How an export records its source: the resolved path of a local folder, else the hub id as given."""
     local = Path(name_or_dir).expanduser()

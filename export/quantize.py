@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from export.errors import ExportError
-from export.layout import GRAPHS, quantized_name
+from export.external import EXTERNAL_DATA_BYTES, place_graph
+from export.layout import GRAPHS, data_name, quantized_name
 from export.runtime import OnnxT5
 from export.trace import example_batch
 from export.validate import Validation
@@ -27,7 +28,8 @@ def _excluded_nodes(path: Path, keep_fp32: tuple[str, ...]) -> list[str]:
             or (node.op_type == "Gather" and "relative_attention_bias" in node.name.split("/"))]
 
 
-def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[str]]:
+def quantize(folder: Path, keep_fp32: tuple[str, ...] = (),
+             external_threshold: int = EXTERNAL_DATA_BYTES) -> dict[str, list[str]]:
     """Write `*_quantized.onnx` beside each graph: dynamic int8 MatMuls and token-embedding Gathers; the excluded
     node names per graph.
 
@@ -35,14 +37,22 @@ def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[st
     TorchScript decoders give `lm_head` its own initializer; on the dynamo export the tied table is shared, and
     quantizing its Gather made `lm_head` dequantize the whole matrix every step. The 32 x heads
     relative-attention-bias Gathers stay fp32. `keep_fp32` names modules whose MatMuls stay fp32 (e.g. lm_head, wo).
+    An int8 graph whose weights pass `external_threshold` bytes gets a data file of its own, as the fp32 ones do.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     excluded = {}
     for graph in GRAPHS:
         excluded[graph] = _excluded_nodes(folder / graph, keep_fp32)
-        quantize_dynamic(folder / graph, folder / quantized_name(graph), op_types_to_quantize=list(INT8_OPS),
-                         weight_type=QuantType.QInt8, nodes_to_exclude=excluded[graph] or None)
+        # written alone in a folder of its own: the quantizer names a data file after its output (`.onnx.data`),
+        # which `place_graph` turns into the folder's naming, or folds back into the graph when it is small
+        work = folder / f".quantize-{graph}"
+        work.mkdir()
+        fp32_external = (folder / data_name(graph)).is_file()
+        quantize_dynamic(folder / graph, work / quantized_name(graph), op_types_to_quantize=list(INT8_OPS),
+                         weight_type=QuantType.QInt8, nodes_to_exclude=excluded[graph] or None,
+                         use_external_data_format=fp32_external)
+        place_graph(work / quantized_name(graph), folder / quantized_name(graph), external_threshold)
     for name in keep_fp32:
         if not any(name in node.split("/") for nodes in excluded.values() for node in nodes):
             raise ExportError(f"--int8-keep-fp32 names {name!r}, but no MatMul node belongs to a module of that name "
@@ -56,9 +66,13 @@ def int8_agreement(folder: Path, check: Validation, model_config: Any) -> dict[s
     ids, mask = ex["input_ids"], ex["attention_mask"]
     kwargs = {"max_new_tokens": INT8_CHECK_NEW_TOKENS, "min_new_tokens": INT8_CHECK_NEW_TOKENS, "num_beams": 1,
               "do_sample": False}
-    runtimes = [OnnxT5.from_staged(folder, quantized=q) for q in (False, True)]  # export_meta.json comes later
-    fp32, int8 = (rt.generate(ids, mask, **kwargs)[:, 1:] for rt in runtimes)
-    first = [rt.first_step(ex["decoder_input_ids"], mask, rt.encode(ids, mask))[0] for rt in runtimes]
+    tokens, first = [], []
+    for quantized in (False, True):  # one at a time: a large model's fp32 and int8 graphs need not fit together
+        rt = OnnxT5.from_staged(folder, quantized=quantized)  # export_meta.json comes later
+        tokens.append(rt.generate(ids, mask, **kwargs)[:, 1:])
+        first.append(rt.first_step(ex["decoder_input_ids"], mask, rt.encode(ids, mask))[0])
+        del rt
+    fp32, int8 = tokens
     return {"greedy_token_agreement": float(np.mean(fp32 == int8)),
             "greedy_sequence_agreement": float(np.mean(np.all(fp32 == int8, axis=1))),
             "first_step_logits_max_abs_diff": float(np.max(np.abs(first[0] - first[1]))),

@@ -13,7 +13,7 @@ import torch
 
 from export.errors import ExportError
 from export.graphs import GraphSpec, build_cache
-from export.layout import DECODER, DECODER_WITH_PAST, ENCODER, GRAPHS
+from export.layout import DECODER, DECODER_WITH_PAST, ENCODER
 from export.runtime.sessions import session_options
 from export.trace import example_batch
 
@@ -72,6 +72,17 @@ def _compare(graph: str, names: list[str], got: list[np.ndarray], want: list[tor
                 "`python -m export --atol A --rtol R`.")
 
 
+def _session(folder: Path, graph: str, specs: dict[str, GraphSpec]) -> ort.InferenceSession:
+    """A session on one graph, with the options the runtime serves with, checked to have the declared inputs and
+    outputs. Sessions are opened one at a time: a large model's graphs need not fit in memory together."""
+    sess = ort.InferenceSession(str(folder / graph), session_options(), providers=["CPUExecutionProvider"])
+    names = ([i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()])
+    if names != (list(specs[graph].inputs), list(specs[graph].outputs)):
+        raise ExportError(f"{graph}: inputs/outputs {names} differ from the declared {list(specs[graph].inputs)} "
+                          f"-> {list(specs[graph].outputs)}. The export is wrong; nothing was written.")
+    return sess
+
+
 def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Validation) -> dict[str, dict[str, float]]:
     """Run each graph in onnxruntime and `model` in PyTorch on the same inputs; the max |diff| per graph and output.
 
@@ -82,17 +93,10 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
     np_ = example_batch(model.config, check.enc_lengths, check.first_decoder_length + check.past_steps, check.seed)
     ids, mask, dec = (torch.from_numpy(np_[k]) for k in ("input_ids", "attention_mask", "decoder_input_ids"))
     diffs: dict[str, dict[str, float]] = {}
-    options = session_options()  # validated with the options the runtime serves with
-    sessions = {graph: ort.InferenceSession(str(folder / graph), options, providers=["CPUExecutionProvider"])
-                for graph in GRAPHS}
-    for graph, sess in sessions.items():
-        names = ([i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()])
-        if names != (list(specs[graph].inputs), list(specs[graph].outputs)):
-            raise ExportError(f"{graph}: inputs/outputs {names} differ from the declared {list(specs[graph].inputs)} "
-                              f"-> {list(specs[graph].outputs)}. The export is wrong; nothing was written.")
     with torch.no_grad():
         hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = sessions[ENCODER].run(None, {"input_ids": np_["input_ids"], "attention_mask": np_["attention_mask"]})
+        got = _session(folder, ENCODER, specs).run(None, {"input_ids": np_["input_ids"],
+                                                          "attention_mask": np_["attention_mask"]})
         _compare(ENCODER, ["last_hidden_state"], got, [hidden], check, diffs, "on the padded validation batch")
 
         first = dec[:, :check.first_decoder_length]
@@ -102,11 +106,13 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
         for i in range(n_layers):
             own, cross = cache.self_attention_cache.layers[i], cache.cross_attention_cache.layers[i]
             want += [own.keys, own.values, cross.keys, cross.values]
-        got = sessions[DECODER].run(None, {"input_ids": first.numpy(), "encoder_attention_mask": np_["attention_mask"],
-                                           "encoder_hidden_states": hidden.numpy()})
+        got = _session(folder, DECODER, specs).run(None, {"input_ids": first.numpy(),
+                                                          "encoder_attention_mask": np_["attention_mask"],
+                                                          "encoder_hidden_states": hidden.numpy()})
         _compare(DECODER, list(specs[DECODER].outputs), got, want, check, diffs,
                 f"at the first step with {check.first_decoder_length} decoder tokens")
 
+        with_past = _session(folder, DECODER_WITH_PAST, specs)
         for step in range(check.past_steps):
             feed = {"input_ids": dec[:, check.first_decoder_length + step:][:, :1].numpy(),
                     "encoder_attention_mask": np_["attention_mask"]}
@@ -125,7 +131,7 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
             for i in range(n_layers):
                 own = cache.self_attention_cache.layers[i]
                 want += [own.keys, own.values]
-            got = sessions[DECODER_WITH_PAST].run(None, feed)
+            got = with_past.run(None, feed)
             _compare(DECODER_WITH_PAST, list(specs[DECODER_WITH_PAST].outputs), got, want, check, diffs,
                     f"at past length {past_len}")
 
@@ -148,7 +154,7 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
         want = [out.logits]
         for own in out.cache.self_attention_cache.layers:
             want += [own.keys, own.values]
-        got = sessions[DECODER_WITH_PAST].run(None, feed)
+        got = with_past.run(None, feed)
         _compare(DECODER_WITH_PAST, list(specs[DECODER_WITH_PAST].outputs), got, want, check, diffs,
                 f"with {check.beams} beams per input sharing its cross-attention K/V")
     return diffs

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from export.layout import DECODER_WITH_PAST, GRAPHS, quantized_name
+from export.layout import DECODER_WITH_PAST, GRAPHS, graph_files, quantized_name
 from export.runtime.beam import beam_search
 from export.runtime.folder import (
     ExportMeta,
@@ -93,9 +93,10 @@ class OnnxT5:
             raise TypeError(f"OnnxT5.from_pretrained: verify must be True or False, got {verify!r}.")
         folder, files = cls._graph_files(folder, quantized, threads)
         meta = read_meta(folder)
-        check_sizes(folder, meta, list(files.values()))
+        names = [name for graph in files.values() for name in graph_files(folder, graph)]  # with external data
+        check_sizes(folder, meta, names)
         if verify:
-            verify_checksums(folder, meta, list(files.values()))
+            verify_checksums(folder, meta, names)
         return cls._load(folder, files, threads, providers, meta)
 
     @classmethod
@@ -170,7 +171,8 @@ class OnnxT5:
         if self.meta is None:
             raise ValueError(f"OnnxT5.verify: {self.folder} was loaded without export_meta.json (from_staged); "
                              "load it with OnnxT5.from_pretrained.")
-        return verify_checksums(self.folder, self.meta, list(self._graph_names()))
+        names = [name for graph in self._graph_names() for name in graph_files(self.folder, graph)]
+        return verify_checksums(self.folder, self.meta, names)
 
     def _graph_names(self) -> tuple[str, ...]:
         return tuple(quantized_name(g) if self.quantized else g for g in GRAPHS)

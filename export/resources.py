@@ -1,0 +1,100 @@
+"""Memory and disk an export will need, predicted from the model's sizes before any work, and refused when short.
+
+A t5-3b export needs tens of GB of memory and disk: finding out after twenty minutes of tracing, from the kernel's
+OOM killer or a full disk, is what this avoids. The prediction follows what `export` holds at its peak (see
+docs/architecture.md, "Export memory"): the torch weights plus, while one graph is traced, that graph's weights
+about `TRACE_COPIES` times more (torch's folded constants, the serialised protobuf and its Python copy) when the
+graph is written in one file, once when it goes to an external data file; later the largest graph fp32 and int8
+while it is quantized, the torch weights freed by then.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill.sizes import weight_counts
+from export.errors import ExportError
+from export.external import EXTERNAL_DATA_BYTES
+
+TRACE_COPIES = 3  # a one-file graph's weights held again while torch traces and serialises it (measured: mt5-small)
+BASELINE_BYTES = 1 << 30  # python, torch, onnxruntime and the activations of the validation batch
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Needs:
+    memory: int  # peak resident bytes
+    disk: int  # bytes the finished folder holds, plus the largest graph written twice while it is placed
+    weights: int  # fp32 bytes of the model's weights
+
+    def describe(self) -> str:
+        return (f"{self.weights / GB:.1f} GB of fp32 weights: about {self.memory / GB:.1f} GB of memory at the peak "
+                f"and {self.disk / GB:.1f} GB of disk")
+
+
+def graph_bytes(fields: dict[str, Any]) -> dict[str, int]:
+    """fp32 bytes of each graph's weights. Each decoder graph holds the embedding, the decoder's layers and the
+    output matrix (a transposed copy of the embedding when tied); the encoder its layers and the embedding."""
+    c = weight_counts(fields)
+    head = c.head or c.embedding
+    return {"encoder": 4 * (c.embedding + c.encoder), "decoder": 4 * (c.embedding + c.decoder + head),
+            "decoder_with_past": 4 * (c.embedding + c.decoder + head)}
+
+
+def predict(fields: dict[str, Any], int8: bool, keep_fp32: tuple[str, ...]) -> Needs:
+    """What exporting a model of config `fields` needs (fp32 graphs, and the int8 ones with `int8`)."""
+    weights = 4 * weight_counts(fields).total
+    graphs = graph_bytes(fields)
+    largest = max(graphs.values())
+    tracing = max(size * (1 if size >= EXTERNAL_DATA_BYTES else TRACE_COPIES) for size in graphs.values())
+    memory = weights + tracing
+    disk = sum(graphs.values()) + largest
+    if int8:
+        kept = _kept_fraction(fields, keep_fp32)
+        int8_bytes = {name: int(size * (kept + (1 - kept) / 4)) for name, size in graphs.items()}
+        memory = max(memory, largest + max(int8_bytes.values()))
+        disk += sum(int8_bytes.values())
+    return Needs(memory + BASELINE_BYTES, disk, weights)
+
+
+def _kept_fraction(fields: dict[str, Any], keep_fp32: tuple[str, ...]) -> float:
+    """The share of the decoder graph's weights that stay fp32 with `keep_fp32` (`wo` and `lm_head` are counted)."""
+    c = weight_counts(fields)
+    total = c.embedding + c.decoder + (c.head or c.embedding)
+    kept = 0
+    if "wo" in keep_fp32:
+        kept += (fields.get("num_decoder_layers") or fields["num_layers"]) * fields["d_ff"] * fields["d_model"]
+    if "lm_head" in keep_fp32:
+        kept += c.head or c.embedding
+    return kept / total
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo (None where there is none: the check is then skipped)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def require(needs: Needs, out: Path) -> None:
+    """ExportError, before any work, when this machine lacks the memory or `out`'s file system the disk."""
+    problems = []
+    memory = available_memory()
+    if memory is not None and needs.memory > memory:
+        problems.append(f"{memory / GB:.1f} GB of memory is available")
+    parent = next((p for p in (out, *out.parents) if p.exists()), Path(os.sep))
+    free = shutil.disk_usage(parent).free
+    if needs.disk > free:
+        problems.append(f"{parent} has {free / GB:.1f} GB free")
+    if problems:
+        raise ExportError(f"This export needs {needs.describe()}, but {' and '.join(problems)}. Free some, use a "
+                          "machine with more, or export fp32 alone first (without --int8) to need less; "
+                          "--no-resource-check skips this estimate.")
