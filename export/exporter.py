@@ -24,6 +24,7 @@ earlier --int8 export is refused too, naming the int8 graphs it would delete: ad
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -41,6 +42,7 @@ from distill.models import load_t5, load_tokenizer
 from export.errors import ExportError
 from export.layout import (
     ENCODER,
+    ENCODER_DIGEST_KEY,
     EXPORT_ID_KEY,
     FILES_KEY,
     GRAPH_EXPORT_ID,
@@ -89,6 +91,18 @@ def _versions() -> dict[str, str]:
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
+def encoder_digest(model: Any) -> str:
+    """sha256 of what the encoder computes with: its settings and weights (the token embedding included), in order."""
+    cfg = model.config
+    digest = hashlib.sha256(json.dumps([getattr(cfg, k, None) for k in (
+        "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "feed_forward_proj", "layer_norm_epsilon",
+        "relative_attention_num_buckets", "relative_attention_max_distance")]).encode())
+    for name, tensor in sorted(model.get_encoder().state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _meta(model: Any, model_name_or_dir: str, staged: Path, opset: int, check: Validation,
           diffs: dict[str, dict[str, float]], int8_meta: dict[str, Any] | None, tokenizer_files: list[str],
           command: str | None) -> dict[str, Any]:
@@ -97,6 +111,7 @@ def _meta(model: Any, model_name_or_dir: str, staged: Path, opset: int, check: V
     return {
         "source": source_id(model_name_or_dir),
         "source_fingerprint": source_fingerprint(model_name_or_dir),
+        ENCODER_DIGEST_KEY: encoder_digest(model),
         "command": command,
         "opset": opset,
         "exporter": "torch.onnx.export(dynamo=False)",
@@ -108,6 +123,7 @@ def _meta(model: Any, model_name_or_dir: str, staged: Path, opset: int, check: V
         | {"lm_head_is_shared_embedding": model.lm_head.weight is model.shared.weight},
         "validation": {"batch": len(check.enc_lengths), "encoder_lengths": list(check.enc_lengths),
                        "first_decoder_length": check.first_decoder_length, "past_steps": check.past_steps,
+                       "new_tokens": check.new_tokens,
                        "atol_logits": check.atol, "rtol": check.rtol, "max_abs_diff": diffs},
         "int8": int8_meta,
         "tokenizer_files": tokenizer_files,
