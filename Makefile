@@ -22,7 +22,7 @@ RESULTS ?= runs/eval/default/results.json
 GRID ?= full
 LIMIT ?=
 
-.PHONY: help setup data tokenizer teacher teacher-score distill distill-best pseudo-labels export bench-export eval publish bench demo test test-fast lint
+.PHONY: help setup data tokenizer teacher teacher-score distill distill-best pseudo-labels export bench-export eval publish bench bench-spec demo test test-fast lint
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -82,6 +82,17 @@ eval: setup  ## quality, speed, memory and size of teacher, student and ONNX var
 
 bench-export: setup  ## torch generate vs OnnxT5 fp32 and int8 on a t5-small-shaped random model, with ratios
 	$(PY) -m bench.export_speed --json runs/bench-export/results.json
+
+# speculative decoding: the student drafts for the teacher (exports made with `make export`, both with --int8)
+SPEC_TEACHER ?= runs/export/teacher
+SPEC_STUDENT ?= runs/export/student
+SPEC_ARGS = --teacher $(SPEC_TEACHER) --student $(SPEC_STUDENT) --data $(DATA) $(if $(LIMIT),--limit $(LIMIT))
+
+bench-spec: setup data  ## draft acceptance, teacher+student pair vs teacher alone vs transformers, t5-base cost model
+	$(PY) -m bench.speculative acceptance $(SPEC_ARGS) --json runs/bench-spec/acceptance.json
+	$(PY) -m bench.speculative compare $(SPEC_ARGS) --teacher-model $(TEACHER) --student-model $(MODEL) \
+		--json runs/bench-spec/compare.json
+	$(PY) -m bench.speculative cost --shape base --work runs/bench-spec --int8 --json runs/bench-spec/cost.json
 
 publish: setup  ## stage, check and (PUSH=1) upload a student to the hub (REPO_ID=... MODEL=... OUT=... RESULTS=...)
 	@test -n "$(REPO_ID)" || { echo "make publish: set REPO_ID=namespace/name (PUSH=1 uploads; without it, a dry run)" >&2; exit 2; }

@@ -25,7 +25,10 @@ import yaml
 
 from distill.errors import UserError
 
-KINDS = ("torch", "torch-int8", "onnx")  # transformers fp32, torch dynamic int8 of the same weights, project's OnnxT5
+# transformers fp32, torch dynamic int8 of the same weights, project's OnnxT5, and OnnxT5 with a draft model (`draft`):
+# assisted decoding, whose predictions must be those of its `source` (the same export without a draft)
+KINDS = ("torch", "torch-int8", "onnx", "onnx-assisted")
+ONNX_KINDS = ("onnx", "onnx-assisted")
 METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "rougeLsum")
 HEADLINE = {"translation": ("bleu",), "summarization": ("rouge2", "rougeL")}  # the numbers a task is judged by
 
@@ -81,6 +84,7 @@ class Variant:
     teacher: str | None = None  # the variant this one was distilled from: gated by student_margin
     margin: float | None = None  # this variant's own gate margin, instead of the gate's default
     build: str | None = None  # the command that creates `path`, named when the folder is missing
+    draft: str | None = None  # onnx-assisted only: the draft model's export folder (a student of `path`'s model)
 
 
 @dataclass
@@ -245,10 +249,13 @@ def _check(c: EvalConfig) -> list[str]:
             problems.append(f"{where}.name: {v.name!r} is used by {names.count(v.name)} variants; names must differ")
         if v.kind not in KINDS:
             problems.append(f"{where}.kind: {v.kind!r} is not one of {', '.join(KINDS)}")
-        if v.quantized and v.kind != "onnx":
+        if (v.draft is None) != (v.kind != "onnx-assisted"):
+            problems.append(f"{where}.draft: an onnx-assisted variant names its draft model's export folder, and only "
+                            "it does")
+        if v.quantized and v.kind not in ONNX_KINDS:
             problems.append(f"{where}.quantized: only onnx variants have int8 graphs to load; PyTorch's dynamic "
                             "int8 is kind torch-int8")
-        if v.hub and v.kind == "onnx":
+        if v.hub and v.kind in ONNX_KINDS:
             problems.append(f"{where}.hub: an onnx variant is a local export folder (`make export` writes one)")
         for key in ("source", "teacher"):
             other = getattr(v, key)
@@ -302,17 +309,26 @@ def check_paths(config: EvalConfig) -> None:
             problems.append(f"variant {v.name}: {folder} is a file, not a folder; {how}")
         elif not folder.is_dir():
             problems.append(f"variant {v.name}: {folder} does not exist; {how}")
-        elif v.kind == "onnx":
-            meta = folder / "export_meta.json"  # written last by `python -m export`: the mark of a complete export
-            if not meta.is_file():
-                problems.append(f"variant {v.name}: {folder} is not a finished ONNX export (no export_meta.json); "
-                                f"{how}")
-            elif not isinstance(export_meta := _json_object(meta), dict):
-                problems.append(f"variant {v.name}: {meta} is not a JSON object ({export_meta}); the export is "
-                                f"damaged: {how}")
-            elif v.quantized and not export_meta.get("int8"):
-                problems.append(f"variant {v.name}: {folder} holds no int8 graphs (exported without --int8); {how}")
+        elif v.kind in ONNX_KINDS:
+            problems += _export_problems(v, folder, how)
+            if v.draft is not None:
+                draft = Path(v.draft).expanduser()
+                problems += (_export_problems(v, draft, "export the student with `make export MODEL=... OUT=...`")
+                             if draft.is_dir() else [f"variant {v.name}: its draft {draft} is not a folder; export "
+                                                     "the student with `make export MODEL=... OUT=...`"])
         elif not (folder / "config.json").is_file():
             problems.append(f"variant {v.name}: {folder} holds no config.json (not a save_pretrained folder); {how}")
     if problems:
         raise ConfigError("Missing variants:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _export_problems(v: Variant, folder: Path, how: str) -> list[str]:
+    """What keeps `folder` from being loaded as variant `v`'s ONNX export."""
+    meta = folder / "export_meta.json"  # written last by `python -m export`: the mark of a complete export
+    if not meta.is_file():
+        return [f"variant {v.name}: {folder} is not a finished ONNX export (no export_meta.json); {how}"]
+    if not isinstance(export_meta := _json_object(meta), dict):
+        return [f"variant {v.name}: {meta} is not a JSON object ({export_meta}); the export is damaged: {how}"]
+    if v.quantized and not export_meta.get("int8"):
+        return [f"variant {v.name}: {folder} holds no int8 graphs (exported without --int8); {how}"]
+    return []

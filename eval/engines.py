@@ -5,6 +5,8 @@
 - `torch-int8`: the same model after `torch.ao.quantization.quantize_dynamic` of every `nn.Linear` (int8 weights,
   activations quantized on the fly): PyTorch's own answer to "make it faster on CPU".
 - `onnx`: the project's `OnnxT5` runtime (fp32 graphs, or the int8 ones with `quantized`).
+- `onnx-assisted`: the same, generating with a draft model's export as `assistant=` (assisted decoding: the model's
+  own output, several tokens per model call).
 
 Every engine tokenizes with the variant folder's `tokenizer.json` through `tokenizers`, so no variant pays for (or
 differs by) a tokenizer implementation. The libraries an engine needs are imported inside its loader, and this module
@@ -115,12 +117,15 @@ class OnnxEngine:
     pad_id: int
     eos_ids: list[int]
     info: dict[str, Any]
+    draft: Any = None  # export.OnnxT5 drafting for `model` (onnx-assisted)
 
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, **kwargs: Any) -> np.ndarray:
+        if self.draft is not None:
+            kwargs = {**kwargs, "assistant": self.draft}
         return self.model.generate(input_ids, attention_mask, **kwargs)
 
 
-def _load_onnx(path: str, quantized: bool, threads: int, tokenizer: bool) -> OnnxEngine:
+def _load_onnx(path: str, quantized: bool, threads: int, tokenizer: bool, draft: str | None = None) -> OnnxEngine:
     # imported here, not at the top: `export` brings onnxruntime, which a torch worker must not load
     import onnxruntime
 
@@ -129,19 +134,27 @@ def _load_onnx(path: str, quantized: bool, threads: int, tokenizer: bool) -> Onn
 
     model = OnnxT5.from_pretrained(path, quantized=quantized, threads=threads)
     graphs = [quantized_name(g) if quantized else g for g in GRAPHS]
-    folder = Path(path).expanduser()
-    size = sum((folder / g).stat().st_size for g in graphs)
-    return OnnxEngine(model, load_tokenizer(path) if tokenizer else None, size, graphs, model.settings.pad_token_id,
-                      _ids(model.settings.eos_token_id),
-                      {"onnxruntime": onnxruntime.__version__, "threads": threads, "quantized": quantized})
+    files = [Path(path).expanduser() / g for g in graphs]
+    assistant = None
+    if draft is not None:
+        assistant = OnnxT5.from_pretrained(draft, quantized=quantized, threads=threads)
+        files += [Path(draft).expanduser() / g for g in graphs]
+    size = sum(f.stat().st_size for f in files)
+    return OnnxEngine(model, load_tokenizer(path) if tokenizer else None, size, [str(f) for f in files],
+                      model.settings.pad_token_id, _ids(model.settings.eos_token_id),
+                      {"onnxruntime": onnxruntime.__version__, "threads": threads, "quantized": quantized,
+                       "draft": draft}, assistant)
 
 
 def load_engine(kind: str, path: str, quantized: bool = False, hub: bool = False, threads: int = 1,
-                tokenizer: bool = True) -> Engine:
-    """The engine of a variant kind (`torch`, `torch-int8`, `onnx`), with the folder's tokenizer unless `tokenizer`
-    is false (the benchmark feeds token ids, and its random models may have no tokenizer.json)."""
-    if kind == "onnx":
-        return _load_onnx(path, quantized, threads, tokenizer)
+                tokenizer: bool = True, draft: str | None = None) -> Engine:
+    """The engine of a variant kind (`torch`, `torch-int8`, `onnx`, `onnx-assisted` with its `draft` export), with
+    the folder's tokenizer unless `tokenizer` is false (the benchmark feeds token ids, and its random models may have
+    no tokenizer.json)."""
+    if kind == "onnx-assisted" and draft is None:
+        raise ValueError("an onnx-assisted variant needs its draft model's export folder (draft)")
+    if kind in ("onnx", "onnx-assisted"):
+        return _load_onnx(path, quantized, threads, tokenizer, draft if kind == "onnx-assisted" else None)
     if kind in ("torch", "torch-int8"):
         return _load_torch(path, hub, kind == "torch-int8", threads, tokenizer)
     raise ValueError(f"unknown variant kind {kind!r}")

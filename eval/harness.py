@@ -77,7 +77,13 @@ def evaluate(config: EvalConfig, examples: Examples, run_dir: Path, command: str
             "memory": out["memory"], "load_seconds": out["load_seconds"], "quality_seconds": out["quality_seconds"],
             "threads": out["threads"], "engine": out["engine"], "source_tokens": out["source_tokens"],
             "predictions": f"predictions/{v.name}.txt"}
-    checks = gate_checks(config, scores)
+    # an assisted variant decodes its source's output: the share of predictions that are identical
+    identical = {v.name: sum(a == b for a, b in zip(predictions[v.name], predictions[v.source], strict=True))
+                 / max(1, len(predictions[v.name])) for v in config.variants
+                 if v.kind == "onnx-assisted" and v.source is not None}
+    for name, share in identical.items():
+        variants[name]["identical_to_source"] = share
+    checks = gate_checks(config, scores, identical)
     d = config.dataset
     results = {
         "schema_version": 1, "name": run_dir.name, "created": env["date"], "command": command,

@@ -8,10 +8,12 @@ task's headline ones unless `gate.metrics` names others; the scores come from `d
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 from distill.metrics import NAMES
 from eval.config import EvalConfig
+
+IDENTICAL = "identical"  # the gate metric of an assisted variant: % of predictions identical to its source's
 
 
 @dataclass
@@ -36,15 +38,27 @@ class GateCheck:
         return {**asdict(self), "drop": self.drop, "passed": self.passed}
 
     def describe(self) -> str:
+        if self.metric == IDENTICAL:
+            return (f"{self.variant} predicts {self.score:.2f} % of the examples as its source {self.against} does; "
+                    "assisted decoding must return its model's own output")
         return (f"{self.variant} loses {self.drop:.2f} {NAMES[self.metric]} against its "
                 f"{'teacher' if self.relation == 'student' else 'source'} {self.against} ({self.against_score:.2f} -> "
                 f"{self.score:.2f}; margin {self.margin:.2f})")
 
 
-def gate_checks(config: EvalConfig, scores: dict[str, dict[str, float]]) -> list[GateCheck]:
+def gate_checks(config: EvalConfig, scores: dict[str, dict[str, float]],
+                identical: dict[str, float] | None = None) -> list[GateCheck]:
     """One check per gated variant and gate metric: a variant with `source` against it (export_margin), a variant
-    with `teacher` against it (student_margin); a variant's own `margin` replaces either default."""
+    with `teacher` against it (student_margin); a variant's own `margin` replaces either default. An fp32
+    onnx-assisted variant must also predict exactly what its source does (`identical`: the share of identical
+    predictions per assisted variant); int8 is recorded, not gated, as dynamic quantization scales activations per
+    call and a k-token verification may round differently from k one-token steps."""
     checks = []
+    by_name = {v.name: v for v in config.variants}
+    for name, share in (identical or {}).items():
+        v = by_name[name]
+        checks.append(GateCheck(name, cast(str, v.source), "assisted", IDENTICAL, 100.0 * share, 100.0,
+                                100.0 if v.quantized else 0.0))
     for v in config.variants:
         for relation, against, default in (("export", v.source, config.gate.export_margin),
                                            ("student", v.teacher, config.gate.student_margin)):

@@ -84,8 +84,9 @@ def quality_table(results: dict[str, Any]) -> str:
 
 def gate_table(results: dict[str, Any]) -> str:
     """One row per gate check: the variant, what it is held against, the drop, the margin and the verdict."""
-    rows = [[c["variant"], c["against"], c["relation"], NAMES[c["metric"]], c["score"], c["against_score"],
-             c["drop"], c["margin"], "pass" if c["passed"] else "**FAIL**"] for c in results["gate"]["checks"]]
+    rows = [[c["variant"], c["against"], c["relation"], NAMES.get(c["metric"], "identical predictions (%)"),
+             c["score"], c["against_score"], c["drop"], c["margin"], "pass" if c["passed"] else "**FAIL**"]
+            for c in results["gate"]["checks"]]
     return markdown_table(["variant", "against", "relation", "metric", "score", "against", "drop", "margin", "result"],
                           rows)
 

@@ -62,7 +62,7 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
     start = time.perf_counter()
     engine = load_engine(variant["kind"], variant["path"], variant.get("quantized", False), variant.get("hub", False),
-                         threads)
+                         threads, draft=variant.get("draft"))
     load_seconds = time.perf_counter() - start
     memory = {"after_load_mb": peak_rss_mb()}
     log(f"loaded {variant['kind']} from {variant['path']} in {load_seconds:.1f} s ({memory['after_load_mb']:.0f} MiB)")

@@ -25,6 +25,7 @@ earlier --int8 export is refused too, naming the int8 graphs it would delete: ad
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -44,6 +45,7 @@ from export.errors import ExportError
 from export.external import EXTERNAL_DATA_BYTES
 from export.layout import (
     ENCODER,
+    ENCODER_DIGEST_KEY,
     EXPORT_ID_KEY,
     FILES_KEY,
     GRAPH_EXPORT_ID,
@@ -93,6 +95,18 @@ def _versions() -> dict[str, str]:
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
+def encoder_digest(model: Any) -> str:
+    """sha256 of what the encoder computes with: its settings and weights (the token embedding included), in order."""
+    cfg = model.config
+    digest = hashlib.sha256(json.dumps([getattr(cfg, k, None) for k in (
+        "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "feed_forward_proj", "layer_norm_epsilon",
+        "relative_attention_num_buckets", "relative_attention_max_distance")]).encode())
+    for name, tensor in sorted(model.get_encoder().state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _meta(model: ModelFacts, model_name_or_dir: str, staged: Path, opset: int, check: Validation,
           diffs: dict[str, dict[str, float]], int8_meta: dict[str, Any] | None, tokenizer_files: list[str],
           command: str | None) -> dict[str, Any]:
@@ -101,6 +115,7 @@ def _meta(model: ModelFacts, model_name_or_dir: str, staged: Path, opset: int, c
     return {
         "source": source_id(model_name_or_dir),
         "source_fingerprint": source_fingerprint(model_name_or_dir),
+        ENCODER_DIGEST_KEY: model.encoder_digest,
         "command": command,
         "opset": opset,
         "exporter": "torch.onnx.export(dynamo=False)",
@@ -112,6 +127,7 @@ def _meta(model: ModelFacts, model_name_or_dir: str, staged: Path, opset: int, c
         | {"lm_head_is_shared_embedding": model.lm_head_is_shared_embedding},
         "validation": {"batch": len(check.enc_lengths), "encoder_lengths": list(check.enc_lengths),
                        "first_decoder_length": check.first_decoder_length, "past_steps": check.past_steps,
+                       "new_tokens": check.new_tokens,
                        "atol_logits": check.atol, "rtol": check.rtol, "max_abs_diff": diffs},
         "int8": int8_meta,
         "tokenizer_files": tokenizer_files,
@@ -152,6 +168,7 @@ class ModelFacts:
 
     config: Any
     lm_head_is_shared_embedding: bool
+    encoder_digest: str
 
 
 def default_keep_fp32(config: Any) -> tuple[str, ...]:
@@ -196,7 +213,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
         diffs = validate(model, staged, specs, check)
         model.config.save_pretrained(staged)
         model.generation_config.save_pretrained(staged)
-        facts = ModelFacts(model.config, model.lm_head.weight is model.shared.weight)
+        facts = ModelFacts(model.config, model.lm_head.weight is model.shared.weight, encoder_digest(model))
         del model  # the weights are in the graphs now: quantizing and the int8 check need only those
         gc.collect()
         tokenizer_files = _copy_tokenizer(tokenizer or model_name_or_dir, staged, facts.config.vocab_size,

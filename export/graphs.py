@@ -3,11 +3,16 @@
     encoder_model.onnx             input_ids, attention_mask -> last_hidden_state
     decoder_model.onnx             first step: input_ids, encoder_attention_mask, encoder_hidden_states
                                    -> logits, present.{i}.decoder.key|value, present.{i}.encoder.key|value
-    decoder_with_past_model.onnx   one token: input_ids (B * beams, 1), encoder_attention_mask (B, L),
+    decoder_with_past_model.onnx   new tokens on the cache: input_ids (B * beams, n), encoder_attention_mask (B, L),
                                    past_key_values.{i}.decoder.key|value (B * beams, ...),
                                    past_key_values.{i}.encoder.key|value (B, ...: one row per input, shared by its
                                    beams; rows repeated per beam work too)
-                                   -> logits, present.{i}.decoder.key|value (cross-attention K/V: the first step's)
+                                   -> logits (B * beams, n, vocab), present.{i}.decoder.key|value (past + n
+                                   positions; cross-attention K/V: the first step's)
+
+The with-past graph takes any number n of new tokens, causal among themselves and over the past: n = 1 is a step of
+greedy or beam search, n > 1 the verification of a draft (`export/runtime/assisted.py`). Exports made before it took
+one token (input_ids (B * beams, 1)); `OnnxT5.multi_token_steps` tells them apart.
 
 Names are optimum's. The modules call `T5ForConditionalGeneration.forward` (output scaling before `lm_head` is the
 model's own, `scale_decoder_outputs`); they do not re-implement it.
@@ -47,13 +52,15 @@ def graph_specs(num_decoder_layers: int) -> dict[str, GraphSpec]:
         DECODER: GraphSpec(inputs={"input_ids": {0: batch, 1: dec}, "encoder_attention_mask": {0: batch, 1: enc},
                                    "encoder_hidden_states": {0: batch, 1: enc}},
                            outputs={"logits": {0: batch, 1: dec}, **kv("present", ("decoder", "encoder"), dec)}),
-        # one new token per call: the trace bakes "no causal mask" for a length-1 query, so the length is not dynamic.
-        # The encoder side (mask, cross-attention K/V) has one row per input, the decoder side one per sequence:
-        # beam search's beams of an input share its rows (`SharedCrossAttention`); without beams both batches agree.
-        DECODER_WITH_PAST: GraphSpec(inputs={"input_ids": {0: batch},
+        # any number of new tokens: traced with several (`export_graphs`), as a length-1 query would bake in "no
+        # causal mask". The encoder side (mask, cross-attention K/V) has one row per input, the decoder side one per
+        # sequence: beam search's beams of an input share its rows (`SharedCrossAttention`); without beams both
+        # batches agree.
+        DECODER_WITH_PAST: GraphSpec(inputs={"input_ids": {0: batch, 1: dec},
                                              "encoder_attention_mask": {0: INPUT_BATCH, 1: enc},
                                              **kv("past_key_values", ("decoder", "encoder"), past, INPUT_BATCH)},
-                                     outputs={"logits": {0: batch}, **kv("present", ("decoder",), f"{past} + 1")}),
+                                     outputs={"logits": {0: batch, 1: dec},
+                                              **kv("present", ("decoder",), f"{past} + {dec}")}),
     }
 
 
@@ -95,7 +102,7 @@ class DecoderGraph(nn.Module):
 
 
 class DecoderWithPastGraph(nn.Module):
-    """One decoder step on top of the cache: logits and the self-attention K/V grown by one position."""
+    """New decoder tokens on top of the cache: their logits and the self-attention K/V grown by as many positions."""
 
     def __init__(self, model: Any):
         super().__init__()

@@ -15,7 +15,10 @@ META_FILE = "export_meta.json"  # written last: a folder without it is not an ex
 FILES_KEY = "files"  # {file name: {"bytes": int, "sha256": str}} of every other file the export wrote
 MODEL_KEY = "model"  # the model's shape: num_layers, num_decoder_layers, num_heads, d_kv, d_model, vocab_size, ...
 EXPORT_ID_KEY = "export_id"  # a random id shared by export_meta.json and every graph of one export
-GRAPH_EXPORT_ID = "t5fast.export_id"  # where each graph carries it: its ONNX metadata_props (read at no cost)
+GRAPH_EXPORT_ID = "t5fast.export_id"
+# sha256 of the encoder's weights and settings: two exports with the same one compute the same encoder states, so an
+# assistant (`OnnxT5.generate(assistant=...)`) reuses its model's instead of running its own encoder
+ENCODER_DIGEST_KEY = "encoder_sha256"  # where each graph carries it: its ONNX metadata_props (read at no cost)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "spiece.model", "sentencepiece.bpe.model")
 

@@ -61,20 +61,22 @@ def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET,
     """Write the three fp32 graphs of `model` into `folder` (no validation; `export` validates); a graph whose
     weights pass `external_threshold` bytes keeps them in a data file of its own (`export.external`)."""
     specs = graph_specs(model.config.num_decoder_layers)
-    # The first-step example must have more than one decoder token, or the trace bakes in "no causal mask".
-    ex = {k: torch.from_numpy(v) for k, v in example_batch(model.config, (6, 4), dec_length=3, seed=0).items()}
+    # Both decoder examples must have more than one decoder token, or the trace bakes in "no causal mask": 3 for the
+    # first step, then 3 new ones on its cache for the with-past graph (verifying a draft feeds several).
+    ex = {k: torch.from_numpy(v) for k, v in example_batch(model.config, (6, 4), dec_length=6, seed=0).items()}
+    first_ids, new_ids = ex["decoder_input_ids"][:, :3], ex["decoder_input_ids"][:, 3:]
     with torch.no_grad():
         hidden = model.get_encoder()(input_ids=ex["input_ids"], attention_mask=ex["attention_mask"]).last_hidden_state
-        first = DecoderGraph(model).eval()(ex["decoder_input_ids"], ex["attention_mask"], hidden)
+        first = DecoderGraph(model).eval()(first_ids, ex["attention_mask"], hidden)
     past = list(first[1:])  # per layer: self keys, self values, cross keys, cross values (the graphs' order)
     _torch_export(EncoderGraph(model), (ex["input_ids"], ex["attention_mask"]), specs[ENCODER], folder / ENCODER, opset,
                   external_threshold)
-    _torch_export(DecoderGraph(model), (ex["decoder_input_ids"], ex["attention_mask"], hidden), specs[DECODER],
+    _torch_export(DecoderGraph(model), (first_ids, ex["attention_mask"], hidden), specs[DECODER],
                   folder / DECODER, opset, external_threshold)
     # traced with two beams per input, so that nothing in the graph assumes as many sequences as inputs
     beams = [t if k % 4 >= 2 else t.repeat_interleave(2, dim=0) for k, t in enumerate(past)]  # self K/V per beam
     with shared_cross_attention(model):
-        _torch_export(DecoderWithPastGraph(model), (ex["decoder_input_ids"][:, -1:].repeat_interleave(2, dim=0),
+        _torch_export(DecoderWithPastGraph(model), (new_ids.repeat_interleave(2, dim=0),
                                                     ex["attention_mask"], *beams),
                       specs[DECODER_WITH_PAST], folder / DECODER_WITH_PAST, opset, external_threshold)
     return specs

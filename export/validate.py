@@ -33,8 +33,9 @@ class Validation:
 
     enc_lengths: tuple[int, ...] = (11, 7, 3)  # batch of 3, two rows padded
     first_decoder_length: int = 4  # start token + 3: the first-step graph must apply its causal mask
-    past_steps: int = 3  # decoder_with_past runs at past lengths 4, 5, 6
-    beams: int = 3  # then once with this many sequences per input (beam search's layout)
+    past_steps: int = 3  # decoder_with_past runs one token at past lengths 4, 5, 6
+    new_tokens: int = 3  # then this many at once (a draft's verification), at past length 7
+    beams: int = 3  # then with this many sequences per input (beam search's layout), 1 and new_tokens tokens
     atol: float = ATOL  # tolerance of each output: atol + rtol * max |PyTorch output| (see ATOL, RTOL)
     rtol: float = RTOL
     seed: int = 1234
@@ -90,7 +91,8 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
     Raises ExportError naming the graph, the output and the difference when one exceeds the tolerance.
     """
     n_layers = model.config.num_decoder_layers
-    np_ = example_batch(model.config, check.enc_lengths, check.first_decoder_length + check.past_steps, check.seed)
+    np_ = example_batch(model.config, check.enc_lengths, check.first_decoder_length + check.past_steps
+                       + check.new_tokens, check.seed)
     ids, mask, dec = (torch.from_numpy(np_[k]) for k in ("input_ids", "attention_mask", "decoder_input_ids"))
     diffs: dict[str, dict[str, float]] = {}
     with torch.no_grad():
@@ -112,49 +114,51 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
         _compare(DECODER, list(specs[DECODER].outputs), got, want, check, diffs,
                 f"at the first step with {check.first_decoder_length} decoder tokens")
 
+        # one token per call (greedy and beam steps), then several at once (a draft's verification: causal among
+        # the new tokens and over the past)
+        position = check.first_decoder_length
         with_past = _session(folder, DECODER_WITH_PAST, specs)
-        for step in range(check.past_steps):
-            feed = {"input_ids": dec[:, check.first_decoder_length + step:][:, :1].numpy(),
-                    "encoder_attention_mask": np_["attention_mask"]}
-            for i in range(n_layers):
-                own, cross = cache.self_attention_cache.layers[i], cache.cross_attention_cache.layers[i]
-                feed.update({f"past_key_values.{i}.decoder.key": own.keys.numpy().copy(),
-                             f"past_key_values.{i}.decoder.value": own.values.numpy().copy(),
-                             f"past_key_values.{i}.encoder.key": cross.keys.numpy().copy(),
-                             f"past_key_values.{i}.encoder.value": cross.values.numpy().copy()})
-            past_len = cache.get_seq_length()
-            token = torch.from_numpy(feed["input_ids"])
-            out = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=token, cache=cache,
-                        use_cache=True)
-            cache = out.cache
-            want = [out.logits]
-            for i in range(n_layers):
-                own = cache.self_attention_cache.layers[i]
-                want += [own.keys, own.values]
-            got = with_past.run(None, feed)
-            _compare(DECODER_WITH_PAST, list(specs[DECODER_WITH_PAST].outputs), got, want, check, diffs,
-                    f"at past length {past_len}")
+        for count in [1] * check.past_steps + [check.new_tokens]:
+            tokens = dec[:, position:position + count]
+            position += count
+            cache = _check_with_past(model, with_past, specs, check, diffs, hidden, mask, tokens,
+                                     cache, beams=1)
 
         # beam search's layout: sequences are the beams of each input, the encoder side stays one row per input;
         # PyTorch gets the encoder side repeated per beam, as transformers' beam search does
-        rows = len(check.enc_lengths) * check.beams
-        token = torch.from_numpy(np.random.default_rng(check.seed + 1).integers(2, model.config.vocab_size, (rows, 1)))
-        layers = cache.self_attention_cache.layers, cache.cross_attention_cache.layers
-        feed = {"input_ids": token.numpy(), "encoder_attention_mask": np_["attention_mask"]}
-        for i in range(n_layers):
-            for kind, layer, repeat in (("decoder", layers[0][i], check.beams), ("encoder", layers[1][i], 1)):
-                feed[f"past_key_values.{i}.{kind}.key"] = layer.keys.repeat_interleave(repeat, dim=0).numpy()
-                feed[f"past_key_values.{i}.{kind}.value"] = layer.values.repeat_interleave(repeat, dim=0).numpy()
-        beam_cache = build_cache(*([(layer.keys.repeat_interleave(check.beams, dim=0),
-                                     layer.values.repeat_interleave(check.beams, dim=0)) for layer in kind]
-                                   for kind in layers))
-        out = model(encoder_outputs=(hidden.repeat_interleave(check.beams, dim=0),),
-                    attention_mask=mask.repeat_interleave(check.beams, dim=0), decoder_input_ids=token,
-                    cache=beam_cache, use_cache=True)
-        want = [out.logits]
-        for own in out.cache.self_attention_cache.layers:
-            want += [own.keys, own.values]
-        got = with_past.run(None, feed)
-        _compare(DECODER_WITH_PAST, list(specs[DECODER_WITH_PAST].outputs), got, want, check, diffs,
-                f"with {check.beams} beams per input sharing its cross-attention K/V")
+        rng = np.random.default_rng(check.seed + 1)
+        for count in (1, check.new_tokens):
+            tokens = torch.from_numpy(rng.integers(2, model.config.vocab_size, (len(check.enc_lengths) * check.beams,
+                                                                                  count)))
+            _check_with_past(model, with_past, specs, check, diffs, hidden, mask, tokens, cache,
+                             beams=check.beams)
     return diffs
+
+
+def _check_with_past(model: Any, session: ort.InferenceSession, specs: dict[str, GraphSpec], check: Validation,
+                     diffs: dict[str, dict[str, float]], hidden: torch.Tensor, mask: torch.Tensor,
+                     tokens: torch.Tensor, cache: Any, beams: int) -> Any:
+    """decoder_with_past on `tokens` (rows * beams, n) over PyTorch's `cache` (one row per input) against the model;
+    returns PyTorch's grown cache. With `beams` > 1 the graph gets the encoder side once per input, PyTorch gets
+    everything repeated per beam."""
+    n_layers = model.config.num_decoder_layers
+    layers = cache.self_attention_cache.layers, cache.cross_attention_cache.layers
+    feed = {"input_ids": tokens.numpy(), "encoder_attention_mask": mask.numpy()}
+    for i in range(n_layers):
+        for kind, layer, repeat in (("decoder", layers[0][i], beams), ("encoder", layers[1][i], 1)):
+            feed[f"past_key_values.{i}.{kind}.key"] = layer.keys.repeat_interleave(repeat, dim=0).numpy().copy()
+            feed[f"past_key_values.{i}.{kind}.value"] = layer.values.repeat_interleave(repeat, dim=0).numpy().copy()
+    past_len = cache.get_seq_length()
+    if beams > 1:
+        cache = build_cache(*([(layer.keys.repeat_interleave(beams, dim=0),
+                                layer.values.repeat_interleave(beams, dim=0)) for layer in kind] for kind in layers))
+        hidden, mask = hidden.repeat_interleave(beams, dim=0), mask.repeat_interleave(beams, dim=0)
+    out = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=tokens, cache=cache, use_cache=True)
+    want = [out.logits]
+    for own in out.cache.self_attention_cache.layers:
+        want += [own.keys, own.values]
+    got = session.run(None, feed)
+    where = f"with {tokens.shape[1]} new token(s) at past length {past_len}"
+    _compare(DECODER_WITH_PAST, list(specs[DECODER_WITH_PAST].outputs), got, want, check, diffs,
+             where + (f", {beams} beams per input sharing its cross-attention K/V" if beams > 1 else ""))
+    return out.cache

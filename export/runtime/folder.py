@@ -22,6 +22,7 @@ from export.layout import (
     DECODER,
     DECODER_WITH_PAST,
     ENCODER,
+    ENCODER_DIGEST_KEY,
     EXPORT_ID_KEY,
     FILES_KEY,
     GRAPH_EXPORT_ID,
@@ -58,6 +59,7 @@ class ExportMeta:
     model: dict[str, int]
     export_id: str
     source: Any
+    encoder_digest: str | None = None  # exports before it recorded none
 
     def fix(self) -> str:
         return reexport_hint(self.path.parent, self.source)
@@ -85,8 +87,9 @@ def read_meta(folder: Path) -> ExportMeta:
     if problems:
         raise ValueError(f"OnnxT5: {path} lacks {' and '.join(problems)}: it was written by an older or "
                          f"interrupted export, or edited; {fix}.")
+    digest = data.get(ENCODER_DIGEST_KEY)
     return ExportMeta(path, cast(dict, files), {k: cast(dict, model)[k] for k in SHAPE_KEYS}, cast(str, export_id),
-                      data.get("source"))
+                      data.get("source"), digest if isinstance(digest, str) else None)
 
 
 def check_sizes(folder: Path, meta: ExportMeta, names: list[str]) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.layout import DECODER_WITH_PAST, GRAPHS, graph_files, quantized_name
+from export.runtime.assisted import DRAFT_OPTIONS, DRAFT_START, AssistedStats, Draft, assisted_search
 from export.runtime.beam import beam_search
 from export.runtime.folder import (
     ExportMeta,
@@ -77,6 +78,7 @@ class OnnxT5:
         self._first_cross = [outs.index(f"present.{i}.encoder.{kv}") for i in range(self.num_layers)
                              for kv in ("key", "value")]
         self._tokenizer: Any = None
+        self.assisted_stats: AssistedStats | None = None  # the last assisted `generate` call's counts and times
         self._once = shrink_after_run()  # for the encoder and the first step, which run once per call
 
     @classmethod
@@ -208,17 +210,29 @@ class OnnxT5:
                                   self._once if i == starts[-1] else None)[0] for i in starts]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def first_step(self, tokens: np.ndarray, mask: np.ndarray,
-                   hidden: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
-        """The first decoder step on `tokens` (N, length): the last position's logits (N, vocabulary), then the
-        self-attention and the cross-attention K/V of each layer (key, value, ...)."""
+    def first_steps(self, tokens: np.ndarray, mask: np.ndarray,
+                    hidden: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """The first decoder call on `tokens` (N, length): the logits of every position (N, length, vocabulary),
+        then the self-attention and the cross-attention K/V of each layer (key, value, ...)."""
         out = self.decoder.run(None, {"input_ids": tokens, "encoder_attention_mask": mask,
                                       "encoder_hidden_states": hidden}, self._once)
-        return out[0][:, -1, :], [out[i] for i in self._first_self], [out[i] for i in self._first_cross]
+        return out[0], [out[i] for i in self._first_self], [out[i] for i in self._first_cross]
 
-    def step(self, tokens: np.ndarray, mask: np.ndarray, own: list[np.ndarray],
-             cross: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One token per sequence (N, 1) on top of the cache: its logits and the self-attention K/V, one longer.
+    def first_step(self, tokens: np.ndarray, mask: np.ndarray,
+                   hidden: np.ndarray) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """`first_steps` with the last position's logits only (N, vocabulary)."""
+        logits, own, cross = self.first_steps(tokens, mask, hidden)
+        return logits[:, -1, :], own, cross
+
+    @property
+    def multi_token_steps(self) -> bool:
+        """Whether the decoder with past takes several new tokens per call (exports before it took exactly one)."""
+        return self.decoder_with_past.get_inputs()[0].shape[1] != 1
+
+    def steps(self, tokens: np.ndarray, mask: np.ndarray, own: list[np.ndarray],
+              cross: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """New tokens per sequence (N, n) on top of the cache: the logits of each (N, n, vocabulary) and the
+        self-attention K/V, n longer. n > 1 needs `multi_token_steps`.
 
         `own` has a row per sequence; `mask` and `cross` have one per input, shared by its sequences (beams).
         """
@@ -226,11 +240,24 @@ class OnnxT5:
         feed.update(zip(self._self_names, own, strict=True))
         feed.update(zip(self._cross_names, cross, strict=True))
         out = self.decoder_with_past.run(None, feed)
-        return out[0][:, -1, :], out[1:]
+        return out[0], out[1:]
+
+    def step(self, tokens: np.ndarray, mask: np.ndarray, own: list[np.ndarray],
+             cross: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One token per sequence (N, 1) on top of the cache: its logits (N, vocabulary) and the self-attention K/V,
+        one longer (`steps` with one token)."""
+        logits, own = self.steps(tokens, mask, own, cross)
+        return logits[:, -1, :], own
 
     # ---- generate ----------------------------------------------------------------------------------------------------
-    def generate(self, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> np.ndarray:
+    def generate(self, input_ids: Any, attention_mask: Any = None, assistant: Any = None, **kwargs: Any) -> np.ndarray:
         """Token ids (N, length) int64, laid out as transformers' `generate` returns them for T5.
+
+        `assistant`: another OnnxT5 (a student of this model) that drafts tokens this model verifies several at a
+        time (`export/runtime/assisted.py`): greedy returns this model's own tokens, sampling draws from this model's
+        distribution. `num_assistant_tokens` is the first draft length, `num_assistant_tokens_schedule` "heuristic"
+        (+2 after a fully accepted draft, -1 otherwise) or "constant", as transformers' names. `assisted_stats`
+        then holds the call's counts (drafted, accepted, calls) and where its time went.
 
         N = batch * num_return_sequences; each row starts with the decoder start token. Greedy rows that end early
         are padded with pad_token_id after their EOS; beam search fills as transformers 5.x does (with pad_token_id
@@ -238,8 +265,16 @@ class OnnxT5:
         transformers 5.x for encoder-decoders: pass the tokenizer's mask with padded batches.
         kwargs: see `Settings`; any other raises TypeError.
         """
+        drafting = {key: kwargs.pop(key) for key in DRAFT_OPTIONS if key in kwargs}
+        if drafting and assistant is None:
+            raise TypeError(f"OnnxT5.generate: {', '.join(drafting)} without assistant=: pass the draft model.")
         s = resolve(self.settings, kwargs, self.vocab_size)
         ids, mask = checked_inputs(input_ids, attention_mask, self.vocab_size)
+        if assistant is not None:
+            draft = Draft.checked(self, assistant, s, drafting.get("num_assistant_tokens", DRAFT_START),
+                                  drafting.get("num_assistant_tokens_schedule", "heuristic"))
+            self.assisted_stats = AssistedStats()
+            return assisted_search(self, draft, ids, mask, s, self.assisted_stats)
         hidden = self.encode(ids, mask)
         if s.num_beams > 1:
             return beam_search(self, hidden, mask, s)
