@@ -42,7 +42,6 @@ from distill.errors import ModelError
 from distill.files import check_output, file_manifest, replace_dir, staged_dir
 from distill.models import load_config, load_t5, load_tokenizer
 from export.errors import ExportError
-from export.external import EXTERNAL_DATA_BYTES
 from export.layout import (
     ENCODER,
     ENCODER_DIGEST_KEY,
@@ -181,14 +180,12 @@ def default_keep_fp32(config: Any) -> tuple[str, ...]:
 
 def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, int8: bool = False,
            int8_keep_fp32: tuple[str, ...] | None = None, check: Validation | None = None, command: str | None = None,
-           tokenizer: str | None = None, require_tokenizer: bool = True,
-           external_threshold: int = EXTERNAL_DATA_BYTES, check_resources: bool = True) -> Path:
+           tokenizer: str | None = None, require_tokenizer: bool = True, check_resources: bool = True) -> Path:
     """Export, validate and (optionally) quantize `model_name_or_dir` into `out`; returns `out`.
 
     The tokenizer comes from `tokenizer` (a folder or hub id) or else from the model's own folder; a model without one
     is refused unless `require_tokenizer` is False (the graphs alone, for benchmarks on random weights).
     `int8_keep_fp32`: module names whose MatMuls stay fp32 with `int8` (None: `default_keep_fp32`, () for none).
-    A graph whose weights pass `external_threshold` bytes keeps them in a data file of its own (`export.external`).
     `check_resources`: refuse up front when the memory or the disk the sizes predict is not there (`export.resources`).
 
     `command` is recorded in export_meta.json (the CLI passes its own command line). An existing `out` is replaced
@@ -207,7 +204,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
     model = load_t5(model_name_or_dir).float().eval()
     export_id = uuid.uuid4().hex
     with staged_dir(out) as staged:
-        specs = export_graphs(model, staged, opset, external_threshold)
+        specs = export_graphs(model, staged, opset)
         for graph in GRAPHS:  # before the validation, so that the bytes checked are the bytes kept
             stamp_export_id(staged / graph, export_id)
         diffs = validate(model, staged, specs, check)
@@ -220,7 +217,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
                                           require_tokenizer)
         int8_meta = None
         if int8:
-            excluded = quantize(staged, keep, external_threshold)
+            excluded = quantize(staged, keep)
             for graph in GRAPHS:  # quantize_dynamic keeps metadata_props; this makes sure of it
                 stamp_export_id(staged / quantized_name(graph), export_id)
             int8_meta = {"op_types_to_quantize": list(INT8_OPS), "weight_type": "QInt8",

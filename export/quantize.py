@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from export.errors import ExportError
-from export.external import EXTERNAL_DATA_BYTES, place_graph
-from export.layout import GRAPHS, data_name, quantized_name
+from export.external import move_graph
+from export.layout import GRAPHS, quantized_name
 from export.runtime import OnnxT5
 from export.trace import example_batch
 from export.validate import Validation
@@ -28,8 +28,7 @@ def _excluded_nodes(path: Path, keep_fp32: tuple[str, ...]) -> list[str]:
             or (node.op_type == "Gather" and "relative_attention_bias" in node.name.split("/"))]
 
 
-def quantize(folder: Path, keep_fp32: tuple[str, ...] = (),
-             external_threshold: int = EXTERNAL_DATA_BYTES) -> dict[str, list[str]]:
+def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """Write `*_quantized.onnx` beside each graph: dynamic int8 MatMuls and token-embedding Gathers; the excluded
     node names per graph.
 
@@ -37,22 +36,21 @@ def quantize(folder: Path, keep_fp32: tuple[str, ...] = (),
     TorchScript decoders give `lm_head` its own initializer; on the dynamo export the tied table is shared, and
     quantizing its Gather made `lm_head` dequantize the whole matrix every step. The 32 x heads
     relative-attention-bias Gathers stay fp32. `keep_fp32` names modules whose MatMuls stay fp32 (e.g. lm_head, wo).
-    An int8 graph whose weights pass `external_threshold` bytes gets a data file of its own, as the fp32 ones do.
+    Each int8 graph gets a data file of its own, as the fp32 ones have.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     excluded = {}
     for graph in GRAPHS:
         excluded[graph] = _excluded_nodes(folder / graph, keep_fp32)
-        # written alone in a folder of its own: the quantizer names a data file after its output (`.onnx.data`),
-        # which `place_graph` turns into the folder's naming, or folds back into the graph when it is small
+        # written alone in a folder of its own: the quantizer names its data file after its output
+        # (`.onnx.data`), which `move_graph` renames to the folder's naming
         work = folder / f".quantize-{graph}"
         work.mkdir()
-        fp32_external = (folder / data_name(graph)).is_file()
         quantize_dynamic(folder / graph, work / quantized_name(graph), op_types_to_quantize=list(INT8_OPS),
                          weight_type=QuantType.QInt8, nodes_to_exclude=excluded[graph] or None,
-                         use_external_data_format=fp32_external)
-        place_graph(work / quantized_name(graph), folder / quantized_name(graph), external_threshold)
+                         use_external_data_format=True)
+        move_graph(work / quantized_name(graph), folder / quantized_name(graph))
     for name in keep_fp32:
         if not any(name in node.split("/") for nodes in excluded.values() for node in nodes):
             raise ExportError(f"--int8-keep-fp32 names {name!r}, but no MatMul node belongs to a module of that name "

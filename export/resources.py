@@ -2,10 +2,9 @@
 
 A t5-3b export needs tens of GB of memory and disk: finding out after twenty minutes of tracing, from the kernel's
 OOM killer or a full disk, is what this avoids. The prediction follows what `export` holds at its peak (see
-docs/architecture.md, "Export memory"): the torch weights plus, while one graph is traced, that graph's weights
-about `TRACE_COPIES` times more (torch's folded constants, the serialised protobuf and its Python copy) when the
-graph is written in one file, once when it goes to an external data file; later the largest graph fp32 and int8
-while it is quantized, the torch weights freed by then.
+docs/architecture.md, "Export memory"): while the graphs are traced and validated, the torch weights plus one
+onnxruntime session (the largest graph's weights); later, the torch weights freed, the quantizer's copies of the
+largest graph (`QUANTIZE_COPIES` of it, fp32, then the int8 result).
 """
 
 from __future__ import annotations
@@ -18,9 +17,8 @@ from typing import Any
 
 from distill.sizes import weight_counts
 from export.errors import ExportError
-from export.external import EXTERNAL_DATA_BYTES
 
-TRACE_COPIES = 3  # a one-file graph's weights held again while torch traces and serialises it (measured: mt5-small)
+QUANTIZE_COPIES = 2  # onnxruntime's quantize_dynamic holds the fp32 graph twice (its shape-inferred copy)
 BASELINE_BYTES = 1 << 30  # python, torch, onnxruntime and the activations of the validation batch
 GB = 1e9
 
@@ -50,13 +48,12 @@ def predict(fields: dict[str, Any], int8: bool, keep_fp32: tuple[str, ...]) -> N
     weights = 4 * weight_counts(fields).total
     graphs = graph_bytes(fields)
     largest = max(graphs.values())
-    tracing = max(size * (1 if size >= EXTERNAL_DATA_BYTES else TRACE_COPIES) for size in graphs.values())
-    memory = weights + tracing
+    memory = weights + largest
     disk = sum(graphs.values()) + largest
     if int8:
         kept = _kept_fraction(fields, keep_fp32)
         int8_bytes = {name: int(size * (kept + (1 - kept) / 4)) for name, size in graphs.items()}
-        memory = max(memory, largest + max(int8_bytes.values()))
+        memory = max(memory, QUANTIZE_COPIES * largest + max(int8_bytes.values()))
         disk += sum(int8_bytes.values())
     return Needs(memory + BASELINE_BYTES, disk, weights)
 

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from export.cross_attention import shared_cross_attention
-from export.external import EXTERNAL_DATA_BYTES, place_graph
 from export.graphs import DecoderGraph, DecoderWithPastGraph, EncoderGraph, GraphSpec, graph_specs
 from export.layout import DECODER, DECODER_WITH_PAST, ENCODER
 from export.surgery import drop_single_input_concats
+from export.weights import attach_weights
 
 DEFAULT_OPSET = 17  # T5's causal mask needs aten::triu (opset >= 14); 17 adds LayerNormalization, runs on ORT >= 1.11
 MIN_OPSET = 14
@@ -34,13 +34,8 @@ def example_batch(config: Any, enc_lengths: tuple[int, ...], dec_length: int, se
     return {"input_ids": input_ids.astype(np.int64), "attention_mask": mask, "decoder_input_ids": decoder_ids}
 
 
-def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path, opset: int,
-                  external_threshold: int) -> None:
-    """Trace `module` into the graph at `path` (`export.external` decides whether its weights go to a file of their
-    own). torch writes into a folder of the graph's own, where its per-tensor files past 2 GB cannot collide with
-    another graph's."""
-    traced = path.parent / f".trace-{path.name}" / path.name
-    traced.parent.mkdir()
+def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path, opset: int) -> None:
+    """Trace `module` into the graph at `path`, its weights then written into `path`'s data file (`export.weights`)."""
     with warnings.catch_warnings():  # scoped to the export; the validation that follows is what judges the graphs
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # one per Python-side shape use in transformers
         # The TorchScript exporter on purpose (the dynamo exporter is the default): its decoders give lm_head an
@@ -49,17 +44,18 @@ def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], spec: Graph
         warnings.filterwarnings("ignore", "The feature will be removed", DeprecationWarning)  # inside that exporter
         # the mask code indexes with aranges (never negative), the case this warning is about
         warnings.filterwarnings("ignore", "Exporting aten::index operator of advanced indexing", UserWarning)
-        torch.onnx.export(module.eval(), args, str(traced), dynamo=False, opset_version=opset,
+        # without its weights (they become inputs named after the parameters), so without torch's constant folding
+        # too, which would fold them into copies it then leaves out; `attach_weights` does the one fold that matters
+        torch.onnx.export(module.eval(), args, str(path), dynamo=False, opset_version=opset,
                           input_names=list(spec.inputs), output_names=list(spec.outputs),
-                          dynamic_axes={**spec.inputs, **spec.outputs}, do_constant_folding=True)
-    drop_single_input_concats(traced)
-    place_graph(traced, path, external_threshold)
+                          dynamic_axes={**spec.inputs, **spec.outputs}, export_params=False, do_constant_folding=False)
+    attach_weights(path, module)
+    drop_single_input_concats(path)
 
 
-def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET,
-                  external_threshold: int = EXTERNAL_DATA_BYTES) -> dict[str, GraphSpec]:
-    """Write the three fp32 graphs of `model` into `folder` (no validation; `export` validates); a graph whose
-    weights pass `external_threshold` bytes keeps them in a data file of its own (`export.external`)."""
+def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> dict[str, GraphSpec]:
+    """Write the three fp32 graphs of `model` into `folder`, each with its data file (no validation; `export`
+    validates)."""
     specs = graph_specs(model.config.num_decoder_layers)
     # Both decoder examples must have more than one decoder token, or the trace bakes in "no causal mask": 3 for the
     # first step, then 3 new ones on its cache for the with-past graph (verifying a draft feeds several).
@@ -69,14 +65,13 @@ def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET,
         hidden = model.get_encoder()(input_ids=ex["input_ids"], attention_mask=ex["attention_mask"]).last_hidden_state
         first = DecoderGraph(model).eval()(first_ids, ex["attention_mask"], hidden)
     past = list(first[1:])  # per layer: self keys, self values, cross keys, cross values (the graphs' order)
-    _torch_export(EncoderGraph(model), (ex["input_ids"], ex["attention_mask"]), specs[ENCODER], folder / ENCODER, opset,
-                  external_threshold)
+    _torch_export(EncoderGraph(model), (ex["input_ids"], ex["attention_mask"]), specs[ENCODER], folder / ENCODER, opset)
     _torch_export(DecoderGraph(model), (first_ids, ex["attention_mask"], hidden), specs[DECODER],
-                  folder / DECODER, opset, external_threshold)
+                  folder / DECODER, opset)
     # traced with two beams per input, so that nothing in the graph assumes as many sequences as inputs
     beams = [t if k % 4 >= 2 else t.repeat_interleave(2, dim=0) for k, t in enumerate(past)]  # self K/V per beam
     with shared_cross_attention(model):
         _torch_export(DecoderWithPastGraph(model), (new_ids.repeat_interleave(2, dim=0),
                                                     ex["attention_mask"], *beams),
-                      specs[DECODER_WITH_PAST], folder / DECODER_WITH_PAST, opset, external_threshold)
+                      specs[DECODER_WITH_PAST], folder / DECODER_WITH_PAST, opset)
     return specs

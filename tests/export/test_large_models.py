@@ -1,5 +1,5 @@
-"""What real-size models need, tested on tiny ones: external data forced by a low threshold, int8 defaults that fit
-gated-GELU models, and the up-front memory and disk estimate."""
+"""What real-size models need, tested on tiny ones: every graph's weights in a data file of its own, int8 defaults
+that fit gated-GELU models, and the up-front memory and disk estimate."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from tests.export.conftest import CONFIGS, make_t5, padded_batch
 
 @pytest.fixture(scope="module")
 def external_export(tmp_path_factory):
-    """The gated, untied model exported with every graph's weights in a data file of its own (threshold 1 byte)."""
+    """The gated, untied model exported with --int8."""
     root = tmp_path_factory.mktemp("external")
     model = make_t5(root / "model", CONFIGS["t5v1.1-gated-untied"])
-    out = export(str(root / "model"), root / "onnx", int8=True, require_tokenizer=False, external_threshold=1)
+    out = export(str(root / "model"), root / "onnx", int8=True, require_tokenizer=False)
     return model, out
 
 
@@ -36,6 +36,8 @@ def test_each_graph_has_one_data_file_of_its_own(external_export):
         locations = {entry.value for t in proto.graph.initializer for entry in t.external_data
                      if entry.key == "location"}
         assert locations == {data_name(graph)}  # one file, the graph's own: never shared, never one per tensor
+        assert not [t.name for t in proto.graph.initializer if len(t.raw_data) > 1024]  # the graph holds no weights
+        assert (out / data_name(graph)).stat().st_mode & 0o777 == (out / graph).stat().st_mode & 0o777
     assert not [n for n in names if n.startswith(".")]  # no trace or quantizer work folders left behind
     listed = json.loads((out / "export_meta.json").read_text())["files"]
     assert all(data_name(g) in listed for g in GRAPHS)

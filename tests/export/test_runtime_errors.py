@@ -27,7 +27,7 @@ def restamp(folder: Path, export_id: str) -> None:
 
     meta = read_meta(folder)
     for graph in sorted(folder.glob("*.onnx")):
-        model = onnx.load(str(graph))
+        model = onnx.load(str(graph), load_external_data=False)  # the weights stay in their file
         onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
                                             GRAPH_EXPORT_ID: export_id})
         onnx.save(model, str(graph))

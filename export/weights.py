@@ -1,0 +1,114 @@
+"""The weights of a traced graph, written into its external data file one tensor at a time.
+
+torch's TorchScript exporter builds the whole ONNX protobuf in memory, weights included, and serialises it again
+into bytes: a graph costs about three times its weights while it is written (constant-folded copies, the protobuf,
+its bytes), on top of the model itself. So the graphs are traced without their weights (`export_params=False`: each
+parameter becomes a graph input named after it, e.g. `model.decoder.block.0.layer.0.SelfAttention.q.weight`) and
+`attach_weights` turns those inputs into initializers whose bytes it appends to `decoder_model.onnx_data` straight from
+the torch tensors. The one fold torch would have done on them, `Transpose` of a 2-D weight before each MatMul
+(nn.Linear's x @ W.T), is done here, tensor by tensor; onnxruntime folds what remains (shapes, the position-bias
+arithmetic) when it loads the graph, as it would have before.
+
+Every graph keeps its weights in a data file of its own, optimum's naming (`decoder_model.onnx` +
+`decoder_model.onnx_data`), whatever its size: protobuf's 2 GB limit never applies, no file is shared between graphs,
+and onnxruntime maps the file instead of copying it, so the embedding rows a step never looks up are never read
+(docs/architecture.md, "Export memory").
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from export.layout import data_name
+
+ALIGN = 4096  # each tensor starts on a page, so that onnxruntime can map it in place (onnx's own alignment)
+CHUNK_BYTES = 64 << 20  # a transposed weight is written this much at a time: never a whole copy of lm_head in memory
+
+
+def _tensor_proto(name: str, shape: tuple[int, ...], dtype: torch.dtype, nbytes: int, location: str,
+                  offset: int) -> Any:
+    import onnx
+
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    tensor = onnx.TensorProto(name=name, dims=list(shape), data_type=onnx.helper.np_dtype_to_tensor_dtype(np_dtype))
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    return tensor
+
+
+def _is_plain_transpose(node: Any) -> bool:
+    """A Transpose that swaps the two axes of a matrix (no perm, or perm [1, 0])."""
+    perm = [list(a.ints) for a in node.attribute if a.name == "perm"]
+    return node.op_type == "Transpose" and (not perm or perm[0] == [1, 0])
+
+
+def attach_weights(path: Path, module: torch.nn.Module) -> int:
+    """Make the parameter inputs of the graph traced at `path` initializers, their bytes in `path`'s data file;
+    returns the bytes written. `module` is the module that was traced (its parameter names are the input names)."""
+    import onnx
+
+    model = onnx.load(str(path))  # no weights in it: a few MB
+    graph = model.graph
+    params: dict[str, torch.Tensor] = dict(module.named_parameters())
+    params.update({name: b for name, b in module.named_buffers() if name not in params})
+    used = [i for i in graph.input if i.name in params]
+    consumers: dict[str, list[Any]] = {i.name: [] for i in used}
+    for node in graph.node:
+        for name in node.input:
+            if name in consumers:
+                consumers[name].append(node)
+    data = path.with_name(data_name(path.name))
+    offset = 0
+    dropped = []
+    with open(data, "wb") as out:
+        def write(name: str, tensor: torch.Tensor) -> None:
+            """Append `tensor` (a transposed view is copied a block of rows at a time) as initializer `name`."""
+            nonlocal offset
+            tensor = tensor.detach()
+            offset = -(-offset // ALIGN) * ALIGN
+            out.seek(offset)
+            rows = max(1, CHUNK_BYTES // max(1, tensor[0].numel() * tensor.element_size())) if tensor.ndim else 1
+            for start in range(0, max(1, len(tensor)) if tensor.ndim else 1, rows):
+                block = tensor[start:start + rows] if tensor.ndim else tensor
+                block.contiguous().numpy().tofile(out)
+            nbytes = tensor.numel() * tensor.element_size()
+            graph.initializer.append(_tensor_proto(name, tuple(tensor.shape), tensor.dtype, nbytes, data.name,
+                                                   offset))
+            offset += nbytes
+
+        for value in used:
+            tensor = params[value.name]
+            nodes = consumers[value.name]
+            transposes = [n for n in nodes if tensor.ndim == 2 and _is_plain_transpose(n)]
+            if len(transposes) < len(nodes):  # read as it is by something (an embedding's Gather, a layer norm)
+                write(value.name, tensor)
+            if transposes:  # one transposed copy for all of them: torch's constant folding, one tensor at a time
+                kept = transposes[0].output[0]
+                write(kept, tensor.t())
+                for node in transposes[1:]:
+                    _rename_input(graph, node.output[0], kept)
+                dropped += transposes
+        out.truncate(offset)
+    for node in dropped:
+        graph.node.remove(node)
+    for value in used:
+        graph.input.remove(value)
+    onnx.save_model(model, str(path))
+    os.chmod(data, os.stat(path).st_mode & 0o777)
+    return offset
+
+
+def _rename_input(graph: Any, old: str, new: str) -> None:
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            if name == old:
+                node.input[k] = new
+    for output in graph.output:
+        if output.name == old:
+            raise ValueError(f"{old} is a graph output; it cannot be merged into {new}")
