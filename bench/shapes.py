@@ -6,3 +6,7 @@ from __future__ import annotations
 T5_SMALL = {"vocab_size": 32128, "d_model": 512, "d_kv": 64, "d_ff": 2048, "num_layers": 6, "num_decoder_layers": 6,
             "num_heads": 8, "feed_forward_proj": "relu", "tie_word_embeddings": True, "decoder_start_token_id": 0,
             "pad_token_id": 0, "eos_token_id": 1}
+
+# t5-base (220M) and t5-large (738M): T5 v1.0 shapes the GPU run and the fp16 check build with random weights
+T5_BASE = {**T5_SMALL, "d_model": 768, "d_ff": 3072, "num_layers": 12, "num_decoder_layers": 12, "num_heads": 12}
+T5_LARGE = {**T5_SMALL, "d_model": 1024, "d_ff": 4096, "num_layers": 24, "num_decoder_layers": 24, "num_heads": 16}
