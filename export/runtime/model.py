@@ -192,6 +192,9 @@ class OnnxT5:
     @classmethod
     def _load(cls, folder: Path, files: dict[str, str], threads: int | None, providers: list[Any] | None,
               meta: ExportMeta | None, io_binding: bool | None = None) -> OnnxT5:
+        if io_binding is not None and not isinstance(io_binding, bool | np.bool_):
+            raise TypeError(f"OnnxT5.from_pretrained: io_binding must be True, False or None (on for a device "
+                            f"provider such as CUDA), got {io_binding!r}.")
         fix = meta.fix() if meta else reexport_hint(folder)
         config_file = folder / "config.json"
         config = read_json_object(config_file, fix) if config_file.exists() else {}
@@ -209,9 +212,10 @@ class OnnxT5:
         model = cls(folder, sessions, settings, config, meta, quantized=files[ENCODER] == quantized_name(ENCODER))
         model.dtype = next((d for d in DTYPES if files[ENCODER] == dtype_name(ENCODER, d)), "fp32")  # int8: fp32
         model._files = files
-        device_providers = sessions[ENCODER].get_providers()
-        if io_binding or (io_binding is None and device_of(device_providers).kind != "cpu"):
-            model.bind(device_providers)
+        running = sessions[ENCODER].get_providers()  # what onnxruntime started, with the options that were asked
+        active = [p for p in providers if (p[0] if isinstance(p, tuple) else p) in running]
+        if io_binding or (io_binding is None and device_of(active).kind != "cpu"):
+            model.bind(active)
         # the defaults alone must make a valid call: a bad generation_config.json fails here, not at every generate
         try:
             resolve(settings, {}, model.vocab_size, caller=f"OnnxT5: {folder}: generation_config.json and "

@@ -146,3 +146,14 @@ def test_a_dtype_export_is_not_silently_dropped(overflowing):
     with pytest.raises(ExportError, match=r"earlier --dtype export .*encoder_model_fp16.onnx"):
         check_out(overflowing / "onnx", int8=False)
     check_out(overflowing / "onnx", int8=False, dtype="fp16")
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"dtype": "fp64"}, ValueError, r"dtype must be one of fp32, fp16, bf16, got 'fp64'"),
+    ({"dtype": "fp16", "quantized": True}, ValueError, r"quantized=True .* dtype='fp16' cannot go with it"),
+    ({"dtype": "fp16"}, FileNotFoundError, r"holds no fp16 graphs .*`python -m export \.\.\. --dtype fp16"),
+    ({"io_binding": "yes"}, TypeError, r"io_binding must be True, False or None"),
+])
+def test_dtype_and_binding_arguments_are_checked(tied, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        OnnxT5.from_pretrained(tied.onnx_dir, **kwargs)
