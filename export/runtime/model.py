@@ -59,7 +59,7 @@ def check_providers(providers: Any) -> list[Any]:
         warnings.warn(f"OnnxT5: {', '.join(missing)} not available in this onnxruntime build (available: "
                       f"{', '.join(available)}): running on the CPU provider instead. For CUDA, install "
                       "onnxruntime-gpu in place of onnxruntime, with the CUDA and cuDNN versions it names.",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=4)
     kept = [p for p, n in zip(providers, names, strict=True) if n in available]
     return kept if "CPUExecutionProvider" in [n for n in names if n in available] else [*kept, "CPUExecutionProvider"]
 
