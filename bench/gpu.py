@@ -1,6 +1,7 @@
 """`make bench-gpu` (bench/gpu.sh): OnnxT5 on CUDA against torch bf16 and CTranslate2, and distillation on a GPU.
 
     bench/gpu.sh                                   # on a GPU machine: the whole run, into bench/results/gpu/
+    bench/gpu.sh --models t5-large --no-train      # one part (its own folder, bench/results/gpu/t5-large/)
     bench/gpu.sh --device cpu --limit              # anywhere: a tiny model, batch 1, greedy: proves the run starts
 
 Models, random weights in t5-base's (220M) and t5-large's (738M) shapes, and the default student
@@ -59,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("bench/results/gpu"))
     parser.add_argument("--work", type=Path, default=Path("bench/work/gpu"), help="models, exports, conversions")
     parser.add_argument("--student", type=Path, default=Path("runs/distill/student"))
+    parser.add_argument("--models", nargs="+", default=[*SHAPES, "student"], choices=[*SHAPES, "student"],
+                        help="which models (one run per model fits a 10-minute window: t5-large takes the longest)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-config", type=Path, default=Path("configs/distill/sft-gpu.yaml"))
     parser.add_argument("--train-steps", type=int, default=60)
@@ -92,14 +95,14 @@ def _models(args: argparse.Namespace) -> dict[str, Path]:
     """The models to measure: random ones saved under --work, and the student when it is there."""
     from transformers import T5Config, T5ForConditionalGeneration
 
-    shapes = {"tiny": TINY} if args.limit else SHAPES
+    shapes = {"tiny": TINY} if args.limit else {name: SHAPES[name] for name in args.models if name in SHAPES}
     models = {}
     for name, shape in shapes.items():
         folder = args.work / name
         if not (folder / "model.safetensors").is_file():
             T5ForConditionalGeneration(T5Config(**shape)).save_pretrained(folder)
         models[name] = folder
-    if not args.limit and (args.student / "model.safetensors").is_file():
+    if not args.limit and "student" in args.models and (args.student / "model.safetensors").is_file():
         models["student"] = args.student
     return models
 
@@ -319,6 +322,9 @@ def main(argv: list[str] | None = None) -> None:
                 raise BenchError(f"--device cuda needs {' and '.join(missing)} in {sys.executable}; install them, or "
                                  "run `bench/gpu.sh --device cpu --limit` to check that the run starts.")
         args.out.mkdir(parents=True, exist_ok=True)
+        if not args.limit and args.models != [*SHAPES, "student"]:  # one folder per part: bench/results/gpu/t5-large/
+            args.out = args.out / "-".join(args.models)
+            args.out.mkdir(parents=True, exist_ok=True)
         results: dict[str, Any] = {"device": args.device, "limit": args.limit, "versions": _versions(),
                                    "command": " ".join([PROG, *(argv if argv is not None else sys.argv[1:])])}
         results["cells"], results["fp16_vs_fp32"] = measure(args)
