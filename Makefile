@@ -22,7 +22,7 @@ RESULTS ?= runs/eval/default/results.json
 GRID ?= full
 LIMIT ?=
 
-.PHONY: help setup data tokenizer teacher teacher-score distill distill-best pseudo-labels export bench-export eval publish bench bench-spec demo test test-fast lint
+.PHONY: help setup data tokenizer teacher teacher-score distill distill-best pseudo-labels export bench-export eval publish bench bench-spec bench-gpu demo test test-fast lint
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -111,6 +111,9 @@ publish: setup  ## stage, check and (PUSH=1) upload a student to the hub (REPO_I
 	python3 -m venv .venv-optimum
 	.venv-optimum/bin/pip install --quiet -r bench/optimum-requirements.txt
 	touch $@
+
+bench-gpu: setup data  ## on a GPU machine: OnnxT5 fp16 on CUDA vs torch bf16 and CTranslate2, distillation steps/s
+	PY=$(PY) bench/gpu.sh
 
 bench: .venv-serve/.installed .venv-optimum/.installed data  ## OnnxT5 vs torch, CTranslate2, optimum (GRID=quick)
 	$(PY) -m bench --grid $(GRID)

@@ -11,3 +11,5 @@ T5_BASE = {**T5_SMALL, "d_model": 768, "d_ff": 3072, "num_layers": 12, "num_deco
 # a shape small enough to prove the cost model's code runs (`bench.speculative cost --shape tiny`)
 T5_TINY = {**T5_SMALL, "vocab_size": 512, "d_model": 64, "d_ff": 128, "d_kv": 16, "num_layers": 4,
            "num_decoder_layers": 4, "num_heads": 4}
+# t5-large (738M): the T5 v1.0 shape the GPU run and the fp16 check build with random weights
+T5_LARGE = {**T5_SMALL, "d_model": 1024, "d_ff": 4096, "num_layers": 24, "num_decoder_layers": 24, "num_heads": 16}

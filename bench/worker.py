@@ -72,8 +72,9 @@ class CTranslate2Engine:
             self.vocab = (folder / vocab_file).read_text().splitlines()
         self.index = {token: i for i, token in enumerate(self.vocab)}
         self.start = job["start_id"]
-        self.model = ctranslate2.Translator(str(folder), device="cpu", compute_type=job["compute_type"],
-                                            inter_threads=1, intra_threads=job["threads"])
+        self.model = ctranslate2.Translator(str(folder), device=job.get("device", "cpu"),
+                                            compute_type=job["compute_type"], inter_threads=1,
+                                            intra_threads=job["threads"])
         self.versions = {"ctranslate2": ctranslate2.__version__, "compute_type": job["compute_type"]}
 
     def generate(self, ids: np.ndarray, beams: int, new_tokens: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
     python -m export --model models/teacher --out runs/export/teacher
     python -m export --model runs/distill/student --out runs/export/student --int8 --int8-keep-fp32 lm_head,wo
+    python -m export --model models/teacher --out runs/export/teacher --dtype fp16   # + *_fp16.onnx, for GPUs
 
 The graphs are checked against PyTorch before the folder appears; `export_meta.json` records the differences.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from distill.errors import cli_errors
 from export.exporter import export
-from export.layout import META_FILE
+from export.layout import DTYPES, META_FILE
 from export.trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from export.validate import ATOL, RTOL, Validation
 
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "'none' for none (default: wo for gated-GELU models: T5 v1.1, flan-t5, mT5)")
     parser.add_argument("--no-resource-check", action="store_true",
                         help="skip the up-front estimate of the memory and disk the export needs")
+    parser.add_argument("--dtype", choices=DTYPES, default="fp32",
+                        help="also write the graphs in fp16 or bf16 (*_fp16.onnx), wo and T5's overflow-prone ops "
+                             "kept in fp32; checked against the fp32 graphs (bf16 needs onnxruntime-gpu)")
     parser.add_argument("--atol", type=_tolerance, default=ATOL,
                         help="absolute part of each output's tolerance against PyTorch (default %(default)s)")
     parser.add_argument("--rtol", type=_tolerance, default=RTOL,
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         check = Validation(atol=args.atol, rtol=args.rtol)
         out = export(args.model, args.out, opset=args.opset, int8=args.int8, int8_keep_fp32=args.int8_keep_fp32,
                      check=check, command=" ".join([PROG, *(argv or sys.argv[1:])]), tokenizer=args.tokenizer,
-                     require_tokenizer=not args.no_tokenizer, check_resources=not args.no_resource_check)
+                     require_tokenizer=not args.no_tokenizer, check_resources=not args.no_resource_check,
+                     dtype=args.dtype)
     print(f"wrote {out} (graphs validated against PyTorch; see {out / META_FILE})")
 
 

@@ -7,6 +7,7 @@ The folder follows optimum's layout and input/output names (so `ORTModelForSeq2S
 
     encoder_model.onnx, decoder_model.onnx, decoder_with_past_model.onnx   the graphs (`export.graphs`)
     *_quantized.onnx               with --int8: dynamic int8 MatMuls and embeddings (`export.quantize`)
+    *_fp16.onnx / *_bf16.onnx      with --dtype: converted from fp32, overflow-prone ops kept fp32 (`export.precision`)
     config.json generation_config.json tokenizer files    what `OnnxT5` and transformers read
     export_meta.json               opset, versions, max |diff| against PyTorch per graph and output, sizes,
                                    int8 token agreement
@@ -43,6 +44,7 @@ from distill.files import check_output, file_manifest, replace_dir, staged_dir
 from distill.models import load_config, load_t5, load_tokenizer
 from export.errors import ExportError
 from export.layout import (
+    DTYPES,
     ENCODER,
     ENCODER_DIGEST_KEY,
     EXPORT_ID_KEY,
@@ -51,10 +53,12 @@ from export.layout import (
     GRAPHS,
     META_FILE,
     TOKENIZER_FILES,
+    dtype_name,
     quantized_name,
     source_fingerprint,
     source_id,
 )
+from export.precision import check_providers_for, convert_folder, dtype_agreement
 from export.quantize import INT8_OPS, int8_agreement, quantize
 from export.resources import predict, require
 from export.runtime import OnnxT5
@@ -150,10 +154,15 @@ def stamp_export_id(path: Path, export_id: str) -> None:
     onnx.save(proto, str(path))
 
 
-def check_out(out: Path, int8: bool) -> None:
+def check_out(out: Path, int8: bool, dtype: str = "fp32") -> None:
     """Refuse, before any work, an `out` that an export must not replace: anything but an empty folder or an earlier
-    export as its export_meta.json lists it, or an export whose int8 graphs an export without --int8 would delete."""
+    export as its export_meta.json lists it, or an export whose int8 (or fp16/bf16) graphs this export would delete."""
     check_output(out, META_FILE, "an earlier export", FILES_KEY, error=ExportError)
+    others = [name for d in DTYPES if d not in ("fp32", dtype) for name in (dtype_name(g, d) for g in GRAPHS)
+              if (out / name).is_file()]
+    if others:
+        raise ExportError(f"{out} holds the graphs of an earlier --dtype export ({', '.join(others)}); this export "
+                          "would delete them. Give that --dtype again, choose another --out, or remove them first.")
     int8_graphs = [name for name in map(quantized_name, GRAPHS) if (out / name).is_file()]
     if int8_graphs and not int8:
         raise ExportError(f"{out} holds the int8 graphs of an earlier --int8 export ({', '.join(int8_graphs)}); an "
@@ -180,8 +189,11 @@ def default_keep_fp32(config: Any) -> tuple[str, ...]:
 
 def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, int8: bool = False,
            int8_keep_fp32: tuple[str, ...] | None = None, check: Validation | None = None, command: str | None = None,
-           tokenizer: str | None = None, require_tokenizer: bool = True, check_resources: bool = True) -> Path:
+           tokenizer: str | None = None, require_tokenizer: bool = True, check_resources: bool = True,
+           dtype: str = "fp32") -> Path:
     """Export, validate and (optionally) quantize `model_name_or_dir` into `out`; returns `out`.
+
+    `dtype` "fp16" or "bf16" also writes the graphs in that dtype (`export.precision`), checked against the fp32 ones.
 
     The tokenizer comes from `tokenizer` (a folder or hub id) or else from the model's own folder; a model without one
     is refused unless `require_tokenizer` is False (the graphs alone, for benchmarks on random weights).
@@ -196,7 +208,11 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
                           f"and T5 needs {MIN_OPSET} or newer; choose one of those (default {DEFAULT_OPSET}).")
     out = Path(out).expanduser().resolve()
     check = check or Validation()
-    check_out(out, int8)
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
+    check_out(out, int8, dtype)
+    if dtype != "fp32":
+        check_providers_for(dtype)  # bf16 cannot be checked without CUDA: refuse before any work
     config = load_config(model_name_or_dir)
     keep = default_keep_fp32(config) if int8_keep_fp32 is None else tuple(int8_keep_fp32)
     if check_resources:
@@ -225,7 +241,14 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
                          "keep_fp32_is_default": int8_keep_fp32 is None,
                          "excluded_nodes": excluded,
                          **int8_agreement(staged, check, facts.config)}
+        precision = None
+        if dtype != "fp32":
+            converted = convert_folder(staged, dtype, GRAPHS)
+            for graph in GRAPHS:
+                stamp_export_id(staged / dtype_name(graph, dtype), export_id)
+            precision = {"dtype": dtype, "graphs": converted, **dtype_agreement(staged, dtype, check, facts.config)}
         meta = _meta(facts, model_name_or_dir, staged, opset, check, diffs, int8_meta, tokenizer_files, command)
+        meta["precision"] = precision
         meta |= {EXPORT_ID_KEY: export_id, FILES_KEY: file_manifest(staged, skip=(META_FILE,))}
         (staged / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         replace_dir(staged, out, manifest=META_FILE, what="an earlier export", files_key=FILES_KEY)

@@ -23,6 +23,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "spiece.model", "sentencepiece.bpe.model")
 
 
+DTYPES = ("fp32", "fp16", "bf16")  # `python -m export --dtype`: fp32 graphs are always written, the others beside them
+
+
+def dtype_name(graph: str, dtype: str) -> str:
+    """The file name of a graph in `dtype` (`encoder_model.onnx` -> `encoder_model_fp16.onnx`; fp32: unchanged)."""
+    return graph if dtype == "fp32" else graph.replace(".onnx", f"_{dtype}.onnx")
+
+
 def quantized_name(graph: str) -> str:
     """The file name of a graph's int8 version (`encoder_model.onnx` -> `encoder_model_quantized.onnx`)."""
     return graph.replace(".onnx", "_quantized.onnx")

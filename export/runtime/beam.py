@@ -6,6 +6,8 @@ decoder with past reads for all of that input's beams; only the self-attention c
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from export.runtime.columns import first_width, widened
@@ -17,11 +19,11 @@ from export.runtime.topk import topk
 NEG = np.float32(-1.0e9)  # transformers' beam search marks impossible candidates with -1e9, in float32
 
 
-def beam_search(decoder: DecoderSteps, hidden: np.ndarray, mask: np.ndarray, s: Resolved) -> np.ndarray:
+def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolved) -> np.ndarray:
     """`s.num_return_sequences` best beams per input, laid out as transformers returns them; arrays are
     (batch, beams, ...). Beams that end early are filled with pad_token_id, or with the first EOS id when the pad id
     is 0 (transformers 5.x)."""
-    batch, beams, max_length = hidden.shape[0], s.num_beams, s.max_length
+    batch, beams, max_length = mask.shape[0], s.num_beams, s.max_length
     rng = np.random.default_rng(s.seed)
     fill = (s.pad or int(s.eos[0])) if s.eos.size else -1  # transformers 5.x: `pad or eos[0]`: EOS when pad is 0
     running = np.full((batch, beams, first_width(max_length)), fill, dtype=np.int64)  # grows with cur_len
@@ -41,7 +43,7 @@ def beam_search(decoder: DecoderSteps, hidden: np.ndarray, mask: np.ndarray, s: 
     # fails when EOS ids are so many that this exceeds beams * vocabulary)
     keep = min(max(2, 1 + s.eos.size) * beams, beams * logits.shape[-1])
     top_beam_mask = np.arange(keep) < beams
-    logits, own = np.repeat(logits, beams, axis=0), [np.repeat(t, beams, axis=0) for t in own]
+    logits, own = np.repeat(logits, beams, axis=0), decoder.take_rows(own, np.repeat(np.arange(batch), beams))
     cur_len = 1
     while True:
         if cur_len == running.shape[2]:  # the next column is past the buffers' end: widen all four alike
@@ -113,7 +115,7 @@ def beam_search(decoder: DecoderSteps, hidden: np.ndarray, mask: np.ndarray, s: 
             break
         order = running_idx[:, :, cur_len - 2].reshape(-1)  # the beam each running sequence continues
         if not np.array_equal(order, np.arange(order.size)):  # every beam continuing itself: nothing to move
-            own = [t[order] for t in own]
+            own = decoder.take_rows(own, order)
         logits, own = decoder.step(running[:, :, cur_len - 1].reshape(-1, 1), mask, own, cross)
 
     n_ret = s.num_return_sequences

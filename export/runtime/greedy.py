@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
@@ -12,12 +12,12 @@ from export.runtime.settings import Resolved
 from export.runtime.steps import DecoderSteps
 
 
-def greedy_search(decoder: DecoderSteps, hidden: np.ndarray, mask: np.ndarray, s: Resolved) -> np.ndarray:
+def greedy_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolved) -> np.ndarray:
     """One sequence per row of `hidden`: the most likely token at each step, or a drawn one with `s.do_sample`.
 
     Rows that end early are padded with pad_token_id after their EOS, as transformers does.
     """
-    n = hidden.shape[0]
+    n = mask.shape[0]  # `hidden` may live on a device (IO binding): the mask has its rows
     rng = np.random.default_rng(s.seed)
     fill = 0 if s.pad is None else s.pad  # columns past the current length are never returned
     seqs = np.full((n, first_width(s.max_length)), fill, dtype=np.int64)  # filled column by column

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from export.layout import DECODER_WITH_PAST, GRAPHS, graph_files, quantized_name
+from export.layout import DECODER_WITH_PAST, DTYPES, ENCODER, GRAPHS, dtype_name, graph_files, quantized_name
 from export.runtime.assisted import DRAFT_OPTIONS, DRAFT_START, AssistedStats, Draft, assisted_search
 from export.runtime.beam import beam_search
+from export.runtime.binding import BoundSteps, device_of
 from export.runtime.folder import (
     ExportMeta,
     check_config,
@@ -33,8 +35,14 @@ ENCODER_CHUNK_TOKENS = 2048
 MAX_THREADS = 1024  # each session starts this many OS threads; far more fail inside onnxruntime (std::bad_alloc)
 
 
+def encoder_rows(length: int) -> int:
+    """How many input rows of `length` tokens one encoder run takes (ENCODER_CHUNK_TOKENS, at least one row)."""
+    return max(1, ENCODER_CHUNK_TOKENS // max(1, length))
+
+
 def check_providers(providers: Any) -> list[Any]:
-    """The execution providers to ask for (default: CPU); an unknown one is refused rather than silently replaced."""
+    """The execution providers to ask for (default: CPU). A name onnxruntime does not know is refused; one it knows
+    but this build lacks (CUDA without onnxruntime-gpu) is dropped with a RuntimeWarning, the CPU provider last."""
     if providers is None or (isinstance(providers, list | tuple) and not providers):
         return ["CPUExecutionProvider"]
     if not isinstance(providers, list | tuple):
@@ -42,12 +50,29 @@ def check_providers(providers: Any) -> list[Any]:
                         f"{providers!r}.")
     names = [p[0] if isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], dict) else p for p in providers]
     available = ort.get_available_providers()
-    unknown = [n for n in names if n not in available]
+    unknown = [n for n in names if n not in ort.get_all_providers()]
     if unknown:
         raise ValueError(f"OnnxT5.from_pretrained: providers {unknown} are not available in this onnxruntime "
                          f"(available: {', '.join(available)}); install the onnxruntime build that has them, or "
                          "leave providers unset for the CPU.")
-    return list(providers)
+    missing = [n for n in names if n not in available]
+    if missing:
+        warnings.warn(f"OnnxT5: {', '.join(missing)} not available in this onnxruntime build (available: "
+                      f"{', '.join(available)}): running on the CPU provider instead. For CUDA, install "
+                      "onnxruntime-gpu in place of onnxruntime, with the CUDA and cuDNN versions it names.",
+                      RuntimeWarning, stacklevel=4)
+    kept = [p for p, n in zip(providers, names, strict=True) if n in available]
+    return kept if "CPUExecutionProvider" in [n for n in names if n in available] else [*kept, "CPUExecutionProvider"]
+
+
+def warn_if_fallen_back(session: ort.InferenceSession, providers: list[Any]) -> None:
+    """onnxruntime drops a provider it has but cannot start (CUDA without its libraries) with only a log line."""
+    names = [p[0] if isinstance(p, tuple) else p for p in providers]
+    dropped = [n for n in names if n not in session.get_providers()]
+    if dropped:
+        warnings.warn(f"OnnxT5: onnxruntime could not start {', '.join(dropped)} (see its log above; for CUDA, the "
+                      "CUDA and cuDNN libraries onnxruntime-gpu needs must be on the library path): running on "
+                      f"{', '.join(session.get_providers())}.", RuntimeWarning, stacklevel=4)
 
 
 class OnnxT5:
@@ -80,11 +105,28 @@ class OnnxT5:
         self._tokenizer: Any = None
         self.assisted_stats: AssistedStats | None = None  # the last assisted `generate` call's counts and times
         self._once = shrink_after_run()  # for the encoder and the first step, which run once per call
+        self.dtype = "fp32"  # set by `_load` from the files it loaded
+        self._files = {g: quantized_name(g) if quantized else g for g in GRAPHS}
+        self.bound: BoundSteps | None = None  # the IO-binding steps, when loaded with io_binding (`bind`)
+
+    def bind(self, providers: list[Any]) -> None:
+        """Run `generate` through IO binding: the cache and the encoder output stay on the providers' device."""
+        device = device_of(providers)
+        once = shrink_after_run(f"cpu:0;gpu:{device.id}" if device.kind == "cuda" else "cpu:0")
+        self.bound = BoundSteps((self.encoder, self.decoder, self.decoder_with_past),
+                                (self._self_names, self._cross_names, self._first_self, self._first_cross), device,
+                                providers, once, encoder_rows, self.encode)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, quantized: bool = False, threads: int | None = None,
-                        providers: list[Any] | None = None, verify: bool = False) -> OnnxT5:
+                        providers: list[Any] | None = None, verify: bool = False, io_binding: bool | None = None,
+                        dtype: str = "fp32") -> OnnxT5:
         """Load a folder written by `python -m export`; `threads`: intra-op threads per session (None: one per core).
+
+        `providers`: onnxruntime execution providers, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"].
+        `io_binding`: keep the K/V cache and the encoder output in the provider's memory between steps (None: on for
+        a device provider such as CUDA, off on the CPU, where it measured no faster). `dtype`: "fp16" or "bf16"
+        loads the graphs `python -m export --dtype` wrote (`*_fp16.onnx`).
 
         The folder is checked against its export_meta.json first: each graph's size, the export id it carries and its
         shapes (`verify=True` also compares every file's sha256, as `verify()` does). generation_config.json is
@@ -93,24 +135,26 @@ class OnnxT5:
         """
         if not isinstance(verify, bool | np.bool_):
             raise TypeError(f"OnnxT5.from_pretrained: verify must be True or False, got {verify!r}.")
-        folder, files = cls._graph_files(folder, quantized, threads)
+        folder, files = cls._graph_files(folder, quantized, threads, dtype)
         meta = read_meta(folder)
         names = [name for graph in files.values() for name in graph_files(folder, graph)]  # with external data
         check_sizes(folder, meta, names)
         if verify:
             verify_checksums(folder, meta, names)
-        return cls._load(folder, files, threads, providers, meta)
+        return cls._load(folder, files, threads, providers, meta, io_binding)
 
     @classmethod
     def from_staged(cls, folder: str | Path, quantized: bool = False, threads: int | None = None,
-                    providers: list[Any] | None = None) -> OnnxT5:
+                    providers: list[Any] | None = None, io_binding: bool | None = None,
+                    dtype: str = "fp32") -> OnnxT5:
         """Load graphs without export_meta.json's checks: for the exporter, which runs the graphs it has just written
         (its int8 check) before it writes export_meta.json. Anything else loads with `from_pretrained`."""
-        folder, files = cls._graph_files(folder, quantized, threads)
-        return cls._load(folder, files, threads, providers, None)
+        folder, files = cls._graph_files(folder, quantized, threads, dtype)
+        return cls._load(folder, files, threads, providers, None, io_binding)
 
     @staticmethod
-    def _graph_files(folder: str | Path, quantized: bool, threads: int | None) -> tuple[Path, dict[str, str]]:
+    def _graph_files(folder: str | Path, quantized: bool, threads: int | None,
+                     dtype: str = "fp32") -> tuple[Path, dict[str, str]]:
         """The folder and the file of each graph (GRAPHS -> file name); FileNotFoundError naming what is missing."""
         if not isinstance(folder, str | os.PathLike):
             raise TypeError(f"OnnxT5.from_pretrained: folder must be a path, got {folder!r}.")
@@ -123,16 +167,25 @@ class OnnxT5:
                                     or not 1 <= threads <= MAX_THREADS):
             raise ValueError(f"OnnxT5.from_pretrained: threads must be an integer from 1 to {MAX_THREADS}, or None "
                              f"(one per core), got {threads!r}.")
+        if dtype not in DTYPES:
+            raise ValueError(f"OnnxT5.from_pretrained: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+        if quantized and dtype != "fp32":
+            raise ValueError(f"OnnxT5.from_pretrained: quantized=True loads the int8 graphs, made from the fp32 ones; "
+                             f"dtype={dtype!r} cannot go with it: choose one.")
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"OnnxT5: {folder} is not a folder. Export one with "
                                     f"`python -m export --model MODEL --out {folder}`.")
-        files = {g: quantized_name(g) if quantized else g for g in GRAPHS}
+        files = {g: quantized_name(g) if quantized else dtype_name(g, dtype) for g in GRAPHS}
         missing = [f for f in files.values() if not (folder / f).is_file()]
         if quantized and missing and all((folder / g).is_file() for g in GRAPHS):
             raise FileNotFoundError(f"OnnxT5: quantized=True, but {folder} holds no int8 graphs "
                                     f"({', '.join(missing)}). Export with `python -m export ... --int8`, or load "
                                     "with quantized=False.")
+        if dtype != "fp32" and missing and all((folder / g).is_file() for g in GRAPHS):
+            raise FileNotFoundError(f"OnnxT5: dtype={dtype!r}, but {folder} holds no {dtype} graphs "
+                                    f"({', '.join(missing)}). Export with `python -m export ... --dtype {dtype}`, or "
+                                    "load the fp32 graphs (dtype='fp32').")
         if missing:
             raise FileNotFoundError(f"OnnxT5: {folder} lacks {', '.join(missing)}; the runtime needs the encoder, "
                                     "the first decoder step and the decoder with past. Re-export the folder with "
@@ -141,7 +194,10 @@ class OnnxT5:
 
     @classmethod
     def _load(cls, folder: Path, files: dict[str, str], threads: int | None, providers: list[Any] | None,
-              meta: ExportMeta | None) -> OnnxT5:
+              meta: ExportMeta | None, io_binding: bool | None = None) -> OnnxT5:
+        if io_binding is not None and not isinstance(io_binding, bool | np.bool_):
+            raise TypeError(f"OnnxT5.from_pretrained: io_binding must be True, False or None (on for a device "
+                            f"provider such as CUDA), got {io_binding!r}.")
         fix = meta.fix() if meta else reexport_hint(folder)
         config_file = folder / "config.json"
         config = read_json_object(config_file, fix) if config_file.exists() else {}
@@ -152,10 +208,17 @@ class OnnxT5:
         providers = check_providers(providers)
         sessions = {g: open_session(folder / f, session_options(threads, spin=g == DECODER_WITH_PAST), providers, fix)
                     for g, f in files.items()}
+        warn_if_fallen_back(sessions[ENCODER], providers)
         if meta:
             check_graphs(folder, meta, sessions, files)
             check_config(folder, config, meta)
-        model = cls(folder, sessions, settings, config, meta, quantized=files[GRAPHS[0]] != GRAPHS[0])
+        model = cls(folder, sessions, settings, config, meta, quantized=files[ENCODER] == quantized_name(ENCODER))
+        model.dtype = next((d for d in DTYPES if files[ENCODER] == dtype_name(ENCODER, d)), "fp32")  # int8: fp32
+        model._files = files
+        running = sessions[ENCODER].get_providers()  # what onnxruntime started, with the options that were asked
+        active = [p for p in providers if (p[0] if isinstance(p, tuple) else p) in running]
+        if io_binding or (io_binding is None and device_of(active).kind != "cpu"):
+            model.bind(active)
         # the defaults alone must make a valid call: a bad generation_config.json fails here, not at every generate
         try:
             resolve(settings, {}, model.vocab_size, caller=f"OnnxT5: {folder}: generation_config.json and "
@@ -177,7 +240,7 @@ class OnnxT5:
         return verify_checksums(self.folder, self.meta, names)
 
     def _graph_names(self) -> tuple[str, ...]:
-        return tuple(quantized_name(g) if self.quantized else g for g in GRAPHS)
+        return tuple(self._files[g] for g in GRAPHS)
 
     @property
     def tokenizer(self) -> Any:
@@ -202,7 +265,7 @@ class OnnxT5:
 
         int8 graphs quantize activations per run: a row's scale comes from its chunk, as it comes from its batch.
         """
-        rows = max(1, ENCODER_CHUNK_TOKENS // max(1, ids.shape[1]))
+        rows = encoder_rows(ids.shape[1])
         if ids.shape[0] <= rows:
             return self.encoder.run(None, {"input_ids": ids, "attention_mask": mask}, self._once)[0]
         starts = range(0, ids.shape[0], rows)
@@ -249,6 +312,10 @@ class OnnxT5:
         logits, own = self.steps(tokens, mask, own, cross)
         return logits[:, -1, :], own
 
+    def take_rows(self, tensors: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+        """Each tensor with row `rows[i]` as its row i (beam search's reorder of the self-attention cache)."""
+        return [t[rows] for t in tensors]
+
     # ---- generate ----------------------------------------------------------------------------------------------------
     def generate(self, input_ids: Any, attention_mask: Any = None, assistant: Any = None, **kwargs: Any) -> np.ndarray:
         """Token ids (N, length) int64, laid out as transformers' `generate` returns them for T5.
@@ -275,10 +342,11 @@ class OnnxT5:
                                   drafting.get("num_assistant_tokens_schedule", "heuristic"))
             self.assisted_stats = AssistedStats()
             return assisted_search(self, draft, ids, mask, s, self.assisted_stats)
-        hidden = self.encode(ids, mask)
+        steps = self.bound or self  # IO binding: hidden states and K/V stay OrtValues on the provider's device
+        hidden = steps.encode(ids, mask)
         if s.num_beams > 1:
-            return beam_search(self, hidden, mask, s)
-        expand = s.num_return_sequences
-        if expand > 1:
-            hidden, mask = np.repeat(hidden, expand, axis=0), np.repeat(mask, expand, axis=0)
-        return greedy_search(self, hidden, mask, s)
+            return beam_search(steps, hidden, mask, s)
+        if s.num_return_sequences > 1:
+            rows = np.repeat(np.arange(mask.shape[0]), s.num_return_sequences)
+            hidden, mask = steps.take_rows([hidden], rows)[0], mask[rows]
+        return greedy_search(steps, hidden, mask, s)

@@ -26,15 +26,15 @@ def session_options(threads: int | None = None, spin: bool = True) -> ort.Sessio
     return options
 
 
-def shrink_after_run() -> ort.RunOptions:
+def shrink_after_run(arenas: str = "cpu:0") -> ort.RunOptions:
     """Run options that hand a session's arena back after the run.
 
     For the graphs that run once per call, on the whole input (the encoder and the first decoder step): their arenas
     would otherwise keep the largest batch's activations for the process's lifetime (docs/architecture.md,
-    "Runtime"). The per-step graph keeps its arena.
+    "Runtime"). The per-step graph keeps its arena. `arenas`: onnxruntime's list of devices, e.g. "cpu:0;gpu:0".
     """
     options = ort.RunOptions()
-    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", arenas)
     return options
 
 
