@@ -166,6 +166,7 @@ class DistillModule(Seq2SeqModule):
         return self._teacher[0]
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         if self.hparams.freeze_until_step is not None and self.trainer.world_size > 1:
             raise ModelError("freeze_until_step works in one process only (DDP registers the trainable parameters "
                              "when it wraps the model); train in two runs instead: frozen, then every weight with "
