@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from distill_fixtures import save_tiny_teacher
 
 from distill.distillation import DistillModule
 from distill.encoder_cache import encoder_cache
@@ -17,15 +17,7 @@ from distill.losses import distill_kl, topk_distill_kl
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory, tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    torch.manual_seed(0)
-    config = T5Config(vocab_size=96, d_model=32, d_ff=48, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=3,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
-    path = tmp_path_factory.mktemp("teacher") / "teacher"
-    T5ForConditionalGeneration(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
-    return path
+    return save_tiny_teacher(tmp_path_factory.mktemp("teacher") / "teacher", tokenizer_dir)
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,10 @@
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-import torch
 import yaml
-from transformers import T5Config, T5ForConditionalGeneration
+from distill_fixtures import run_ddp, save_tiny_teacher
 
 from distill.__main__ import main
 
@@ -22,15 +18,7 @@ def plain_argv(monkeypatch):
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory, tokenizer_dir):
-    from transformers import AutoTokenizer
-
-    torch.manual_seed(0)
-    config = T5Config(vocab_size=96, d_model=32, d_ff=48, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=3,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
-    path = tmp_path_factory.mktemp("teacher") / "teacher"
-    T5ForConditionalGeneration(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
-    return path
+    return save_tiny_teacher(tmp_path_factory.mktemp("teacher") / "teacher", tokenizer_dir)
 
 
 def kd_config(tmp_path, dataset_dir, teacher_dir, max_steps, **model):
@@ -106,16 +94,5 @@ def test_kd_with_teacher_under_ddp_on_two_cpu_processes(tmp_path, dataset_dir, t
     waits, the teacher runs on both for the hidden-state loss, and both ranks end with the same weights."""
     config = kd_config(tmp_path, dataset_dir, teacher_dir, max_steps=4, alpha_hid=1.0, encoder_cache=None,
                        freeze_encoder=False, freeze_embeddings=False)
-    data = yaml.safe_load(config.read_text())
-    data["trainer"].update({"strategy": "ddp", "accelerator": "cpu", "devices": 2})
-    data["trainer"]["callbacks"].append({"class_path": "distill.callbacks.WeightsDigest",
-                                         "init_args": {"dirpath": str(tmp_path / "digests")}})
-    config.write_text(yaml.safe_dump(data))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "distill", "fit", "--config", str(config)], capture_output=True,
-                            text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    digests = [json.loads((tmp_path / "digests" / f"digest-rank{r}.json").read_text()) for r in (0, 1)]
-    assert [d["world_size"] for d in digests] == [2, 2] and [d["global_step"] for d in digests] == [4, 4]
-    assert digests[0]["sha256"] == digests[1]["sha256"]
+    result = run_ddp(config, tmp_path / "digests", steps=4)
     assert result.stderr.count("teacher logit cache: wrote") == 1  # built once, by rank 0
