@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from distill.encoder_cache import encoder_cache
+from distill.encoder_cache import EncoderOutputs, encoder_cache
 from distill.errors import ModelError
 from distill.example_cache import ExampleCache
 from distill.logit_cache import logit_cache
@@ -102,7 +102,7 @@ class DistillModule(Seq2SeqModule):
         _check_cache_options(encoder_cache, logit_cache, logit_cache_k, cache_dtype, freeze_encoder, freeze_embeddings,
                              freeze_until_step, alpha_ce)
         super().__init__(**kwargs)
-        self._encoder_outputs: ExampleCache | None = None  # opened at the start of fit
+        self._encoder_outputs: EncoderOutputs | None = None  # opened at the start of fit
         self._teacher_logprobs: ExampleCache | None = None
 
     def _build_model(self) -> T5ForConditionalGeneration:
@@ -251,7 +251,7 @@ class DistillModule(Seq2SeqModule):
             return inputs
         from transformers.modeling_outputs import BaseModelOutput
 
-        hidden = self._encoder_outputs.batch(batch["index"].tolist(), batch["input_ids"].shape[1], {})["hidden"]
+        hidden = self._encoder_outputs.batch(batch["index"].tolist(), batch["input_ids"].shape[1])
         hidden = hidden.to(self.device, self.model.dtype)
         return {**{k: v for k, v in inputs.items() if k != "input_ids"},
                 "encoder_outputs": BaseModelOutput(last_hidden_state=hidden)}

@@ -113,6 +113,11 @@ def test_cached_encoder_outputs_and_teacher_logits_give_the_uncached_losses(teac
     assert module.model.decoder.block[0].layer[0].SelfAttention.q.weight.grad is not None
     assert module.model.encoder.block[0].layer[0].SelfAttention.q.weight.grad is None
     assert "wrote" in capsys.readouterr().err
+    # sources repeated (gold and pseudo-label targets mixed) share the cache: each distinct source is kept once
+    doubled = encoder_cache(module.model, encoded.sources * 2, tmp_path / "enc", "float16", 0)
+    assert "matches" in capsys.readouterr().err and len(doubled.cache) <= len(encoded.sources)
+    n = len(encoded.sources)
+    assert torch.equal(doubled.batch([n + 3], 50), module._encoder_outputs.batch([3], 50))
 
     # the encoder's weights are part of the fingerprint: other weights, another cache
     with torch.no_grad():
