@@ -171,8 +171,12 @@ class DistillModule(Seq2SeqModule):
             raise ModelError("freeze_until_step works in one process only (DDP registers the trainable parameters "
                              "when it wraps the model); train in two runs instead: frozen, then every weight with "
                              "`student:` naming the first run's folder (configs/distill/sft-unfreeze.yaml).")
-        self.teacher.to(self.device)
         self._open_caches()
+        hp = self.hparams
+        # with the logit cache and no hidden-state loss the teacher never runs in a step: it stays on (or goes back
+        # to) the CPU, so a teacher too large to sit beside the student on the device still teaches
+        per_step = hp.alpha_hid > 0 or (hp.alpha_ce > 0 and hp.logit_cache is None)
+        self.teacher.to(self.device if per_step else "cpu")
 
     def _open_caches(self) -> None:
         """Build (rank 0) or open (every rank, after a barrier) the caches the options name."""

@@ -53,6 +53,7 @@ def logit_cache(teacher: T5ForConditionalGeneration, sources: Sequence[Sequence[
 
     @torch.no_grad()
     def compute(indices: list[int]) -> list[dict[str, np.ndarray]]:
+        teacher.to(device)  # only when something is computed: a complete cache never moves the teacher
         batch = collate([{"index": i, "input_ids": sources[i], "labels": targets[i], "references": []}
                          for i in indices], pad_id)
         labels = batch["labels"].to(device)
