@@ -217,7 +217,7 @@ class Seq2SeqModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         interval, step = self.hparams.val_generate_interval, self.global_step
-        last = self.trainer.max_steps is not None and step >= self.trainer.max_steps
+        last = self.trainer.max_steps > 0 and step >= self.trainer.max_steps  # -1: no step limit
         self.generates_now = interval is None or step % interval == 0 or last
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
