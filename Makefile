@@ -14,7 +14,7 @@ TEACHER ?= models/teacher
 TEACHER_CONFIG ?= configs/train/teacher.yaml
 PSEUDO ?= data/pseudo/teacher-beam4
 PSEUDO_MIXED ?= data/pseudo/teacher-beam4-mixed
-MATRIX ?= configs/distill/matrix.yaml
+MATRIX ?= configs/distill/matrix/recipes.yaml
 CONFIG ?= configs/distill/sft.yaml
 MODEL ?= runs/distill/student
 OUT ?= runs/export/student
@@ -83,7 +83,7 @@ $(PSEUDO_MIXED)/manifest.json: $(DATA)/manifest.json $(TEACHER)/model.safetensor
 
 pseudo-labels-mixed: $(PSEUDO_MIXED)/manifest.json  ## pseudo-labels and gold targets, each source twice
 
-# every recipe of configs/distill/matrix.yaml in order; run it again after an interruption: each phase resumes
+# every recipe of $(MATRIX) in order; run it again after an interruption: each phase resumes
 distill-matrix: data $(PSEUDO_MIXED)/manifest.json  ## the recipe matrix: minutes and test BLEU per recipe (runs/matrix)
 	$(PY) -m distill.matrix --matrix $(MATRIX) --workdir runs/matrix
 

@@ -1,7 +1,7 @@
 """Run a matrix of distillation recipes in sequence, resumably, and tabulate minutes of training and test scores.
 
-    python -m distill.matrix --matrix configs/distill/matrix.yaml              # make distill-matrix
-    python -m distill.matrix --matrix configs/distill/matrix.yaml --dry-run    # the commands, in order
+    python -m distill.matrix --matrix configs/distill/matrix/recipes.yaml            # make distill-matrix
+    python -m distill.matrix --matrix configs/distill/matrix/recipes.yaml --dry-run  # the commands, in order
 
 A recipe is a list of phases; a phase is a training config (`python -m distill fit --config X --ckpt_path last`),
 optionally followed by writing its last checkpoint as a folder (`last_to`) that a later phase starts from. Phases
@@ -194,7 +194,7 @@ def _read(path: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m distill.matrix", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--matrix", type=Path, default=Path("configs/distill/matrix.yaml"))
+    parser.add_argument("--matrix", type=Path, default=Path("configs/distill/matrix/recipes.yaml"))
     parser.add_argument("--workdir", type=Path, default=Path("runs/matrix"))
     parser.add_argument("--only", nargs="+", default=None, help="run only these recipes (and the phases they need)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands that would run, in order")

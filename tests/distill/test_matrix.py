@@ -95,6 +95,6 @@ def test_matrix_file_problems_are_named(tmp_path):
 
 def test_the_shipped_matrix_loads():
     root = Path(__file__).parents[2]
-    matrix = load_matrix(root / "configs" / "distill" / "matrix.yaml")
+    matrix = load_matrix(root / "configs" / "distill" / "matrix" / "recipes.yaml")
     assert {"sft-cached", "kd-cached", "sft-then-kd", "pseudo-mixed", "sft-cached-6-1", "sft-cached-6-3"} <= {
         r["name"] for r in matrix["recipes"]}
