@@ -13,6 +13,8 @@ VOCAB_SIZE ?= 8000
 TEACHER ?= models/teacher
 TEACHER_CONFIG ?= configs/train/teacher.yaml
 PSEUDO ?= data/pseudo/teacher-beam4
+PSEUDO_MIXED ?= data/pseudo/teacher-beam4-mixed
+MATRIX ?= configs/distill/matrix/recipes.yaml
 CONFIG ?= configs/distill/sft.yaml
 MODEL ?= runs/distill/student
 OUT ?= runs/export/student
@@ -22,7 +24,7 @@ RESULTS ?= runs/eval/default/results.json
 GRID ?= full
 LIMIT ?=
 
-.PHONY: help setup data tokenizer teacher teacher-score distill distill-best pseudo-labels export bench-export eval publish bench bench-spec bench-gpu demo test test-fast lint
+.PHONY: help setup data tokenizer teacher teacher-score distill distill-best distill-matrix distill-profile pseudo-labels pseudo-labels-mixed export bench-export eval publish bench bench-spec bench-gpu demo test test-fast lint
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
@@ -73,6 +75,20 @@ $(PSEUDO)/manifest.json: $(DATA)/manifest.json $(TEACHER)/model.safetensors
 		--labels $(TEACHER)/pseudo-labels-beam4.jsonl.gz
 
 pseudo-labels: $(PSEUDO)/manifest.json  ## the teacher's beam-4 outputs for the training inputs (data/pseudo/teacher-beam4)
+
+# the same labels (from the committed labels file) with every human target kept beside them
+$(PSEUDO_MIXED)/manifest.json: $(DATA)/manifest.json $(TEACHER)/model.safetensors
+	$(PY) -m distill.pseudo --teacher $(TEACHER) --data $(DATA) --out $(PSEUDO_MIXED) \
+		--labels $(TEACHER)/pseudo-labels-beam4.jsonl.gz --mix-gold
+
+pseudo-labels-mixed: $(PSEUDO_MIXED)/manifest.json  ## pseudo-labels and gold targets, each source twice
+
+# every recipe of $(MATRIX) in order; run it again after an interruption: each phase resumes
+distill-matrix: data $(PSEUDO_MIXED)/manifest.json  ## the recipe matrix: minutes and test BLEU per recipe (runs/matrix)
+	$(PY) -m distill.matrix --matrix $(MATRIX) --workdir runs/matrix
+
+distill-profile: data  ## steps/s and a step's breakdown: the default recipe against its cached successor
+	$(PY) -m bench.step_profile --config configs/distill/sft.yaml --config configs/distill/sft-cached.yaml --steps 40
 
 export: setup  ## export a model to ONNX with KV cache, fp32 and int8 (MODEL=... OUT=...)
 	$(PY) -m export --model $(MODEL) --out $(OUT) --int8

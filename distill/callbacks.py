@@ -1,4 +1,4 @@
-"""Callbacks for multi-process runs."""
+"""Callbacks: weight digests for multi-process runs, a checkpoint that ranks only validations that generated."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class WeightsDigest(L.Callback):
@@ -28,3 +29,15 @@ class WeightsDigest(L.Callback):
         info = {"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
                 "sha256": digest.hexdigest()}
         (self.dirpath / f"digest-rank{trainer.global_rank}.json").write_text(json.dumps(info) + "\n")
+
+
+class GeneratedCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that ranks a step only when its validation generated (`model.val_generate_interval`).
+
+    A validation that computes the loss alone logs no BLEU, and Lightning keeps the previous value in its metrics: a
+    plain ModelCheckpoint would save that step as if it had scored the previous generation's BLEU.
+    """
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if getattr(pl_module, "generates_now", True):
+            super().on_validation_end(trainer, pl_module)

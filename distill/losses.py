@@ -67,3 +67,26 @@ def default_hidden_pairs(layer_map: list[int], n_teacher: int) -> list[tuple[int
     """
     ends = [nxt - 1 for nxt in layer_map[1:]] + [n_teacher - 1]
     return list(enumerate(ends))
+
+
+def topk_distill_kl(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor, teacher_ids: torch.Tensor,
+                    mask: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """`distill_kl` against a teacher kept as its top k tokens per position (`distill.logit_cache`), times T^2.
+
+    teacher_logprobs, teacher_ids: (B, T, k), the teacher's log-probabilities at temperature T of its k most likely
+    tokens and their ids. The teacher's distribution is those k tokens plus one bucket holding the rest of its mass,
+    and the student's is grouped the same way (its probability of the k tokens, and the rest): the KL between the
+    two groupings, never above the full KL, and equal to it when the teacher's rest is 0. Padded positions may hold
+    anything finite; they are masked out.
+    """
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, T, V)
+    s_top = s.gather(-1, teacher_ids.long())  # (B, T, k)
+    t_top = teacher_logprobs.float()
+    p_top = t_top.exp()
+    p_rest = (1 - p_top.sum(-1)).clamp(min=0)  # (B, T)
+    # log of the student's rest, 1 - sum(top), computed as log(-expm1(logsumexp)) to stay accurate near 0 and 1
+    s_top_mass = torch.logsumexp(s_top, dim=-1).clamp(max=-1e-6)
+    s_rest = torch.log(-torch.expm1(s_top_mass))
+    kl = (p_top * (t_top - s_top)).sum(-1) + torch.xlogy(p_rest, p_rest) - p_rest * s_rest  # (B, T)
+    kl = torch.where(mask, kl, torch.zeros_like(kl))
+    return kl.sum() / mask.sum().clamp(min=1) * temperature**2

@@ -42,6 +42,10 @@ class Seq2SeqModule(L.LightningModule):
         metric: generated validation metric: "bleu" (translation) or "rouge2" (summarization); the best checkpoint
             is chosen on it.
         val_generate_examples: how many validation examples (evenly spaced) are generated and scored each validation.
+        val_generate_interval: generate only at validations whose global step is a multiple of this (and at the last
+            step); the others compute the loss alone, which costs a teacher-forced pass. None: every validation. The
+            checkpoint callback ranking by the generated metric must then be `distill.callbacks.GeneratedCheckpoint`,
+            which skips the validations that did not generate.
     """
 
     def __init__(
@@ -61,11 +65,18 @@ class Seq2SeqModule(L.LightningModule):
         label_smoothing: float = 0.0,
         metric: Literal["bleu", "rouge2"] = "bleu",
         val_generate_examples: int = 256,
+        val_generate_interval: int | None = None,
         num_beams: int = 1,
         max_new_tokens: int = 200,
     ) -> None:
         super().__init__()
+        if val_generate_interval is not None and (isinstance(val_generate_interval, bool) or
+                                                  not isinstance(val_generate_interval, int) or
+                                                  val_generate_interval < 1):
+            raise ModelError(f"model.val_generate_interval={val_generate_interval!r}: must be a whole number of steps "
+                             ">= 1, or null to generate at every validation.")
         self.save_hyperparameters()
+        self.generates_now = True  # whether the current validation generates (GeneratedCheckpoint reads it)
         self.tokenizer = load_tokenizer(tokenizer)
         self.model = self._build_model()
         # a tokenizer with ids past the embedding's rows fails on the first batch that holds one, far from its cause
@@ -159,6 +170,8 @@ class Seq2SeqModule(L.LightningModule):
         logits = self(batch)
         loss = label_smoothed_ce(logits, batch["labels"])
         self.log(f"{prefix}_loss", loss, batch_size=batch["input_ids"].shape[0])
+        if not generate_all and not self.generates_now:
+            return
         index = batch["index"]
         if generate_all:
             keep = torch.ones_like(index, dtype=torch.bool)
@@ -180,6 +193,32 @@ class Seq2SeqModule(L.LightningModule):
         results = score([p for _, p, _ in outputs], [r for _, _, r in outputs], metric)
         for key, value in results.items():
             self.log(f"{prefix}_{key}", value, prog_bar=key in ("bleu", "rouge2"))
+
+    def on_fit_start(self) -> None:
+        interval = self.hparams.val_generate_interval
+        if interval is None:
+            return
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        from distill.callbacks import GeneratedCheckpoint
+
+        generated = ("val_bleu", "val_chrf", "val_rouge1", "val_rouge2", "val_rougeL")
+        plain = [c for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint)
+                 and not isinstance(c, GeneratedCheckpoint) and c.monitor in generated]
+        if plain:
+            raise ModelError(f"model.val_generate_interval={interval} leaves {plain[0].monitor} unlogged at some "
+                             "validations, and a plain ModelCheckpoint would rank those steps with the previous "
+                             "generation's score: use class_path distill.callbacks.GeneratedCheckpoint for the "
+                             f"callback monitoring {plain[0].monitor}.")
+        every = self.trainer.val_check_interval
+        if isinstance(every, int) and interval % every:
+            raise ModelError(f"model.val_generate_interval={interval} is not a multiple of trainer.val_check_interval="
+                             f"{every}: no validation would fall on most of its steps. Make it a multiple.")
+
+    def on_validation_epoch_start(self) -> None:
+        interval, step = self.hparams.val_generate_interval, self.global_step
+        last = self.trainer.max_steps > 0 and step >= self.trainer.max_steps  # -1: no step limit
+        self.generates_now = interval is None or step % interval == 0 or last
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val", generate_all=False)

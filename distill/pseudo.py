@@ -13,6 +13,9 @@ continues where it stopped, one with other settings starts over. A student is th
 teacher's weights and of the training sources): when the file matches, the folder is rebuilt from it in seconds
 instead of regenerating with beam search over the whole training split; otherwise the labels are generated and the
 file is (re)written. The Makefile keeps the committed teacher's labels in models/teacher/.
+
+`--mix-gold` keeps the human target too: every training source appears twice, first with the teacher's label, then
+with its original row (configs/distill/pseudo-mixed.yaml trains on that).
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ if TYPE_CHECKING:
 
 
 def make_pseudo_labels(teacher: str, data: DataConfig, out: Path, num_beams: int = 4, max_new_tokens: int = 256,
-                       chunk: int = 1000, limit: int | None = None, labels_file: Path | None = None) -> Path:
+                       chunk: int = 1000, limit: int | None = None, labels_file: Path | None = None,
+                       mix_gold: bool = False) -> Path:
     """Write the pseudo-label dataset of `teacher` on `data` to `out`, reusing `labels_file` or a partial run when they
-    match; returns `out`."""
+    match; returns `out`. With `mix_gold`, each training row is followed by its original (human) row."""
     check_output(out, inputs=(data.path, teacher, labels_file))  # before hours of generation: refusals first
     for name, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens), ("chunk", chunk)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -62,7 +66,7 @@ def make_pseudo_labels(teacher: str, data: DataConfig, out: Path, num_beams: int
         labels = _generate(teacher, train, data, out, settings, num_beams, max_new_tokens, chunk)
         if labels_file:
             _write_labels(labels_file, fingerprint, labels)
-    _write_dataset(train, labels, data, out, settings)
+    _write_dataset(train, labels, data, out, settings, mix_gold)
     _partial(out).unlink(missing_ok=True)  # only now: a crash before this point keeps the labels made so far
     return out
 
@@ -92,18 +96,23 @@ def _generate(teacher: str, train: Dataset, data: DataConfig, out: Path, setting
     return labels
 
 
-def _write_dataset(train: Dataset, labels: list[str], data: DataConfig, out: Path, settings: dict) -> None:
+def _write_dataset(train: Dataset, labels: list[str], data: DataConfig, out: Path, settings: dict,
+                   mix_gold: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "pseudo"
         staged.mkdir()
         with open(staged / "train.jsonl", "w", encoding="utf-8") as f:
             for row, label in zip(train, labels, strict=True):
                 f.write(json.dumps(_relabel(row, data.target_column, label), ensure_ascii=False) + "\n")
+                if mix_gold:  # the same source again, with its human target (and no `_reference` column)
+                    gold = {k: v for k, v in row.items() if "." not in k}
+                    f.write(json.dumps(gold, ensure_ascii=False) + "\n")
         for split in ("validation", "test"):
             rows = load_split(data, split)
             rows = rows.remove_columns([c for c in rows.column_names if "." in c])  # load_split's flat helpers
             rows.to_json(staged / f"{split}.jsonl", force_ascii=False, lines=True)
-        manifest = {**settings, "target_column": data.target_column, "train_rows": len(labels),
+        manifest = {**settings, "target_column": data.target_column, "mix_gold": mix_gold,
+                    "train_rows": len(labels) * (2 if mix_gold else 1),
                     "command": "python -m distill.pseudo " + " ".join(sys.argv[1:])}
         (staged / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         replace_dir(staged, out)
@@ -232,11 +241,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--labels", type=Path, default=None,
                         help="a .jsonl.gz of the labels alone: reused when it matches, else (re)written")
+    parser.add_argument("--mix-gold", action="store_true",
+                        help="keep every training row's human target too, as a second row after the teacher's")
     args = parser.parse_args(argv)
     data = DataConfig(args.data, args.name, args.source_column, args.target_column, [], args.task_prefix)
     with cli_errors("python -m distill.pseudo"):
         out = make_pseudo_labels(args.teacher, data, args.out, args.num_beams, args.max_new_tokens, limit=args.limit,
-                                 labels_file=args.labels)
+                                 labels_file=args.labels, mix_gold=args.mix_gold)
     print(f"wrote {out}")
 
 

@@ -91,11 +91,9 @@ def make_student(teacher: T5ForConditionalGeneration, decoder_layers: int | None
 
     student_config = config.__class__.from_dict({**config.to_dict(), "num_layers": len(maps["encoder"]),
                                                  "num_decoder_layers": len(maps["decoder"])})
-    student = model_class(student_config)(student_config)
-    if teacher.lm_head.weight is not teacher.shared.weight:
-        # untied (T5 v1.1 / flan / mT5): give the student its own lm_head before loading, or loading the teacher's
-        # lm_head would overwrite the shared embedding that a fresh transformers 5.x T5 ties it to
-        student.lm_head.weight = torch.nn.Parameter(student.shared.weight.detach().clone())
+    with torch.device("meta"):  # no random initialization of weights that are all overwritten below (t5-3b: 11 GB)
+        student = model_class(student_config)(student_config)
+    tied = teacher.lm_head.weight is teacher.shared.weight
     teacher_state = teacher.state_dict()
     state = {}
     for key, value in teacher_state.items():
@@ -111,10 +109,20 @@ def make_student(teacher: T5ForConditionalGeneration, decoder_layers: int | None
                     state[f"{stack}.block.{new}.{key[len(prefix):]}"] = value.clone()
         bias = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
         state[bias] = teacher_state[bias].clone()
-    missing, unexpected = student.load_state_dict(state, strict=False)
+    aliases = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight", *(["lm_head.weight"] if tied else [])]
+    for key in aliases:
+        state.pop(key, None)
+    missing, unexpected = student.load_state_dict(state, strict=False, assign=True)
+    # assign=True put new Parameter objects in place: the names that are the shared embedding under another name (an
+    # untied lm_head, T5 v1.1 / flan / mT5, is not one: it came from the state) are pointed at it again
+    for key in aliases:
+        module_name, _, name = key.rpartition(".")
+        setattr(student.get_submodule(module_name), name, student.shared.weight)
     missing = [k for k in missing if not _is_tied_alias(student, k)]
-    if missing or unexpected:
-        raise RuntimeError(f"student state mismatch: missing {missing}, unexpected {unexpected}")
+    on_meta = [name for name, t in [*student.named_parameters(), *student.named_buffers()] if t.is_meta]
+    if missing or unexpected or on_meta:
+        raise RuntimeError(f"student state mismatch: missing {missing}, unexpected {unexpected}, "
+                           f"uninitialized {on_meta}")
     student.generation_config = teacher.generation_config
     return student.eval(), maps
 

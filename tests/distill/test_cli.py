@@ -1,15 +1,13 @@
 """The training command end to end on a 2-layer model: fit, best checkpoint to a save_pretrained folder, resume."""
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from distill_fixtures import run_ddp
 
 from distill.__main__ import main
 from distill.errors import ModelError
@@ -131,18 +129,7 @@ def test_every_shipped_config_parses(config, capsys):
 def test_ddp_on_two_cpu_processes_trains_identical_replicas(tmp_path, dataset_dir, tokenizer_dir):
     """Lightning's DDP (gloo) through the real command: both ranks end with the same weights."""
     config = tiny_config(tmp_path, dataset_dir, tokenizer_dir, max_steps=4)
-    data = yaml.safe_load(config.read_text())
-    data["trainer"].update({"strategy": "ddp", "accelerator": "cpu", "devices": 2})
-    data["trainer"]["callbacks"].append({"class_path": "distill.callbacks.WeightsDigest",
-                                         "init_args": {"dirpath": str(tmp_path / "digests")}})
-    config.write_text(yaml.safe_dump(data))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "distill", "fit", "--config", str(config)], capture_output=True,
-                            text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    digests = [json.loads((tmp_path / "digests" / f"digest-rank{r}.json").read_text()) for r in (0, 1)]
-    assert [d["world_size"] for d in digests] == [2, 2] and [d["global_step"] for d in digests] == [4, 4]
-    assert digests[0]["sha256"] == digests[1]["sha256"]
+    run_ddp(config, tmp_path / "digests", steps=4)
     assert (tmp_path / "model" / "model.safetensors").is_file()
 
 

@@ -130,3 +130,15 @@ def test_a_labels_file_is_reused_only_for_the_same_teacher_sources_and_settings(
     model.save_pretrained(teacher)
     make_pseudo_labels(str(teacher), config, tmp_path / "d", 3, MAX_NEW, limit=LIMIT, labels_file=labels_file)
     assert calls == [LIMIT] and labels_file.read_bytes() != data
+
+
+def test_mix_gold_follows_each_label_with_the_human_target(teacher_dir, dataset_dir, tmp_path):
+    config = DataConfig(str(dataset_dir), None, "en", "fr", [], "translate: ")
+    out = make_pseudo_labels(str(teacher_dir), config, tmp_path / "mixed", num_beams=2, max_new_tokens=MAX_NEW,
+                             limit=LIMIT, mix_gold=True)
+    mixed = load_split(DataConfig(str(out), None, "en", "fr", [], "translate: "), "train")
+    original = load_split(config, "train").select(range(LIMIT))
+    assert list(mixed["en"]) == [s for s in original["en"] for _ in range(2)]
+    assert list(mixed["fr"]) == [t for pair in zip(expected_labels(teacher_dir, config), original["fr"], strict=True)
+                                 for t in pair]
+    assert json.loads((out / "manifest.json").read_text())["train_rows"] == 2 * LIMIT
