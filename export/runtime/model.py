@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from export.layout import DECODER_WITH_PAST, GRAPHS, graph_files, quantized_name
+from export.layout import DECODER, DECODER_MERGED, DECODER_WITH_PAST, ENCODER, GRAPHS, graph_files, quantized_name
 from export.runtime.assisted import DRAFT_OPTIONS, DRAFT_START, AssistedStats, Draft, assisted_search
 from export.runtime.beam import beam_search
 from export.runtime.folder import (
@@ -24,6 +24,7 @@ from export.runtime.folder import (
 )
 from export.runtime.greedy import greedy_search
 from export.runtime.inputs import checked_inputs
+from export.runtime.merged import Branch
 from export.runtime.sessions import return_freed_heap, session_options, shrink_after_run
 from export.runtime.settings import Settings, read_json_object, resolve, settings_from_file
 
@@ -51,12 +52,21 @@ def check_providers(providers: Any) -> list[Any]:
 
 
 class OnnxT5:
-    """Three onnxruntime sessions (encoder, first decoder step, decoder with past) and `generate`."""
+    """onnxruntime sessions (the encoder, and the merged decoder or the first step and the decoder with past) and
+    `generate`."""
 
     def __init__(self, folder: Path, sessions: dict[str, ort.InferenceSession], settings: Settings,
-                 config: dict[str, Any], meta: ExportMeta | None = None, quantized: bool = False):
+                 config: dict[str, Any], meta: ExportMeta | None = None, quantized: bool = False,
+                 files: dict[str, str] | None = None):
         self.folder = folder
-        self.encoder, self.decoder, self.decoder_with_past = (sessions[g] for g in GRAPHS)
+        self.files = files or {g: quantized_name(g) if quantized else g for g in sessions}  # graph -> file loaded
+        self.encoder = sessions[ENCODER]
+        self.decoder: Any
+        self.decoder_with_past: Any
+        if DECODER_MERGED in sessions:  # one session, each weight once: its branches stand in for the two graphs
+            self.decoder, self.decoder_with_past = (Branch(sessions[DECODER_MERGED], c) for c in (False, True))
+        else:  # an export without the merged graph
+            self.decoder, self.decoder_with_past = sessions[DECODER], sessions[DECODER_WITH_PAST]
         self.settings = settings
         self.config = config
         self.meta = meta
@@ -128,6 +138,9 @@ class OnnxT5:
             raise FileNotFoundError(f"OnnxT5: {folder} is not a folder. Export one with "
                                     f"`python -m export --model MODEL --out {folder}`.")
         files = {g: quantized_name(g) if quantized else g for g in GRAPHS}
+        merged = quantized_name(DECODER_MERGED) if quantized else DECODER_MERGED
+        if (folder / merged).is_file():  # the decoder's weights once, for both steps (`export.merge`)
+            files = {ENCODER: files[ENCODER], DECODER_MERGED: merged}
         missing = [f for f in files.values() if not (folder / f).is_file()]
         if quantized and missing and all((folder / g).is_file() for g in GRAPHS):
             raise FileNotFoundError(f"OnnxT5: quantized=True, but {folder} holds no int8 graphs "
@@ -150,12 +163,13 @@ class OnnxT5:
             if getattr(settings, key) is None:
                 setattr(settings, key, config.get(key))
         providers = check_providers(providers)
-        sessions = {g: open_session(folder / f, session_options(threads, spin=g == DECODER_WITH_PAST), providers, fix)
+        sessions = {g: open_session(folder / f, session_options(threads, spin=g != ENCODER and g != DECODER),
+                                    providers, fix)
                     for g, f in files.items()}
         if meta:
             check_graphs(folder, meta, sessions, files)
             check_config(folder, config, meta)
-        model = cls(folder, sessions, settings, config, meta, quantized=files[GRAPHS[0]] != GRAPHS[0])
+        model = cls(folder, sessions, settings, config, meta, quantized=files[ENCODER] != ENCODER, files=files)
         # the defaults alone must make a valid call: a bad generation_config.json fails here, not at every generate
         try:
             resolve(settings, {}, model.vocab_size, caller=f"OnnxT5: {folder}: generation_config.json and "
@@ -173,11 +187,8 @@ class OnnxT5:
         if self.meta is None:
             raise ValueError(f"OnnxT5.verify: {self.folder} was loaded without export_meta.json (from_staged); "
                              "load it with OnnxT5.from_pretrained.")
-        names = [name for graph in self._graph_names() for name in graph_files(self.folder, graph)]
+        names = [name for graph in self.files.values() for name in graph_files(self.folder, graph)]
         return verify_checksums(self.folder, self.meta, names)
-
-    def _graph_names(self) -> tuple[str, ...]:
-        return tuple(quantized_name(g) if self.quantized else g for g in GRAPHS)
 
     @property
     def tokenizer(self) -> Any:
