@@ -138,9 +138,10 @@ class OnnxT5:
             raise FileNotFoundError(f"OnnxT5: {folder} is not a folder. Export one with "
                                     f"`python -m export --model MODEL --out {folder}`.")
         files = {g: quantized_name(g) if quantized else g for g in GRAPHS}
-        merged = quantized_name(DECODER_MERGED) if quantized else DECODER_MERGED
-        if (folder / merged).is_file():  # the decoder's weights once, for both steps (`export.merge`)
-            files = {ENCODER: files[ENCODER], DECODER_MERGED: merged}
+        # fp32: the decoder's weights once, for both steps (`export.merge`). Not int8: onnxruntime's int8 MatMul
+        # fusions miss the branches' nodes, so the merged int8 decoder ran about 3x slower (docs/results.md)
+        if not quantized and (folder / DECODER_MERGED).is_file():
+            files = {ENCODER: files[ENCODER], DECODER_MERGED: DECODER_MERGED}
         missing = [f for f in files.values() if not (folder / f).is_file()]
         if quantized and missing and all((folder / g).is_file() for g in GRAPHS):
             raise FileNotFoundError(f"OnnxT5: quantized=True, but {folder} holds no int8 graphs "
