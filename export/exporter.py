@@ -6,6 +6,8 @@
 The folder follows optimum's layout and input/output names (so `ORTModelForSeq2SeqLM` and transformers.js load it):
 
     encoder_model.onnx, decoder_model.onnx, decoder_with_past_model.onnx   the graphs (`export.graphs`)
+    decoder_model_merged.onnx      both decoders in one graph, each weight once (`export.merge`): what OnnxT5,
+                                   transformers.js and optimum load
     *_quantized.onnx               with --int8: dynamic int8 MatMuls and embeddings (`export.quantize`)
     *_fp16.onnx / *_bf16.onnx      with --dtype: converted from fp32, overflow-prone ops kept fp32 (`export.precision`)
     config.json generation_config.json tokenizer files    what `OnnxT5` and transformers read
@@ -44,6 +46,9 @@ from distill.files import check_output, file_manifest, replace_dir, staged_dir
 from distill.models import load_config, load_t5, load_tokenizer
 from export.errors import ExportError
 from export.layout import (
+    DECODER,
+    DECODER_MERGED,
+    DECODER_WITH_PAST,
     DTYPES,
     ENCODER,
     ENCODER_DIGEST_KEY,
@@ -58,6 +63,7 @@ from export.layout import (
     source_fingerprint,
     source_id,
 )
+from export.merge import merge_decoders
 from export.precision import check_providers_for, convert_folder, dtype_agreement
 from export.quantize import INT8_OPS, int8_agreement, quantize
 from export.resources import predict, require
@@ -224,6 +230,8 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
         for graph in GRAPHS:  # before the validation, so that the bytes checked are the bytes kept
             stamp_export_id(staged / graph, export_id)
         diffs = validate(model, staged, specs, check)
+        merge_decoders(staged, DECODER, DECODER_WITH_PAST, DECODER_MERGED)  # what the runtime loads: weights once
+        diffs |= validate(model, staged, specs, check, merged=DECODER_MERGED)
         model.config.save_pretrained(staged)
         model.generation_config.save_pretrained(staged)
         facts = ModelFacts(model.config, model.lm_head.weight is model.shared.weight, encoder_digest(model))
@@ -236,6 +244,9 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
             excluded = quantize(staged, keep)
             for graph in GRAPHS:  # quantize_dynamic keeps metadata_props; this makes sure of it
                 stamp_export_id(staged / quantized_name(graph), export_id)
+            # the two int8 decoders merged as the fp32 ones: quantizing is deterministic, so a weight both hold has
+            # the same int8 bytes and scale in each, and is kept once
+            merge_decoders(staged, *map(quantized_name, (DECODER, DECODER_WITH_PAST, DECODER_MERGED)))
             int8_meta = {"op_types_to_quantize": list(INT8_OPS), "weight_type": "QInt8",
                          "keep_fp32": list(keep),
                          "keep_fp32_is_default": int8_keep_fp32 is None,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.layout import DECODER, DECODER_WITH_PAST, ENCODER
+from export.layout import DECODER, DECODER_MERGED, DECODER_WITH_PAST, ENCODER, USE_CACHE_BRANCH
 
 INPUT_BATCH = "encoder_batch_size"  # the with-past graph's encoder-side batch (inputs, not beams)
 
@@ -46,7 +46,7 @@ def graph_specs(num_decoder_layers: int) -> dict[str, GraphSpec]:
                                               2: enc if kind == "encoder" else length}
                 for i in range(num_decoder_layers) for kind in kinds for kv in ("key", "value")}
 
-    return {
+    specs = {
         ENCODER: GraphSpec(inputs={"input_ids": {0: batch, 1: enc}, "attention_mask": {0: batch, 1: enc}},
                            outputs={"last_hidden_state": {0: batch, 1: enc}}),
         DECODER: GraphSpec(inputs={"input_ids": {0: batch, 1: dec}, "encoder_attention_mask": {0: batch, 1: enc},
@@ -62,6 +62,11 @@ def graph_specs(num_decoder_layers: int) -> dict[str, GraphSpec]:
                                      outputs={"logits": {0: batch, 1: dec},
                                               **kv("present", ("decoder",), f"{past} + {dec}")}),
     }
+    # both decoders as the branches of one `If` (`export.merge`), optimum's names: the first step's outputs
+    first, with_past = specs[DECODER], specs[DECODER_WITH_PAST]
+    specs[DECODER_MERGED] = GraphSpec(inputs={**first.inputs, **with_past.inputs, USE_CACHE_BRANCH: {}},
+                                      outputs=dict(first.outputs))
+    return specs
 
 
 def build_cache(self_kv: list[tuple[torch.Tensor, torch.Tensor]],

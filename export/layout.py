@@ -10,6 +10,9 @@ from pathlib import Path
 # optimum's file names, so that `ORTModelForSeq2SeqLM` and transformers.js load the folder as it is
 ENCODER, DECODER, DECODER_WITH_PAST = "encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx"
 GRAPHS = (ENCODER, DECODER, DECODER_WITH_PAST)
+# both decoders as the branches of one `If`, each weight once (`export.merge`); optimum's and transformers.js's name
+DECODER_MERGED = "decoder_model_merged.onnx"
+USE_CACHE_BRANCH = "use_cache_branch"  # its bool input of shape [1]: False the first step, True a step on the cache
 META_FILE = "export_meta.json"  # written last: a folder without it is not an export
 # export_meta.json keys the runtime checks a folder against:
 FILES_KEY = "files"  # {file name: {"bytes": int, "sha256": str}} of every other file the export wrote

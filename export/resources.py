@@ -26,7 +26,7 @@ GB = 1e9
 @dataclass(frozen=True)
 class Needs:
     memory: int  # peak resident bytes
-    disk: int  # bytes the finished folder holds, plus the largest graph written twice while it is placed
+    disk: int  # bytes the finished folder holds (the merged decoders included), plus the largest graph once more
     weights: int  # fp32 bytes of the model's weights
 
     def describe(self) -> str:
@@ -49,12 +49,12 @@ def predict(fields: dict[str, Any], int8: bool, keep_fp32: tuple[str, ...]) -> N
     graphs = graph_bytes(fields)
     largest = max(graphs.values())
     memory = weights + largest
-    disk = sum(graphs.values()) + largest
+    disk = sum(graphs.values()) + graphs["decoder"] + largest  # the merged decoder holds the decoder's weights once
     if int8:
         kept = _kept_fraction(fields, keep_fp32)
         int8_bytes = {name: int(size * (kept + (1 - kept) / 4)) for name, size in graphs.items()}
         memory = max(memory, QUANTIZE_COPIES * largest + max(int8_bytes.values()))
-        disk += sum(int8_bytes.values())
+        disk += sum(int8_bytes.values()) + int8_bytes["decoder"]
     return Needs(memory + BASELINE_BYTES, disk, weights)
 
 

@@ -13,7 +13,8 @@ import torch
 
 from export.errors import ExportError
 from export.graphs import GraphSpec, build_cache
-from export.layout import DECODER, DECODER_WITH_PAST, ENCODER
+from export.layout import DECODER, DECODER_MERGED, DECODER_WITH_PAST, ENCODER
+from export.runtime.merged import Branch
 from export.runtime.sessions import session_options
 from export.trace import example_batch
 
@@ -73,22 +74,27 @@ def _compare(graph: str, names: list[str], got: list[np.ndarray], want: list[tor
                 "`python -m export --atol A --rtol R`.")
 
 
-def _session(folder: Path, graph: str, specs: dict[str, GraphSpec]) -> ort.InferenceSession:
-    """A session on one graph, with the options the runtime serves with, checked to have the declared inputs and
-    outputs. Sessions are opened one at a time: a large model's graphs need not fit in memory together."""
-    sess = ort.InferenceSession(str(folder / graph), session_options(), providers=["CPUExecutionProvider"])
+def _session(folder: Path, file: str, specs: dict[str, GraphSpec], graph: str | None = None) -> ort.InferenceSession:
+    """A session on one graph (`file`, of the spec `graph`, by default the file's), with the options the runtime serves
+    with, checked to have the declared inputs and outputs. Sessions are opened one at a time: a large model's graphs
+    need not fit in memory together."""
+    graph = graph or file
+    sess = ort.InferenceSession(str(folder / file), session_options(), providers=["CPUExecutionProvider"])
     names = ([i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()])
     if names != (list(specs[graph].inputs), list(specs[graph].outputs)):
-        raise ExportError(f"{graph}: inputs/outputs {names} differ from the declared {list(specs[graph].inputs)} "
+        raise ExportError(f"{file}: inputs/outputs {names} differ from the declared {list(specs[graph].inputs)} "
                           f"-> {list(specs[graph].outputs)}. The export is wrong; nothing was written.")
     return sess
 
 
-def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Validation) -> dict[str, dict[str, float]]:
+def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Validation,
+             merged: str | None = None) -> dict[str, dict[str, float]]:
     """Run each graph in onnxruntime and `model` in PyTorch on the same inputs; the max |diff| per graph and output.
 
     Every graph gets PyTorch's inputs (the reference cache, not onnxruntime's), so a difference points at one graph.
     Raises ExportError naming the graph, the output and the difference when one exceeds the tolerance.
+    `merged`: the file of a merged decoder (`export.merge`) to check instead, both branches on the same inputs as the
+    two graphs (the encoder is not checked again).
     """
     n_layers = model.config.num_decoder_layers
     np_ = example_batch(model.config, check.enc_lengths, check.first_decoder_length + check.past_steps
@@ -97,9 +103,13 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
     diffs: dict[str, dict[str, float]] = {}
     with torch.no_grad():
         hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        got = _session(folder, ENCODER, specs).run(None, {"input_ids": np_["input_ids"],
-                                                          "attention_mask": np_["attention_mask"]})
-        _compare(ENCODER, ["last_hidden_state"], got, [hidden], check, diffs, "on the padded validation batch")
+        if merged is None:
+            got = _session(folder, ENCODER, specs).run(None, {"input_ids": np_["input_ids"],
+                                                              "attention_mask": np_["attention_mask"]})
+            _compare(ENCODER, ["last_hidden_state"], got, [hidden], check, diffs, "on the padded validation batch")
+        one = _session(folder, merged, specs, DECODER_MERGED) if merged else None
+        labels = {g: f"{merged} ({g.removesuffix('.onnx')} branch)" if merged else g for g in (DECODER,
+                                                                                            DECODER_WITH_PAST)}
 
         first = dec[:, :check.first_decoder_length]
         out = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=first, use_cache=True)
@@ -108,21 +118,21 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
         for i in range(n_layers):
             own, cross = cache.self_attention_cache.layers[i], cache.cross_attention_cache.layers[i]
             want += [own.keys, own.values, cross.keys, cross.values]
-        got = _session(folder, DECODER, specs).run(None, {"input_ids": first.numpy(),
-                                                          "encoder_attention_mask": np_["attention_mask"],
-                                                          "encoder_hidden_states": hidden.numpy()})
-        _compare(DECODER, list(specs[DECODER].outputs), got, want, check, diffs,
+        session = Branch(one, use_cache=False) if one else _session(folder, DECODER, specs)
+        got = session.run(None, {"input_ids": first.numpy(), "encoder_attention_mask": np_["attention_mask"],
+                                 "encoder_hidden_states": hidden.numpy()})
+        _compare(labels[DECODER], list(specs[DECODER].outputs), got, want, check, diffs,
                 f"at the first step with {check.first_decoder_length} decoder tokens")
 
         # one token per call (greedy and beam steps), then several at once (a draft's verification: causal among
         # the new tokens and over the past)
         position = check.first_decoder_length
-        with_past = _session(folder, DECODER_WITH_PAST, specs)
+        with_past = Branch(one, use_cache=True) if one else _session(folder, DECODER_WITH_PAST, specs)
         for count in [1] * check.past_steps + [check.new_tokens]:
             tokens = dec[:, position:position + count]
             position += count
-            cache = _check_with_past(model, with_past, specs, check, diffs, hidden, mask, tokens,
-                                     cache, beams=1)
+            cache = _check_with_past(model, with_past, labels[DECODER_WITH_PAST], specs, check, diffs, hidden, mask,
+                                     tokens, cache, beams=1)
 
         # beam search's layout: sequences are the beams of each input, the encoder side stays one row per input;
         # PyTorch gets the encoder side repeated per beam, as transformers' beam search does
@@ -130,12 +140,13 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
         for count in (1, check.new_tokens):
             tokens = torch.from_numpy(rng.integers(2, model.config.vocab_size, (len(check.enc_lengths) * check.beams,
                                                                                   count)))
-            _check_with_past(model, with_past, specs, check, diffs, hidden, mask, tokens, cache,
-                             beams=check.beams)
+            _check_with_past(model, with_past, labels[DECODER_WITH_PAST], specs, check, diffs, hidden, mask, tokens,
+                             cache, beams=check.beams)
     return diffs
 
 
-def _check_with_past(model: Any, session: ort.InferenceSession, specs: dict[str, GraphSpec], check: Validation,
+def _check_with_past(model: Any, session: ort.InferenceSession | Branch, label: str, specs: dict[str, GraphSpec],
+                     check: Validation,
                      diffs: dict[str, dict[str, float]], hidden: torch.Tensor, mask: torch.Tensor,
                      tokens: torch.Tensor, cache: Any, beams: int) -> Any:
     """decoder_with_past on `tokens` (rows * beams, n) over PyTorch's `cache` (one row per input) against the model;
@@ -159,6 +170,6 @@ def _check_with_past(model: Any, session: ort.InferenceSession, specs: dict[str,
         want += [own.keys, own.values]
     got = session.run(None, feed)
     where = f"with {tokens.shape[1]} new token(s) at past length {past_len}"
-    _compare(DECODER_WITH_PAST, list(specs[DECODER_WITH_PAST].outputs), got, want, check, diffs,
+    _compare(label, list(specs[DECODER_WITH_PAST].outputs), got, want, check, diffs,
              where + (f", {beams} beams per input sharing its cross-attention K/V" if beams > 1 else ""))
     return out.cache

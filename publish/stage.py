@@ -3,7 +3,9 @@
     config.json  generation_config.json  model.safetensors  tokenizer files    transformers loads the repo
     distill_meta.json                  how the student was made (teacher, layers copied, recipe, steps)
     onnx/encoder_model.onnx  onnx/decoder_model.onnx  onnx/decoder_with_past_model.onnx   fp32, optimum's names
-    onnx/*_quantized.onnx              int8 (transformers.js picks these with `quantized: true`)
+    onnx/decoder_model_merged.onnx     both decoders, each weight once: what OnnxT5 and transformers.js load
+    onnx/*.onnx_data                   each graph's weights (external data)
+    onnx/*_quantized.onnx              int8 (transformers.js picks these with `dtype: "q8"`)
     onnx/config.json generation_config.json tokenizer.json export_meta.json   so `OnnxT5.from_pretrained(repo/onnx)`
     README.md                          the model card (publish/card.py)
     publish_manifest.json              every other file with its size and sha256 (kept here, not uploaded)
@@ -23,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from distill.files import FILES_KEY, check_output, file_manifest, replace_dir, sha256_file, staged_dir
+from export.layout import DECODER_MERGED, ENCODER, GRAPHS, META_FILE, TOKENIZER_FILES, data_name, quantized_name
 from export.layout import FILES_KEY as EXPORT_FILES_KEY
-from export.layout import GRAPHS, META_FILE, TOKENIZER_FILES, quantized_name
 from publish.card import find_variants, is_hub_id, model_card
 from publish.check import check_staged
 from publish.errors import PublishError
@@ -88,6 +90,18 @@ def _copy(src: Path, dst: Path, names: tuple[str, ...], required: tuple[str, ...
             shutil.copy2(src / name, dst / name)
 
 
+def _transformers_js_config(staged: Path) -> None:
+    """Tell transformers.js which graphs keep their weights in a data file: it loads `X.onnx_data` beside `X.onnx` only
+    when config.json's `transformers.js_config.use_external_data_format` names X (one chunk), and the export's graphs
+    always do."""
+    path = staged / "config.json"
+    config = json.loads(path.read_text())
+    graphs = [g for name in (ENCODER, DECODER_MERGED) for g in (name, quantized_name(name))]
+    config["transformers.js_config"] = {"use_external_data_format": {
+        g: 1 for g in graphs if (staged / "onnx" / data_name(g)).is_file()}}
+    path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def _public_meta(meta: dict[str, Any]) -> dict[str, Any]:
     """distill_meta.json without this machine's paths (the checkpoint the student came from)."""
     meta = json.loads(json.dumps(meta))
@@ -117,15 +131,19 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
     if found["student"] is None:
         raise PublishError(f"{results_file} holds no torch variant at {model}: the card's numbers must be the "
                            f"student's. Evaluate it (a config listing `path: {model}`) and try again.")
-    quantized = tuple(quantized_name(g) for g in GRAPHS)
+    graphs = (*GRAPHS, DECODER_MERGED)
+    quantized = tuple(quantized_name(g) for g in graphs)
+    weights = tuple(data_name(g) for g in graphs + quantized)  # each graph's external data, when it has one
     base_model = base_model or (meta.get("teacher") if is_hub_id(meta.get("teacher")) else None)
     out = out.expanduser().resolve()
     check_output(out, MANIFEST, OUT_WHAT, error=PublishError)
     with staged_dir(out) as staged:
         _copy(model, staged, MODEL_FILES + TOKENIZER_FILES, (*MODEL_FILES, "tokenizer.json"), "the student",
               "It must be a save_pretrained folder with safetensors weights and a fast tokenizer.")
-        _copy(onnx, staged / "onnx", GRAPHS + quantized + ONNX_SIDE_FILES, GRAPHS + quantized,
-              "fp32 and int8 graphs", f"Export with int8: make export MODEL={model} OUT={onnx}")
+        _copy(onnx, staged / "onnx", graphs + quantized + weights + ONNX_SIDE_FILES, graphs + quantized,
+              "fp32 and int8 graphs", f"Export with int8 (this version writes {DECODER_MERGED}): make export "
+              f"MODEL={model} OUT={onnx}")
+        _transformers_js_config(staged)
         (staged / "distill_meta.json").write_text(json.dumps(_public_meta(meta), indent=2) + "\n")
         export_meta = {k: v for k, v in export_meta.items() if k not in ("source", "source_fingerprint", "command")}
         export_meta[EXPORT_FILES_KEY] = _onnx_files(onnx, export_meta[EXPORT_FILES_KEY], staged / "onnx", export_fix)

@@ -20,6 +20,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from export.layout import (
     DECODER,
+    DECODER_MERGED,
     DECODER_WITH_PAST,
     ENCODER,
     ENCODER_DIGEST_KEY,
@@ -28,6 +29,7 @@ from export.layout import (
     GRAPH_EXPORT_ID,
     META_FILE,
     MODEL_KEY,
+    USE_CACHE_BRANCH,
 )
 from export.runtime.settings import read_json_object
 
@@ -132,9 +134,11 @@ def _shape_problems(graph: str, session: ort.InferenceSession, model: dict[str, 
     if graph == ENCODER:
         want_in |= {"attention_mask": {}}
         want_out = {"last_hidden_state": {2: d_model}}
-    elif graph == DECODER:
+    elif graph in (DECODER, DECODER_MERGED):
         want_in |= {"encoder_attention_mask": {}, "encoder_hidden_states": {2: d_model}}
         want_out = {"logits": {2: vocab}} | {f"present.{n}": {1: heads, 3: d_kv} for n in kv}
+        if graph == DECODER_MERGED:  # both steps' inputs
+            want_in |= {f"past_key_values.{n}": {1: heads, 3: d_kv} for n in kv} | {USE_CACHE_BRANCH: {}}
     else:
         want_in |= {"encoder_attention_mask": {}} | {f"past_key_values.{n}": {1: heads, 3: d_kv} for n in kv}
         want_out = {"logits": {2: vocab}} | {f"present.{n}": {1: heads, 3: d_kv} for n in own}
@@ -155,7 +159,7 @@ def _shape_problems(graph: str, session: ort.InferenceSession, model: dict[str, 
                 if isinstance(got, int) and got != size:
                     what = {1: "heads", 2: "vocabulary" if name == "logits" else "d_model", 3: "d_kv"}[axis]
                     problems.append(f"{kind} {name} has {what} {got}, the model {size}")
-    if graph == DECODER_WITH_PAST:
+    if graph in (DECODER_WITH_PAST, DECODER_MERGED):
         extra = sorted(set(ins) - set(want_in))
         if extra:
             problems.append(f"unexpected input(s) {', '.join(extra[:4])}")

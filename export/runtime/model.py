@@ -10,7 +10,17 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from export.layout import DECODER_WITH_PAST, DTYPES, ENCODER, GRAPHS, dtype_name, graph_files, quantized_name
+from export.layout import (
+    DECODER,
+    DECODER_MERGED,
+    DECODER_WITH_PAST,
+    DTYPES,
+    ENCODER,
+    GRAPHS,
+    dtype_name,
+    graph_files,
+    quantized_name,
+)
 from export.runtime.assisted import DRAFT_OPTIONS, DRAFT_START, AssistedStats, Draft, assisted_search
 from export.runtime.beam import beam_search
 from export.runtime.binding import BoundSteps, device_of
@@ -26,6 +36,7 @@ from export.runtime.folder import (
 )
 from export.runtime.greedy import greedy_search
 from export.runtime.inputs import checked_inputs
+from export.runtime.merged import Branch
 from export.runtime.sessions import return_freed_heap, session_options, shrink_after_run
 from export.runtime.settings import Settings, read_json_object, resolve, settings_from_file
 
@@ -75,13 +86,28 @@ def warn_if_fallen_back(session: ort.InferenceSession, providers: list[Any]) -> 
                       f"{', '.join(session.get_providers())}.", RuntimeWarning, stacklevel=4)
 
 
+def _merged_ok(providers: Any, io_binding: bool | None) -> bool:
+    """Whether the merged decoder may serve: the CPU alone and no IO binding (which binds the two graphs' sessions)."""
+    names = [p[0] if isinstance(p, tuple) else p for p in (providers or [])]
+    return io_binding is not True and all(name == "CPUExecutionProvider" for name in names)
+
+
 class OnnxT5:
-    """Three onnxruntime sessions (encoder, first decoder step, decoder with past) and `generate`."""
+    """onnxruntime sessions (the encoder, and the merged decoder or the first step and the decoder with past) and
+    `generate`."""
 
     def __init__(self, folder: Path, sessions: dict[str, ort.InferenceSession], settings: Settings,
-                 config: dict[str, Any], meta: ExportMeta | None = None, quantized: bool = False):
+                 config: dict[str, Any], meta: ExportMeta | None = None, quantized: bool = False,
+                 files: dict[str, str] | None = None):
         self.folder = folder
-        self.encoder, self.decoder, self.decoder_with_past = (sessions[g] for g in GRAPHS)
+        self.files = files or {g: quantized_name(g) if quantized else g for g in sessions}  # graph -> file loaded
+        self.encoder = sessions[ENCODER]
+        self.decoder: Any
+        self.decoder_with_past: Any
+        if DECODER_MERGED in sessions:  # one session, each weight once: its branches stand in for the two graphs
+            self.decoder, self.decoder_with_past = (Branch(sessions[DECODER_MERGED], c) for c in (False, True))
+        else:  # an export without the merged graph
+            self.decoder, self.decoder_with_past = sessions[DECODER], sessions[DECODER_WITH_PAST]
         self.settings = settings
         self.config = config
         self.meta = meta
@@ -106,7 +132,6 @@ class OnnxT5:
         self.assisted_stats: AssistedStats | None = None  # the last assisted `generate` call's counts and times
         self._once = shrink_after_run()  # for the encoder and the first step, which run once per call
         self.dtype = "fp32"  # set by `_load` from the files it loaded
-        self._files = {g: quantized_name(g) if quantized else g for g in GRAPHS}
         self.bound: BoundSteps | None = None  # the IO-binding steps, when loaded with io_binding (`bind`)
 
     def bind(self, providers: list[Any]) -> None:
@@ -135,7 +160,7 @@ class OnnxT5:
         """
         if not isinstance(verify, bool | np.bool_):
             raise TypeError(f"OnnxT5.from_pretrained: verify must be True or False, got {verify!r}.")
-        folder, files = cls._graph_files(folder, quantized, threads, dtype)
+        folder, files = cls._graph_files(folder, quantized, threads, dtype, _merged_ok(providers, io_binding))
         meta = read_meta(folder)
         names = [name for graph in files.values() for name in graph_files(folder, graph)]  # with external data
         check_sizes(folder, meta, names)
@@ -149,12 +174,12 @@ class OnnxT5:
                     dtype: str = "fp32") -> OnnxT5:
         """Load graphs without export_meta.json's checks: for the exporter, which runs the graphs it has just written
         (its int8 check) before it writes export_meta.json. Anything else loads with `from_pretrained`."""
-        folder, files = cls._graph_files(folder, quantized, threads, dtype)
+        folder, files = cls._graph_files(folder, quantized, threads, dtype, _merged_ok(providers, io_binding))
         return cls._load(folder, files, threads, providers, None, io_binding)
 
     @staticmethod
     def _graph_files(folder: str | Path, quantized: bool, threads: int | None,
-                     dtype: str = "fp32") -> tuple[Path, dict[str, str]]:
+                     dtype: str = "fp32", merged_ok: bool = True) -> tuple[Path, dict[str, str]]:
         """The folder and the file of each graph (GRAPHS -> file name); FileNotFoundError naming what is missing."""
         if not isinstance(folder, str | os.PathLike):
             raise TypeError(f"OnnxT5.from_pretrained: folder must be a path, got {folder!r}.")
@@ -177,6 +202,11 @@ class OnnxT5:
             raise FileNotFoundError(f"OnnxT5: {folder} is not a folder. Export one with "
                                     f"`python -m export --model MODEL --out {folder}`.")
         files = {g: quantized_name(g) if quantized else dtype_name(g, dtype) for g in GRAPHS}
+        # fp32 on the CPU: the decoder's weights once, for both steps (`export.merge`). Not int8: onnxruntime's int8
+        # MatMul fusions miss the branches' nodes, so the merged int8 decoder ran about 3x slower (docs/results.md);
+        # not with IO binding, which binds the two graphs' sessions
+        if merged_ok and not quantized and dtype == "fp32" and (folder / DECODER_MERGED).is_file():
+            files = {ENCODER: files[ENCODER], DECODER_MERGED: DECODER_MERGED}
         missing = [f for f in files.values() if not (folder / f).is_file()]
         if quantized and missing and all((folder / g).is_file() for g in GRAPHS):
             raise FileNotFoundError(f"OnnxT5: quantized=True, but {folder} holds no int8 graphs "
@@ -206,15 +236,16 @@ class OnnxT5:
             if getattr(settings, key) is None:
                 setattr(settings, key, config.get(key))
         providers = check_providers(providers)
-        sessions = {g: open_session(folder / f, session_options(threads, spin=g == DECODER_WITH_PAST), providers, fix)
+        sessions = {g: open_session(folder / f, session_options(threads, spin=g != ENCODER and g != DECODER),
+                                    providers, fix)
                     for g, f in files.items()}
         warn_if_fallen_back(sessions[ENCODER], providers)
         if meta:
             check_graphs(folder, meta, sessions, files)
             check_config(folder, config, meta)
-        model = cls(folder, sessions, settings, config, meta, quantized=files[ENCODER] == quantized_name(ENCODER))
+        model = cls(folder, sessions, settings, config, meta, quantized=files[ENCODER] == quantized_name(ENCODER),
+                    files=files)
         model.dtype = next((d for d in DTYPES if files[ENCODER] == dtype_name(ENCODER, d)), "fp32")  # int8: fp32
-        model._files = files
         running = sessions[ENCODER].get_providers()  # what onnxruntime started, with the options that were asked
         active = [p for p in providers if (p[0] if isinstance(p, tuple) else p) in running]
         if io_binding or (io_binding is None and device_of(active).kind != "cpu"):
@@ -236,11 +267,8 @@ class OnnxT5:
         if self.meta is None:
             raise ValueError(f"OnnxT5.verify: {self.folder} was loaded without export_meta.json (from_staged); "
                              "load it with OnnxT5.from_pretrained.")
-        names = [name for graph in self._graph_names() for name in graph_files(self.folder, graph)]
+        names = [name for graph in self.files.values() for name in graph_files(self.folder, graph)]
         return verify_checksums(self.folder, self.meta, names)
-
-    def _graph_names(self) -> tuple[str, ...]:
-        return tuple(self._files[g] for g in GRAPHS)
 
     @property
     def tokenizer(self) -> Any:

@@ -37,6 +37,10 @@ def test_folder_has_optimum_names_and_a_complete_meta(exported):
         "decoder_with_past_model.onnx": (["input_ids", "encoder_attention_mask",
                                           *(f"past_key_values.{n}" for n in kv)],
                                          ["logits", *(f"present.{n}" for n in own)]),
+        # optimum's merged names: both steps' inputs and use_cache_branch, the first step's outputs
+        "decoder_model_merged.onnx": (["input_ids", "encoder_attention_mask", "encoder_hidden_states",
+                                       *(f"past_key_values.{n}" for n in kv), "use_cache_branch"],
+                                      ["logits", *(f"present.{n}" for n in kv)]),
     }
     for graph, (inputs, outputs) in expected.items():
         sess = ort.InferenceSession(str(folder / graph), providers=["CPUExecutionProvider"])
@@ -51,10 +55,15 @@ def test_folder_has_optimum_names_and_a_complete_meta(exported):
     assert meta["model"]["lm_head_is_shared_embedding"] is tied
     assert meta["model"]["scale_decoder_outputs"] is tied  # v1.1 / flan: no d_model ** -0.5 before lm_head
     diffs = meta["validation"]["max_abs_diff"]
-    assert set(diffs) == set(GRAPHS)
+    merged = [f"decoder_model_merged.onnx ({g} branch)" for g in ("decoder_model", "decoder_with_past_model")]
+    assert set(diffs) == {*GRAPHS, *merged}  # both branches of the merged decoder checked against PyTorch too
+    assert all(diffs[m]["logits"] < 1e-4 for m in merged)
     assert diffs["decoder_model.onnx"]["logits"] < 1e-4 and diffs["decoder_with_past_model.onnx"]["logits"] < 1e-4
     assert meta["validation"]["batch"] >= 3 and meta["validation"]["first_decoder_length"] > 1
-    assert set(meta["file_bytes"]) == {*GRAPHS, *(f"{g}_data" for g in GRAPHS)}  # each graph's weights: its own file
+    graphs = [*GRAPHS, "decoder_model_merged.onnx"]
+    assert set(meta["file_bytes"]) == {*graphs, *(f"{g}_data" for g in graphs)}  # each graph's weights: its own file
+    # every weight of the with-past graph is one of the first step's: the merged graph holds no more bytes
+    assert meta["file_bytes"]["decoder_model_merged.onnx_data"] == meta["file_bytes"]["decoder_model.onnx_data"]
     assert all(size > 0 for size in meta["file_bytes"].values())
     assert meta["int8"] is None
 

@@ -180,7 +180,7 @@ def test_unsupported_or_inconsistent_options_raise(tied, batch):
 
 def test_missing_graph_is_named(tied, tmp_path):
     folder = tmp_path / "onnx"
-    shutil.copytree(tied.onnx_dir, folder)
+    shutil.copytree(tied.onnx_dir, folder, ignore=shutil.ignore_patterns("decoder_model_merged*"))  # an older export
     (folder / "decoder_with_past_model.onnx").unlink()
     with pytest.raises(FileNotFoundError, match=r"decoder_with_past_model\.onnx"):
         OnnxT5.from_pretrained(folder)
@@ -252,3 +252,21 @@ def test_loading_returns_the_heap_it_freed(tied, monkeypatch):
     monkeypatch.setattr(model, "return_freed_heap", lambda: calls.append(1))
     OnnxT5.from_pretrained(tied.onnx_dir)
     assert calls == [1]
+
+
+def test_merged_decoder_is_what_runs_and_a_folder_without_it_decodes_the_same(tied, tmp_path, batch):
+    """The export writes decoder_model_merged.onnx (each decoder weight once) and OnnxT5 runs both steps on it; an
+    older export, with only the two decoder graphs, still loads and decodes the same greedy and beam tokens."""
+    from export.runtime.merged import Branch
+
+    merged = OnnxT5.from_pretrained(tied.onnx_dir)
+    assert isinstance(merged.decoder, Branch) and merged.decoder.session is merged.decoder_with_past.session
+    older = tmp_path / "older"
+    shutil.copytree(tied.onnx_dir, older, ignore=shutil.ignore_patterns("decoder_model_merged*"))
+    separate = OnnxT5.from_pretrained(older)
+    assert not isinstance(separate.decoder, Branch)
+    ids, mask = batch(LENGTHS)
+    for kwargs in ({"max_new_tokens": 10}, BEAM["beam3"]):
+        want = _reference(tied.model, ids, mask, **kwargs)
+        np.testing.assert_array_equal(merged.generate(ids, mask, **kwargs), want)
+        np.testing.assert_array_equal(separate.generate(ids, mask, **kwargs), want)

@@ -15,7 +15,16 @@ import pytest
 import torch
 
 from export import OnnxT5
-from export.layout import DECODER_WITH_PAST, ENCODER, EXPORT_ID_KEY, FILES_KEY, GRAPH_EXPORT_ID, META_FILE, MODEL_KEY
+from export.layout import (
+    DECODER_MERGED,
+    DECODER_WITH_PAST,
+    ENCODER,
+    EXPORT_ID_KEY,
+    FILES_KEY,
+    GRAPH_EXPORT_ID,
+    META_FILE,
+    MODEL_KEY,
+)
 
 LENGTHS = [9, 6, 3, 8, 1]
 REEXPORT = r"re-export with `python -m export --model .+ --out .+`"
@@ -114,9 +123,9 @@ def test_export_meta_with_an_incomplete_model_shape_is_refused(folder):
 
 def test_graph_not_listed_in_export_meta_is_refused(folder):
     meta = read_meta(folder)
-    del meta[FILES_KEY][DECODER_WITH_PAST]
+    del meta[FILES_KEY][DECODER_MERGED]  # the decoder fp32 serves with
     write_meta(folder, meta)
-    with pytest.raises(ValueError, match=rf"{DECODER_WITH_PAST} is not listed in {META_FILE}"):
+    with pytest.raises(ValueError, match=rf"{DECODER_MERGED} is not listed in {META_FILE}"):
         OnnxT5.from_pretrained(folder)
 
 
@@ -142,20 +151,25 @@ def test_corrupt_graph_that_onnxruntime_cannot_load_is_named(folder):
 def test_graph_from_another_export_of_the_same_shape_is_refused(whole, folder, tmp_path):
     other = Path(shutil.copytree(whole, tmp_path / "other"))
     restamp(other, uuid.uuid4().hex)  # another export of a model of the same shape
-    shutil.copy(other / DECODER_WITH_PAST, folder / DECODER_WITH_PAST)
-    assert (folder / DECODER_WITH_PAST).stat().st_size == read_meta(folder)[FILES_KEY][DECODER_WITH_PAST]["bytes"]
-    with pytest.raises(ValueError, match=rf"{DECODER_WITH_PAST} belongs to another export.*mixes files of different "
-                                         rf"exports; {REEXPORT}"):
-        OnnxT5.from_pretrained(folder)
+    # the merged decoder serves by default; IO binding runs the two graphs
+    for graph, io_binding in ((DECODER_MERGED, None), (DECODER_WITH_PAST, True)):
+        shutil.copy(other / graph, folder / graph)
+        assert (folder / graph).stat().st_size == read_meta(folder)[FILES_KEY][graph]["bytes"]
+        with pytest.raises(ValueError, match=rf"{graph} belongs to another export.*mixes files of different "
+                                             rf"exports; {REEXPORT}"):
+            OnnxT5.from_pretrained(folder, io_binding=io_binding)
 
 
 def test_export_meta_of_another_export_is_refused(whole, folder, tmp_path):
     other = Path(shutil.copytree(whole, tmp_path / "other"))
     restamp(other, uuid.uuid4().hex)
     shutil.copy(other / META_FILE, folder / META_FILE)
+    with pytest.raises(ValueError, match=r"encoder_model.onnx belongs to another export .*; "
+                                         r"decoder_model_merged.onnx belongs to another export"):
+        OnnxT5.from_pretrained(folder)
     with pytest.raises(ValueError, match=r"encoder_model.onnx belongs to another export .*; decoder_model.onnx "
                                          r"belongs to another export .*; decoder_with_past_model.onnx belongs"):
-        OnnxT5.from_pretrained(folder)
+        OnnxT5.from_pretrained(folder, io_binding=True)  # the two decoder graphs
 
 
 def test_graph_without_export_id_is_refused(folder):
@@ -175,7 +189,7 @@ def test_graph_without_export_id_is_refused(folder):
 
 @pytest.mark.parametrize("key, value, match", [
     ("num_decoder_layers", 3, r"8 present outputs, where num_decoder_layers 3 needs 12"),
-    ("num_heads", 4, r"present.0.decoder.key has heads 2, the model 4"),
+    ("num_heads", 4, r"past_key_values.0.decoder.key has heads 2, the model 4"),
     ("d_kv", 8, r"d_kv 16, the model 8"),
     ("vocab_size", 50, r"output logits has vocabulary 48, the model 50"),
     ("d_model", 64, r"last_hidden_state has d_model 32, the model 64"),
