@@ -22,6 +22,7 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
+from bench.errors import BenchError
 from distill.errors import cli_errors
 from distill.published import parameter_bytes, read_config
 from distill.sizes import weight_counts
@@ -43,7 +44,8 @@ def peak_rss(cmd: list[str], log: Path) -> tuple[int, float]:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed; see {log}")
+        last = log.read_text().strip().splitlines()[-1:] or ["no output"]
+        raise BenchError(f"{' '.join(cmd)} failed ({last[0]}); see {log}")
     return usage.ru_maxrss * 1024, time.perf_counter() - start
 
 
@@ -98,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['runtime_fp32_peak_gb']:.2f} GB ({r['runtime_fp32_ratio']:.2f}x), int8 "
                   f"{r['runtime_int8_peak_gb']:.2f} GB ({r['runtime_int8_ratio']:.2f}x of "
                   f"{r['served_int8_gb']:.2f} GB)", flush=True)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+            if args.json:  # after each shape: a later one that fails or is interrupted keeps the earlier rows
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":
