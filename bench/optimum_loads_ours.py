@@ -2,8 +2,9 @@
 
     .venv-optimum/bin/python bench/optimum_loads_ours.py runs/export/student runs/distill/student
 
-ORTModelForSeq2SeqLM loads a folder written by `python -m export` (fp32 and int8) and, for fp32, must generate the
-same greedy and beam-4 tokens as transformers 4.57 on the same weights (3 padded verses)."""
+ORTModelForSeq2SeqLM loads a folder written by `python -m export` (fp32 with its two decoder graphs and with the merged
+one, and int8; every graph's weights in its .onnx_data) and, for fp32, must generate the same greedy and beam-4
+tokens as transformers 4.57 on the same weights (3 padded verses)."""
 import sys
 
 import torch
@@ -21,20 +22,23 @@ enc = tok.encode_batch(texts)
 batch = {"input_ids": torch.tensor([e.ids for e in enc]),
          "attention_mask": torch.tensor([e.attention_mask for e in enc])}
 ref = T5ForConditionalGeneration.from_pretrained(torch_dir).eval()
-for quantized in (False, True):
+for quantized, merged in ((False, False), (False, True), (True, False)):
     names = {}
+    if merged:
+        names = {"decoder_file_name": "decoder_model_merged.onnx"}
     if quantized:
         names = {"encoder_file_name": "encoder_model_quantized.onnx",
                  "decoder_file_name": "decoder_model_quantized.onnx",
                  "decoder_with_past_file_name": "decoder_with_past_model_quantized.onnx"}
-    model = ORTModelForSeq2SeqLM.from_pretrained(onnx_dir, use_cache=True, use_merged=False, **names)
+    model = ORTModelForSeq2SeqLM.from_pretrained(onnx_dir, use_cache=True, use_merged=merged, **names)
     for beams in (1, 4):
         kw = dict(num_beams=beams, max_new_tokens=40, do_sample=False)
         got = model.generate(**batch, **kw)
         with torch.inference_mode():
             want = ref.generate(**batch, **kw)
         same = got.shape == want.shape and bool((got == want).all())
-        print(f"optimum loads our export (int8={quantized}), beams {beams}: tokens equal to transformers: {same}")
+        print(f"optimum loads our export (int8={quantized}, merged={merged}), beams {beams}: tokens equal to "
+              f"transformers: {same}")
         if not quantized:
             assert same
 print(tok.decode_batch(got.tolist(), skip_special_tokens=True)[0])

@@ -130,15 +130,19 @@ def _load_onnx(path: str, quantized: bool, threads: int, tokenizer: bool, draft:
     import onnxruntime
 
     from export import OnnxT5
-    from export.layout import GRAPHS, quantized_name
+    from export.layout import graph_files
+
+    def served(runtime: OnnxT5) -> list[Path]:
+        """The files `runtime` loaded: its graphs (the merged decoder, or the two) and their weights' data files."""
+        folder = runtime.folder
+        return [folder / name for graph in runtime.files.values() for name in graph_files(folder, graph)]
 
     model = OnnxT5.from_pretrained(path, quantized=quantized, threads=threads)
-    graphs = [quantized_name(g) if quantized else g for g in GRAPHS]
-    files = [Path(path).expanduser() / g for g in graphs]
+    files = served(model)
     assistant = None
     if draft is not None:
         assistant = OnnxT5.from_pretrained(draft, quantized=quantized, threads=threads)
-        files += [Path(draft).expanduser() / g for g in graphs]
+        files += served(assistant)
     size = sum(f.stat().st_size for f in files)
     return OnnxEngine(model, load_tokenizer(path) if tokenizer else None, size, [str(f) for f in files],
                       model.settings.pad_token_id, _ids(model.settings.eos_token_id),

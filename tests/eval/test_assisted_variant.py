@@ -53,4 +53,12 @@ def test_assisted_engine_predicts_what_the_model_alone_does(tmp_path, tiny_t5_di
     sources = encode(alone.tokenizer, ["translate English to French: " + r["en"] for r in rows], 64)
     generation = GenerationConfig(max_new_tokens=12, batch_size=4)
     assert predict(pair, sources, generation) == predict(alone, sources, generation)
+    # the size counts what serves: the graphs OnnxT5 loaded and their weights' data files, the draft's too
+    from pathlib import Path
+
+    assert {Path(f).name for f in alone.files} == {"encoder_model.onnx", "encoder_model.onnx_data",
+                                                   "decoder_model_merged.onnx", "decoder_model_merged.onnx_data"}
+    assert alone.size_bytes == sum(Path(f).stat().st_size for f in alone.files)
+    assert pair.size_bytes == alone.size_bytes + sum(Path(f).stat().st_size for f in pair.files
+                                                      if Path(f).is_relative_to(student_onnx))
     assert pair.model.assisted_stats.drafted > 0 and pair.size_bytes > alone.size_bytes
