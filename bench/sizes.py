@@ -25,8 +25,8 @@ from transformers import AutoConfig
 from bench.errors import BenchError
 from distill.errors import cli_errors
 from distill.published import parameter_bytes, read_config
-from distill.sizes import weight_counts
 from export.exporter import default_keep_fp32
+from export.resources import int8_weight_bytes
 
 GREEDY = """
 import numpy as np, sys
@@ -49,18 +49,6 @@ def peak_rss(cmd: list[str], log: Path) -> tuple[int, float]:
     return usage.ru_maxrss * 1024, time.perf_counter() - start
 
 
-def int8_bytes(fields: dict, keep: tuple[str, ...]) -> int:
-    """Bytes of the weights the int8 graphs serve: 1 per quantized weight, 4 per weight kept fp32 (`wo`, `lm_head`)."""
-    c = weight_counts(fields)
-    kept = 0
-    if "wo" in keep:
-        layers = fields["num_layers"] + (fields.get("num_decoder_layers") or fields["num_layers"])
-        kept += layers * fields["d_ff"] * fields["d_model"]
-    if "lm_head" in keep:
-        kept += c.head or c.embedding
-    return c.total + 3 * kept
-
-
 def measure(name: str, work: Path) -> dict:
     fields = read_config(name)
     model_dir, export_dir = work / "models" / name, work / "exports" / name
@@ -75,7 +63,7 @@ def measure(name: str, work: Path) -> dict:
     row = {"config": name, "weights_gb": weights / 1e9, "export_peak_gb": rss / 1e9, "export_ratio": rss / weights,
            "export_minutes": seconds / 60, "int8_keep_fp32": list(keep),
            "folder_gb": sum(p.stat().st_size for p in export_dir.iterdir()) / 1e9}
-    for precision, served in (("fp32", weights), ("int8", int8_bytes(fields, keep))):
+    for precision, served in (("fp32", weights), ("int8", int8_weight_bytes(fields, keep))):
         rss, _ = peak_rss([sys.executable, "-c", GREEDY, str(export_dir), precision], work / f"{name}-{precision}.log")
         row |= {f"runtime_{precision}_peak_gb": rss / 1e9, f"runtime_{precision}_ratio": rss / served,
                 f"served_{precision}_gb": served / 1e9}

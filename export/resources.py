@@ -61,16 +61,26 @@ def predict(fields: dict[str, Any], int8: bool, keep_fp32: tuple[str, ...]) -> N
     return Needs(memory + BASELINE_BYTES, disk, weights)
 
 
-def _kept_fraction(fields: dict[str, Any], keep_fp32: tuple[str, ...]) -> float:
-    """The share of the decoder graph's weights that stay fp32 with `keep_fp32` (`wo` and `lm_head` are counted)."""
-    c = weight_counts(fields)
-    total = c.embedding + c.decoder + (c.head or c.embedding)
-    kept = 0
-    if "wo" in keep_fp32:
-        kept += (fields.get("num_decoder_layers") or fields["num_layers"]) * fields["d_ff"] * fields["d_model"]
-    if "lm_head" in keep_fp32:
+def _kept(fields: dict[str, Any], keep_fp32: tuple[str, ...], stacks: tuple[str, ...]) -> int:
+    """Parameters `keep_fp32` keeps fp32 in `stacks` ("encoder", "decoder"): each layer's `wo`, and the decoder's
+    output matrix for `lm_head`."""
+    layers = {"encoder": fields["num_layers"], "decoder": fields.get("num_decoder_layers") or fields["num_layers"]}
+    kept = sum(layers[s] for s in stacks) * fields["d_ff"] * fields["d_model"] if "wo" in keep_fp32 else 0
+    if "lm_head" in keep_fp32 and "decoder" in stacks:
+        c = weight_counts(fields)
         kept += c.head or c.embedding
-    return kept / total
+    return kept
+
+
+def _kept_fraction(fields: dict[str, Any], keep_fp32: tuple[str, ...]) -> float:
+    """The share of the decoder graph's weights that stay fp32 with `keep_fp32`."""
+    c = weight_counts(fields)
+    return _kept(fields, keep_fp32, ("decoder",)) / (c.embedding + c.decoder + (c.head or c.embedding))
+
+
+def int8_weight_bytes(fields: dict[str, Any], keep_fp32: tuple[str, ...]) -> int:
+    """Bytes of the weights the int8 graphs serve: 1 per quantized weight, 4 per weight kept fp32."""
+    return weight_counts(fields).total + 3 * _kept(fields, keep_fp32, ("encoder", "decoder"))
 
 
 def available_memory() -> int | None:
