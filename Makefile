@@ -21,7 +21,7 @@ OUT ?= runs/export/student
 REPO_ID ?=
 EVAL_CONFIG ?= configs/eval/default.yaml
 RESULTS ?= runs/eval/default/results.json
-GRID ?= full
+GRID ?= default
 LIMIT ?=
 
 .PHONY: help setup data tokenizer teacher teacher-score distill distill-best distill-matrix distill-profile pseudo-labels pseudo-labels-mixed export bench-export eval publish bench bench-spec bench-gpu demo test test-fast lint
@@ -131,7 +131,7 @@ publish: setup  ## stage, check and (PUSH=1) upload a student to the hub (REPO_I
 bench-gpu: setup data  ## on a GPU machine: OnnxT5 fp16 on CUDA vs torch bf16 and CTranslate2, distillation steps/s
 	PY=$(PY) bench/gpu.sh
 
-bench: .venv-serve/.installed .venv-optimum/.installed data  ## OnnxT5 vs torch, CTranslate2, optimum (GRID=quick)
+bench: .venv-serve/.installed .venv-optimum/.installed data  ## OnnxT5 at its best vs every peer at its best, every shape (GRID=quick|full)
 	$(PY) -m bench --grid $(GRID)
 
 demo: data  ## the whole chain on the embedded default: distill, export (student, teacher), eval (runs/eval/default)

@@ -7,8 +7,8 @@ For each decoding (greedy, beam 4) it times transformers' `generate`, `OnnxT5` f
 inputs (batch 1, 64 input tokens, 32 new tokens forced with min_new_tokens = max_new_tokens, so that every engine
 decodes exactly as many steps), with the same thread count, and prints the ratios against torch. It also measures the
 memory bandwidth (numpy reads of a 1 GiB array, one reader per thread) and prints the fp32 decoder step against the
-floor that bandwidth sets: the bytes of weights one step must read (decoder layers without the cross-attention K/V
-projections, which run once per input, plus lm_head) divided by the bandwidth.
+floor that bandwidth sets: the bytes of weights one step must read (`bench.floor.step_weight_bytes`: the
+decoder-with-past graph's weights but the tables it only gathers rows from) divided by the bandwidth.
 
 This is a benchmark, not a test: it prints measurements and checks nothing but token agreement between the engines.
 Numbers from one run are comparable with each other only; run it with nothing else busy on the machine.
@@ -22,13 +22,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.floor import bandwidth, step_weight_bytes
 from bench.shapes import T5_SMALL
 from distill.models import load_t5
 from export import OnnxT5
@@ -62,30 +62,6 @@ def random_t5_small(folder: Path, decoder_layers: int, seed: int = 0) -> Path:
     model = T5ForConditionalGeneration(T5Config(**{**T5_SMALL, "num_decoder_layers": decoder_layers}))
     model.save_pretrained(folder)
     return folder
-
-
-def step_weight_bytes(model: Any) -> int:
-    """Bytes of fp32 weights one decoder step with a cache reads: the decoder stack without its cross-attention K/V
-    projections (computed once per input) and without the embedding (one row is gathered), plus lm_head."""
-    total = 0
-    for name, p in model.decoder.named_parameters():
-        if "embed_tokens" in name or ("EncDecAttention" in name and name.split(".")[-2] in ("k", "v")):
-            continue
-        total += p.numel() * p.element_size()
-    return total + model.lm_head.weight.numel() * model.lm_head.weight.element_size()
-
-
-def bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
-    """Bytes per second read by `threads` numpy readers, each summing its share of one array (best of `repeats`)."""
-    data = np.ones(int(gib * 2**30) // 4, dtype=np.float32)
-    parts = np.array_split(data, threads)
-    best = float("inf")
-    with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL in reductions
-        for _ in range(repeats):
-            start = time.perf_counter()
-            list(pool.map(np.sum, parts))
-            best = min(best, time.perf_counter() - start)
-    return data.nbytes / best
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
@@ -163,16 +139,17 @@ def main(argv: list[str] | None = None) -> None:
                       f"{cell['tokens_per_s']:>10.1f}{base / med:>9.2f}x{same:>13.3f}")
 
         bw = bandwidth(args.threads)
-        floor_ms = 1000 * step_weight_bytes(model) / bw
+        weights = step_weight_bytes(onnx_dir / DECODER_WITH_PAST)  # fp32: what the torch decoder step reads too
+        floor_ms = 1000 * weights / bw
         past = args.new_tokens // 2
         fp32_step = step_ms(runtimes["onnx-fp32"], args.batch, past)
         int8_step = step_ms(runtimes["onnx-int8"], args.batch, past)
         greedy = {c["engine"]: c for c in results["cells"] if c["decoding"] == "greedy"}
-        results.update({"bandwidth_gb_s": bw / 1e9, "step_weight_mb": step_weight_bytes(model) / 1e6,
+        results.update({"bandwidth_gb_s": bw / 1e9, "step_weight_mb": weights / 1e6,
                         "floor_ms_per_step": floor_ms, "fp32_step_ms": fp32_step, "int8_step_ms": int8_step,
                         "fp32_step_vs_floor": fp32_step / floor_ms})
         print(f"\nmemory bandwidth {bw / 1e9:.1f} GB/s ({args.threads} numpy readers); one decoder step reads "
-              f"{step_weight_bytes(model) / 1e6:.1f} MB of fp32 weights -> floor {floor_ms:.2f} ms/step")
+              f"{weights / 1e6:.1f} MB of fp32 weights -> floor {floor_ms:.2f} ms/step")
         print(f"decoder_with_past alone at past length {past}, batch {args.batch}: fp32 {fp32_step:.2f} ms "
               f"({fp32_step / floor_ms:.2f}x the floor), int8 {int8_step:.2f} ms")
         if "onnx-fp32" in greedy:

@@ -1,4 +1,5 @@
-"""One engine on one model: the shared input ids, and `python -m bench.worker` in the engine's venv."""
+"""One engine configuration on one model: the shared input ids, and `python -m bench.worker` in the configuration's
+venv and environment."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.configs import Config
+from bench.errors import BenchError
 from bench.steps import WORKER, run_step, worker_env
 from eval.speed import fixed_inputs
 
@@ -28,24 +31,26 @@ def inputs_file(args: argparse.Namespace, grid: dict[str, list[int]], folder: Pa
     return path
 
 
-def run_engine(engine: str, model: str, folders: dict[str, Path], source: Path, cells: list[list[int]], inputs: Path,
-               args: argparse.Namespace, config: dict[str, Any], tmp: Path) -> dict[str, Any]:
-    """One engine on one model, in `python -m bench.worker` with the engine's venv; the worker's OUT.json."""
-    kind, _, precision = engine.partition("-")
-    quantized = precision == "int8"
-    python = sys.executable
-    path = {"torch": source, "onnx": folders.get("onnx"), "ct2": folders.get(engine),
-            "optimum": folders.get("optimum")}[kind]
-    if kind == "onnx":
-        python = str(args.serve_python)
-    elif kind == "optimum":
-        python = str(args.optimum_python)
-    job = {"name": f"{model}/{engine}", "engine": {"ct2": "ctranslate2"}.get(kind, kind), "path": str(path),
-           "quantized": quantized, "compute_type": "int8" if quantized else "float32", "threads": args.threads,
+def run_config(config: Config, model: str, folder: Path, cells: list[list[int]], inputs: Path,
+               args: argparse.Namespace, model_config: dict[str, Any], tmp: Path, repeats: int | None = None
+               ) -> dict[str, Any]:
+    """`config` on `model` (its converted `folder`) over `cells`, in `python -m bench.worker` with the configuration's
+    venv and environment: the worker's OUT.json, or {"error": ...} when the worker fails (a peer configuration that
+    cannot run a shape is reported, not fatal; ours failing is)."""
+    python = {"project": sys.executable, "serve": str(args.serve_python), "optimum": str(args.optimum_python)}
+    job = {"name": f"{model}/{config.name}", "engine": config.worker, "path": str(folder), "threads": args.threads,
            "inputs": str(inputs), "cells": cells, "new_tokens": args.new_tokens, "warmup": 1,
-           "repeats": args.repeats, "start_id": config["decoder_start_token_id"], "eos_id": config["eos_token_id"],
-           "pad_id": config["pad_token_id"]}
-    job_file, out_file = tmp / f"{model}-{engine}.job.json", tmp / f"{model}-{engine}.json"
+           "repeats": repeats or args.repeats, "min_seconds": args.min_seconds, "max_repeats": args.max_repeats,
+           "start_id": model_config["decoder_start_token_id"], "eos_id": model_config["eos_token_id"],
+           "pad_id": model_config["pad_token_id"], **config.job}
+    job_file, out_file = tmp / f"{model}-{config.name}.job.json", tmp / f"{model}-{config.name}.json"
     job_file.write_text(json.dumps(job))
-    run_step([python, "-m", WORKER, str(job_file), str(out_file)], f"{model}/{engine}", worker_env())
+    out_file.unlink(missing_ok=True)
+    try:
+        run_step([python[config.venv], "-m", WORKER, str(job_file), str(out_file)], f"{model}/{config.name}",
+                 {**worker_env(), **config.env})
+    except BenchError as err:
+        if config.family == "onnx":
+            raise
+        return {"error": str(err)}
     return json.loads(out_file.read_text())

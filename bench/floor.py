@@ -1,0 +1,150 @@
+"""How close one decoder step comes to the memory-bandwidth floor: the time a step must take at least, because it reads
+every weight of the decoder once, against the time OnnxT5 takes per generated token.
+
+    python -m bench.floor --onnx runs/export/student --threads 2 --json floor.json
+
+At batch 1 a decoder step is a chain of matrix-vector products: each weight is read once and used for one
+multiply-add, so the step cannot be faster than (bytes of the weights it reads) / (memory bandwidth). The bytes are
+counted from the decoder-with-past graph itself (fp32, int8 or 4-bit alike): every initializer except the tables that
+are only gathered from (the token embedding, of which a step reads one row, and the relative-position bias). The
+cross-attention keys and values are inputs of that graph (computed once per input by the first step), so their
+projections are not counted. The bandwidth is measured in the same run: numpy threads summing their share of a 1 GiB
+array. The per-token time is measured on the whole `generate` at batch 1, greedy: (time for 1 + N new tokens - time
+for 1) / N, so the encoder and the first step drop out and the Python of the loop and the argmax stay in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.layout import DECODER_WITH_PAST, quantized_name
+
+GATHER_ONLY = ("Gather", "GatherElements")  # ops that read a few rows of a table, not the whole of it
+
+
+def bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
+    """Bytes per second read by `threads` numpy readers, each summing its share of one array (best of `repeats`)."""
+    data = np.ones(int(gib * 2**30) // 4, dtype=np.float32)
+    parts = np.array_split(data, threads)
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL in reductions
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = min(best, time.perf_counter() - start)
+    return data.nbytes / best
+
+
+def step_weight_bytes(graph: Path) -> int:
+    """Bytes of the initializers one call of a decoder-with-past graph reads whole: all of them, except those that
+    only Gather-like nodes consume (embedding rows, relative-position buckets), subgraphs included."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(graph), load_external_data=False)
+    consumers: dict[str, set[str]] = {}
+
+    def walk(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            for name in node.input:
+                consumers.setdefault(name, set()).add(node.op_type)
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                    walk(sub)
+
+    walk(model.graph)
+    total = 0
+    for init in model.graph.initializer:
+        ops = consumers.get(init.name, set())
+        if ops and ops <= set(GATHER_ONLY):
+            continue
+        size = helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
+        total += int(np.prod(init.dims, dtype=np.int64)) * size
+    return total
+
+
+def median_seconds(call: Callable[[], Any], repeats: int) -> float:
+    call()  # warm-up: the first call allocates what the others reuse
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def per_token_ms(runtime: Any, ids: np.ndarray, new_tokens: int, repeats: int) -> float:
+    """Milliseconds per token of `runtime.generate` at batch 1, greedy: the cost of `new_tokens` more steps over
+    one step, divided by `new_tokens` (encoder and first step drop out)."""
+    mask = np.ones_like(ids)
+
+    def run(n: int) -> Callable[[], Any]:
+        return lambda: runtime.generate(ids, mask, num_beams=1, do_sample=False, min_new_tokens=n, max_new_tokens=n)
+
+    one = median_seconds(run(1), repeats)
+    many = median_seconds(run(1 + new_tokens), repeats)
+    return 1000 * (many - one) / new_tokens
+
+
+def measure(folder: Path, threads: int, input_length: int = 64, new_tokens: int = 32, repeats: int = 7,
+            bandwidth_gib: float = 1.0) -> dict[str, Any]:
+    """The floor and the measured per-token time of an export's fp32 graphs, and of its int8 graphs when it has
+    them; the bandwidth measured once, first (on an array of `bandwidth_gib`, far larger than any cache)."""
+    from export import OnnxT5
+
+    bw = bandwidth(threads, bandwidth_gib)
+    config = json.loads((folder / "config.json").read_text())
+    rng = np.random.default_rng(0)
+    ids = np.concatenate([rng.integers(3, min(config["vocab_size"], 8000), size=(1, input_length - 1)),
+                          np.full((1, 1), config["eos_token_id"])], axis=1).astype(np.int64)
+    out: dict[str, Any] = {"bandwidth_gb_s": bw / 1e9, "threads": threads, "input_length": input_length,
+                           "new_tokens": new_tokens, "precisions": {}}
+    for precision, quantized, graph in (("fp32", False, DECODER_WITH_PAST),
+                                        ("int8", True, quantized_name(DECODER_WITH_PAST))):
+        if not (folder / graph).is_file():
+            continue
+        weights = step_weight_bytes(folder / graph)
+        runtime = OnnxT5.from_pretrained(folder, quantized=quantized, threads=threads)
+        ms = per_token_ms(runtime, ids, new_tokens, repeats)
+        del runtime
+        floor = 1000 * weights / bw
+        out["precisions"][precision] = {"step_weight_mb": weights / 1e6, "floor_ms": floor, "per_token_ms": ms,
+                                        "vs_floor": ms / floor}
+        print(f"{folder.name} {precision}: a step reads {weights / 1e6:.1f} MB -> floor {floor:.2f} ms at "
+              f"{bw / 1e9:.1f} GB/s; measured {ms:.2f} ms per token ({ms / floor:.2f}x)", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    import os
+
+    from bench.errors import BenchError
+    from distill.errors import cli_errors
+
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--onnx", type=Path, required=True, help="an export folder (python -m export)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--json", type=Path, help="write the measurements here")
+    args = parser.parse_args(argv)
+    with cli_errors(parser.prog):
+        if not (args.onnx / DECODER_WITH_PAST).is_file():
+            raise BenchError(f"{args.onnx} holds no {DECODER_WITH_PAST}; make one with "
+                                    f"`python -m export --model MODEL --out {args.onnx} --int8`.")
+        result = measure(args.onnx, args.threads, new_tokens=args.new_tokens, repeats=args.repeats)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""`bench.floor`: the bytes a decoder step reads are counted from the graph as the module says, and the measurement
+reports the floor and the time per token of each precision the export has."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import floor
+from distill.models import load_t5
+from export.exporter import export
+from export.layout import DECODER_WITH_PAST, quantized_name
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_t5_dir, tmp_path_factory):
+    return export(str(tiny_t5_dir), tmp_path_factory.mktemp("floor") / "onnx", int8=True)
+
+
+def test_a_step_reads_the_decoder_but_its_gathered_tables_and_cross_attention_projections(tiny_t5_dir, tiny_export):
+    model = load_t5(str(tiny_t5_dir))
+    # the exporter keeps one initializer for equal tensors (a fresh model's layer norms are all ones)
+    read = {p.detach().numpy().tobytes() for name, p in model.decoder.named_parameters()
+            if "embed_tokens" not in name and "relative_attention_bias" not in name
+            and not ("EncDecAttention" in name and name.split(".")[-2] in ("k", "v"))}
+    want = sum(map(len, read))
+    want += model.lm_head.weight.numel() * 4  # its own initializer in the graph, though tied to the embedding
+    assert floor.step_weight_bytes(tiny_export / DECODER_WITH_PAST) == want
+    int8 = floor.step_weight_bytes(tiny_export / quantized_name(DECODER_WITH_PAST))
+    assert want / 4 < int8 < want / 2  # int8 matrices, with fp32 norms and scales beside them
+
+
+def test_measure_reports_each_precision_against_its_floor(tiny_export):
+    out = floor.measure(tiny_export, threads=1, input_length=8, new_tokens=4, repeats=2, bandwidth_gib=0.01)
+    assert set(out["precisions"]) == {"fp32", "int8"} and out["bandwidth_gb_s"] > 0
+    for p in out["precisions"].values():
+        assert p["floor_ms"] == pytest.approx(p["step_weight_mb"] * 1e6 / (out["bandwidth_gb_s"] * 1e9) * 1000)
+        assert p["vs_floor"] == pytest.approx(p["per_token_ms"] / p["floor_ms"])
