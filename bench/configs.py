@@ -57,6 +57,8 @@ CONFIGS: tuple[Config, ...] = (
     Config("optimum-int8", "optimum", "optimum", "optimum", "optimum-int8"),
     Config("optimum-fp32-merged", "optimum", "optimum", "optimum", "optimum", {"merged": True}),
     Config("optimum-int8-merged", "optimum", "optimum", "optimum", "optimum-int8", {"merged": True}),
+    # onnxruntime's one-graph search runs with onnxruntime and numpy only: the serving venv, as OnnxT5
+    Config("ort-beam", "ort-beam", "ort-beam", "serve", "ort-beam"),
 )
 BY_NAME = {c.name: c for c in CONFIGS}
 

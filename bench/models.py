@@ -104,6 +104,13 @@ def convert(name: str, model: Path, configs: list[Config], args: argparse.Namesp
                               quantization, "--force"], f"converting {name} with ct2-transformers-converter")
                 return out
             attempt(kind, ct2)
+    if "ort-beam" in kinds:
+        def ort_beam() -> Path:
+            out = work / "ort-beam"
+            run_step([sys.executable, "-m", "bench.ort_beam", "--model", str(model), "--out", str(out)],
+                     f"building {name}'s onnxruntime BeamSearch graph")
+            return out
+        attempt("ort-beam", ort_beam)
     if {"optimum", "optimum-int8"} & kinds:
         def optimum() -> Path:
             out = work / "optimum"

@@ -1,7 +1,7 @@
 """onnxruntime's own T5 beam search as a peer of `make bench`: one ONNX graph whose `BeamSearch` contrib operator
 (com.microsoft) runs the encoder and decoder subgraphs and the whole search inside onnxruntime.
 
-    convert(Path("models/student"), Path("work/ort-beam"))     # torch, transformers, onnxruntime.transformers
+    python -m bench.ort_beam --model models/student --out work/ort-beam   # convert(): torch, transformers
     OrtBeamEngine({"path": "work/ort-beam", "threads": 4, "start_id": 0, "eos_id": 1, "pad_id": 0})
         .generate(ids, beams=4, new_tokens=32)                  # onnxruntime and numpy only
 
@@ -32,8 +32,6 @@ from typing import Any
 
 import numpy as np
 
-from bench.errors import BenchError
-
 GRAPH = "model.onnx"
 META = "ort_beam.json"
 
@@ -49,6 +47,8 @@ def convert(model: Path, out: Path) -> Path:
     import transformers
     from onnxruntime.transformers.convert_generation import convert_generation_model, parse_arguments
     from onnxruntime.transformers.models.t5.t5_helper import T5Decoder, T5EncoderDecoderInit, T5Helper
+
+    from bench.errors import BenchError  # here: the engine runs in the serving venv's worker, which imports no distill
 
     # eager attention: what torch's TorchScript exporter at opset 12, which onnxruntime's T5 export uses, can trace
     t5 = transformers.AutoModelForSeq2SeqLM.from_pretrained(model, attn_implementation="eager").eval()
@@ -99,14 +99,14 @@ class OrtBeamEngine:
 
         folder = Path(job["path"])
         if not (folder / META).is_file():
-            raise BenchError(f"{folder} holds no onnxruntime BeamSearch graph ({META} missing). Make it with "
+            raise ValueError(f"{folder} holds no onnxruntime BeamSearch graph ({META} missing). Make it with "
                              "bench.ort_beam.convert(model, folder).")
         meta = json.loads((folder / META).read_text())
         baked = {"start_id": meta["decoder_start_token_id"], "eos_id": meta["eos_token_id"],
                  "pad_id": meta["pad_token_id"]}
         wrong = {key: (job[key], value) for key, value in baked.items() if job[key] != value}
         if wrong:
-            raise BenchError(f"the job's token ids differ from those in {folder / GRAPH} (job, graph): {wrong}. "
+            raise ValueError(f"the job's token ids differ from those in {folder / GRAPH} (job, graph): {wrong}. "
                              "Convert the job's model again into a fresh folder.")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = job["threads"]
@@ -125,3 +125,21 @@ class OrtBeamEngine:
                 "attention_mask": np.ones(ids.shape, dtype=np.int32)}
         sequences = self.session.run(["sequences"], feed)[0]  # (B, num_return_sequences, 1 + new_tokens) int32
         return sequences[:, 0, :].astype(np.int64)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.ort_beam --model FOLDER --out FOLDER`: `convert` in a process of its own (`make bench`)."""
+    import argparse
+
+    from distill.errors import cli_errors
+
+    parser = argparse.ArgumentParser(prog="python -m bench.ort_beam", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="a T5 or mT5 save_pretrained folder")
+    parser.add_argument("--out", type=Path, required=True, help="where the BeamSearch graph goes (kept if there)")
+    args = parser.parse_args(argv)
+    with cli_errors(parser.prog):
+        convert(args.model, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,7 @@ which import nothing more at the top, and the engine's own library when it loads
 evaluation's own (`eval.engines`), CTranslate2 and optimum are defined here. A process per engine makes its peak
 resident memory its own.
 
-JOB.json: {"engine": "torch"|"torch-int8"|"onnx"|"ctranslate2"|"optimum", "path", "threads",
+JOB.json: {"engine": "torch"|"torch-int8"|"onnx"|"ctranslate2"|"optimum"|"ort-beam", "path", "threads",
            "inputs": NPZ (arrays ids_<batch>_<length>), "cells": [[batch, beams, length]], "new_tokens",
            "warmup", "repeats", "min_seconds", "max_repeats", "start_id", "eos_id", "pad_id",
            and the configuration's own keys (`bench.configs`): "quantized", "compute_type", "autocast", "merged"}
@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bench.ort_beam import OrtBeamEngine
 from eval.engines import load_engine
 from eval.memory import peak_rss_mb
 
@@ -134,7 +135,8 @@ class OptimumEngine:
 
 
 ENGINES: dict[str, type[BenchEngine]] = {"torch": EvalEngine, "torch-int8": EvalEngine, "onnx": EvalEngine,
-                                         "ctranslate2": CTranslate2Engine, "optimum": OptimumEngine}
+                                         "ctranslate2": CTranslate2Engine, "optimum": OptimumEngine,
+                                         "ort-beam": OrtBeamEngine}
 
 
 def timed_calls(call: Any, repeats: int, min_seconds: float, max_repeats: int) -> tuple[list[float], Any]:
