@@ -19,11 +19,15 @@ export and its int8, two decoders or merged (.venv-optimum: it needs transformer
 
 Every configuration gets the same token ids (real test verses joined end to end and cut to the input length, EOS last,
 no padding), min_new_tokens = max_new_tokens = 32, and the same thread count. Each cell: one untimed call, then the
-median of at least `--repeats` calls, more until `--min-seconds` of calls. Then the cells whose verdict (OnnxT5 at its
-best against the best peer) lies within 1.25x either way are measured again, the two configurations that made it in
-the reverse order, and each keeps its lower median: a verdict rests on two runs, not on one process that the machine
-happened to slow. Outputs are compared with torch fp32's, cell by cell (share of equal tokens), so that none wins by
-decoding something else. For each of our exports `bench.floor` measures the time per token at batch 1 greedy against
+median of at least `--repeats` calls, more until `--min-seconds` of calls. Three stages per model:
+1. probe: every configuration on two cells, batch 1 greedy and batch 8 beam 4 (input 64);
+2. the rest of the grid for torch fp32 and for each configuration within 1.3x of its family's fastest on a probe cell
+   (`--no-prune`: all of them): one 1.3x slower than a sibling at both ends is not its family's best anywhere;
+3. the cells whose verdict (OnnxT5 at its best against the best peer) lies within 1.25x either way are measured again,
+   the two configurations that made it in the reverse order, and each keeps its lower median: a verdict rests on two
+   runs, not on one process that the machine happened to slow.
+Outputs are compared with torch fp32's, cell by cell (share of equal tokens), so that none wins by decoding something
+else. For each of our exports `bench.floor` measures the time per token at batch 1 greedy against
 the memory-bandwidth floor. Written to bench/results/: results.json, results.md (goals, best per cell, every
 configuration, agreement, memory, floor), speedup.png. What `make bench` needs and lacks (a venv, the student) prints
 one `python -m bench: error: ...` line and exits with status 2.
@@ -44,7 +48,16 @@ from typing import Any
 
 from bench.configs import BY_NAME, CONFIGS, REFERENCE, select
 from bench.models import MODELS, check_venvs, convert, make_models
-from bench.report import close_calls, goals, merge_recheck, plot, render, summarize
+from bench.report import (
+    close_calls,
+    goals,
+    kept_after_probe,
+    merge_cells,
+    merge_recheck,
+    plot,
+    render,
+    summarize,
+)
 from bench.runner import inputs_file, run_config
 from bench.steps import run_step
 from distill.errors import at_least_one, cli_errors
@@ -53,6 +66,7 @@ from eval.environment import environment
 PROG = "python -m bench"
 GRIDS = {"full": {"batch_sizes": [1, 8, 32], "num_beams": [1, 4], "input_lengths": [16, 64, 256]},
          "quick": {"batch_sizes": [1, 8], "num_beams": [1, 4], "input_lengths": [64]}}
+PROBE = {(1, 1, 64), (8, 4, 64)}  # the cells every configuration runs; the rest of the grid only the kept ones
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--recheck-repeats", type=int, default=5,
                         help="timed calls of the second round on close verdicts (0: no second round)")
     parser.add_argument("--no-floor", action="store_true", help="skip the bandwidth-floor measurement")
+    parser.add_argument("--no-prune", dest="prune", action="store_false",
+                        help="run every configuration on the whole grid, not only those the probe cells keep")
     parser.add_argument("--work", type=Path, default=Path("bench/work"), help="models and conversions (cached)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--serve-python", type=Path, default=Path(".venv-serve/bin/python"),
@@ -107,13 +123,20 @@ def measure_model(name: str, folder: Path, args: argparse.Namespace, tmp: Path) 
     config = json.loads((folder / "config.json").read_text())
     (tmp / name).mkdir()
     inputs = inputs_file(args, grid, tmp / name, config["eos_token_id"])
-    entry: dict[str, Any] = {"path": str(folder), "grid": grid_name, "cells": cells, "failed_folders": failed,
-                             "configs": {}}
+    probe = [c for c in cells if tuple(c) in PROBE] or [cells[0], cells[-1]]
+    rest = [c for c in cells if c not in probe]
+    entry: dict[str, Any] = {"path": str(folder), "grid": grid_name, "cells": cells, "probe": probe,
+                             "failed_folders": failed, "configs": {}}
     for c in args.configs:
         if c.folder not in folders:
             entry["configs"][c.name] = {"error": f"its {c.folder} folder could not be made: {failed[c.folder]}"}
             continue
-        entry["configs"][c.name] = run_config(c, name, folders[c.folder], cells, inputs, args, config, tmp)
+        entry["configs"][c.name] = run_config(c, name, folders[c.folder], probe, inputs, args, config, tmp)
+    entry["kept"] = kept_after_probe(entry["configs"]) if args.prune else [
+        n for n, out in entry["configs"].items() if "cells" in out]
+    for c in args.configs:
+        if c.name in entry["kept"] and rest:
+            merge_cells(entry, c.name, run_config(c, name, folders[c.folder], rest, inputs, args, config, tmp))
     if "onnx" in folders and not args.no_floor:
         out = tmp / name / "floor.json"
         run_step([sys.executable, "-m", "bench.floor", "--onnx", str(folders["onnx"]), "--threads", str(args.threads),

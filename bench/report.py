@@ -13,6 +13,7 @@ from eval.tables import markdown_table
 
 Key = tuple[int, int, int]  # (batch size, beams, input length)
 CLOSE = 1.25  # a verdict within this factor either way is measured again (`close_calls`)
+PRUNE = 1.3  # a configuration this much slower than its family's best on every probe cell skips the rest of the grid
 GOAL_SHAPES = ("t5-small-6-6", "t5-small-6-2", "t5-base-12-12", "t5-base-12-3")  # "every cell" goal's grids
 FLOOR_SHAPES = ("t5-base-12-12", "mt5-small-8-8")  # the bandwidth-floor goal's shapes
 
@@ -47,6 +48,31 @@ def merge_recheck(model: dict[str, Any], config: str, again: dict[str, Any], new
         rounds.append(cell["latency_ms"]["median"])
         old["latency_ms"]["median"] = min(rounds)
         old["tokens_per_s"] = old["batch_size"] * new_tokens / (old["latency_ms"]["median"] / 1000)
+
+
+def kept_after_probe(configs: dict[str, dict[str, Any]], factor: float = PRUNE) -> list[str]:
+    """The configurations that go on to the whole grid after the probe cells: torch fp32 (every output is compared
+    with it) and each one within `factor` of its family's fastest on at least one probe cell. One that is slower than
+    a sibling by that much at batch 1 and at a large beam batch alike is not that family's best anywhere a user
+    would look, and measuring it on every cell would multiply the bench's time by the number of configurations."""
+    cells = {name: {key(c): c["latency_ms"]["median"] for c in out["cells"]} for name, out in configs.items()
+             if "cells" in out}
+    best: dict[tuple[str, Key], float] = {}
+    for name, by_key in cells.items():
+        for k, ms in by_key.items():
+            best[family(name), k] = min(ms, best.get((family(name), k), float("inf")))
+    return [name for name, by_key in cells.items()
+            if name == REFERENCE or any(ms <= factor * best[family(name), k] for k, ms in by_key.items())]
+
+
+def merge_cells(model: dict[str, Any], config: str, more: dict[str, Any]) -> None:
+    """Append the cells of a later run of `config` (the grid after the probe) to its first run's."""
+    first = model["configs"][config]
+    if "error" in more:
+        first["error"] = more["error"]
+        return
+    first["cells"] += more["cells"]
+    first["memory"]["peak_mb"] = max(first["memory"]["peak_mb"], more["memory"]["peak_mb"])
 
 
 def summarize(results: dict[str, Any]) -> None:
@@ -185,6 +211,10 @@ def render(results: dict[str, Any]) -> str:
                                                                              failures), ""]
     for m, model in results["models"].items():
         lines += [f"## {m} ({model['path']}; {model['grid']} grid)", ""]
+        probed = [n for n, out in model["configs"].items() if "cells" in out and n not in model.get("kept", [n])]
+        if probed:
+            lines += [f"On the probe cells only (over {PRUNE}x their family's fastest on each): {', '.join(probed)}.",
+                      ""]
         peers = sorted({f for r in model["best"] for f in r["families"]} - {OURS})
         rows = []
         for r in model["best"]:

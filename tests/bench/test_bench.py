@@ -158,6 +158,26 @@ def test_the_report_shows_the_best_per_cell_fallbacks_and_failures(tmp_path):
     json.dumps(results)  # results.json is plain JSON
 
 
+def test_the_probe_keeps_torch_and_each_family_s_contenders():
+    configs = {"torch": _config([400.0, 2000.0]), "torch-bf16": _config([300.0, 2100.0]),
+               "torch-int8": _config([200.0, 1500.0]), "ct2-int8": _config([60.0, 800.0]),
+               "ct2-int8-mkl": _config([150.0, 1100.0]), "ct2-float32": _config([70.0, 1100.0]),
+               "onnx-fp32": _config([50.0, 1100.0]), "onnx-int8": _config([40.0, 900.0]),
+               "optimum-int8": {"error": "x"}}
+    kept = report.kept_after_probe(configs)
+    # torch always; torch-bf16 is 1.5x and 1.4x torch-int8: out; ct2-float32 is within 1.3x of ct2-int8 at batch 1
+    assert kept == ["torch", "torch-int8", "ct2-int8", "ct2-float32", "onnx-fp32", "onnx-int8"]
+    model = {"configs": configs}
+    more = _config([10.0, 20.0], peak=500.0)
+    for c, k in zip(more["cells"], ((32, 1), (32, 4)), strict=True):
+        c["batch_size"], c["num_beams"] = k
+    report.merge_cells(model, "ct2-int8", more)
+    assert [report.key(c) for c in configs["ct2-int8"]["cells"]] == [(1, 1, 64), (8, 4, 64), (32, 1, 64), (32, 4, 64)]
+    assert configs["ct2-int8"]["memory"]["peak_mb"] == 500.0
+    report.merge_cells(model, "onnx-fp32", {"error": "killed"})
+    assert configs["onnx-fp32"]["error"] == "killed" and len(configs["onnx-fp32"]["cells"]) == 2
+
+
 def test_timed_calls_repeat_until_the_time_budget_within_the_bounds():
     calls = []
     seconds, out = worker.timed_calls(lambda: calls.append(1) or len(calls), repeats=3, min_seconds=0.0,
@@ -202,3 +222,32 @@ def test_the_worker_imports_nothing_a_serving_venv_lacks():
             "'tokenizers', 'yaml', 'datasets', 'lightning', 'export', 'distill'}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_the_whole_bench_runs_on_a_tiny_student(tmp_path, tiny_t5_dir):
+    """`python -m bench` end to end on the tiny model as the student: probe, grid, second round, floor, report."""
+    import sys
+
+    from bench.__main__ import run
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "test.jsonl").write_text("".join(json.dumps({"en": f"In the beginning {i} God created."}) + "\n"
+                                             for i in range(20)))
+    out = tmp_path / "results"
+    run(["--models", "student", "--student", str(tiny_t5_dir), "--tokenizer", str(tiny_t5_dir), "--data", str(data),
+         "--grid", "quick", "--engines", "torch,torch-bf16,onnx,ct2-int8,ct2-float32", "--threads", "1",
+         "--new-tokens", "4", "--repeats", "1", "--min-seconds", "0", "--recheck-repeats", "1",
+         "--work", str(tmp_path / "work"), "--out", str(out), "--serve-python", sys.executable])
+    results = json.loads((out / "results.json").read_text())
+    model = results["models"]["student"]
+    assert model["probe"] == [[1, 1, 64], [8, 4, 64]] and "torch" in model["kept"]
+    assert {r["ours"]["config"] for r in model["best"]} <= {"onnx-fp32", "onnx-int8"}
+    assert all(r["vs_best_peer"] > 0 for r in model["best"])
+    for name in model["kept"]:
+        assert len(model["configs"][name]["cells"]) == 4, name
+    assert set(model["floor"]["precisions"]) == {"fp32", "int8"}
+    assert model["configs"]["onnx-fp32"]["cells"][0]["agreement_with_torch"] == 1.0
+    text = (out / "results.md").read_text()
+    assert "Best per cell:" in text and "## Goals" in text and (out / "speedup.png").is_file()
