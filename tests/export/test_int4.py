@@ -4,7 +4,9 @@ export_meta.json, loaded with `quantized="int4"`, and their refusals."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -216,3 +218,17 @@ def test_estimate_counts_the_4_bit_graphs():
     assert fp32.disk < int4.disk < int8.disk  # 4-bit weights and int8 embeddings: less than the int8 graphs
     assert int4.memory >= fp32.memory
     assert predict(fields, False, (), int4=True, block_size=16).disk > int4.disk  # more scales and zero points
+
+
+def test_importing_the_4_bit_quantizer_leaves_the_root_logger_alone():
+    """onnxruntime's matmul_nbits_quantizer calls logging.basicConfig(level=INFO) on import: unless undone, every INFO
+    record of the process (a line per node of every graph first) would be printed. A fresh process, as a CLI run."""
+    import subprocess
+    import sys
+
+    code = ("import logging; from export.int4 import _nbits_quantizer; _nbits_quantizer(); root = logging.getLogger(); "
+            "print(root.level, len(root.handlers))")
+    root = Path(__file__).resolve().parents[2]  # this checkout's `export`
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                          cwd=root)
+    assert done.stdout.split() == [str(logging.WARNING), "0"]
