@@ -3,7 +3,7 @@
 onnxruntime's `MatMulNBitsQuantizer` with its default configuration (`DefaultWeightOnlyQuantConfig`: round to nearest,
 no calibration data) turns each MatMul with a constant weight (K x N) into a `MatMulNBits` node (com.microsoft): each
 output column is cut along K into blocks of `block_size` values, each block stored as 4-bit integers with an fp32
-scale and a 4-bit zero point, and onnxruntime dequantizes them inside the MatMul. Activations stay fp32.
+scale and a 4-bit zero point, and onnxruntime dequantizes them inside the MatMul: their activations stay fp32.
 
 What stays int8 or fp32, and why:
 - the token embeddings' Gather: int8, as --int8 makes it (`quantize_dynamic`, a first pass). A 4-bit Gather
