@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from distill.errors import UserError
+from export.layout import QUANTIZED
 
 # transformers fp32, torch dynamic int8 of the same weights, project's OnnxT5, and OnnxT5 with a draft model (`draft`):
 # assisted decoding, whose predictions must be those of its `source` (the same export without a draft)
@@ -78,13 +79,20 @@ class Variant:
     name: str
     kind: str  # one of KINDS
     path: str  # a local folder; a hub id when `hub` is true
-    quantized: bool = False  # onnx only: load the *_quantized.onnx (int8) graphs
+    quantized: bool | str = False  # onnx only: true or int8 loads the *_quantized.onnx graphs, int4 the *_q4.onnx
     hub: bool = False  # `path` is a Hugging Face hub id (needs a network); otherwise the folder must exist
     source: str | None = None  # the variant this one was converted from (export, quantization): gated by export_margin
     teacher: str | None = None  # the variant this one was distilled from: gated by student_margin
     margin: float | None = None  # this variant's own gate margin, instead of the gate's default
     build: str | None = None  # the command that creates `path`, named when the folder is missing
     draft: str | None = None  # onnx-assisted only: the draft model's export folder (a student of `path`'s model)
+
+    @property
+    def quantized_kind(self) -> str | None:
+        """The quantized graphs this variant loads: None (fp32), "int8" (`quantized: true` too) or "int4"."""
+        if self.quantized is True:
+            return "int8"
+        return self.quantized or None
 
 
 @dataclass
@@ -200,8 +208,15 @@ def _convert(tp: Any, value: Any, name: str, problems: list[str]) -> tuple[bool,
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in args:
             return True, None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, name, problems)
+        arms = [a for a in args if a is not type(None)]
+        if len(arms) == 1:
+            return _convert(arms[0], value, name, problems)
+        for arm in arms:  # the first type the value is (bool before str: YAML's true stays true)
+            ok, converted = _convert(arm, value, name, [])
+            if ok:
+                return True, converted
+        problems.append(f"{name}: expected {' or '.join(a.__name__ for a in arms)}, got {value!r}")
+        return False, None
     if is_dataclass(tp):
         built = _build(tp, value, name, problems)
         return built is not None, built
@@ -252,7 +267,9 @@ def _check(c: EvalConfig) -> list[str]:
         if (v.draft is None) != (v.kind != "onnx-assisted"):
             problems.append(f"{where}.draft: an onnx-assisted variant names its draft model's export folder, and only "
                             "it does")
-        if v.quantized and v.kind not in ONNX_KINDS:
+        if isinstance(v.quantized, str) and v.quantized not in QUANTIZED:
+            problems.append(f"{where}.quantized: {v.quantized!r} is not true, false, {' or '.join(QUANTIZED)}")
+        elif v.quantized and v.kind not in ONNX_KINDS:
             problems.append(f"{where}.quantized: only onnx variants have int8 graphs to load; PyTorch's dynamic "
                             "int8 is kind torch-int8")
         if v.hub and v.kind in ONNX_KINDS:
@@ -329,6 +346,7 @@ def _export_problems(v: Variant, folder: Path, how: str) -> list[str]:
         return [f"variant {v.name}: {folder} is not a finished ONNX export (no export_meta.json); {how}"]
     if not isinstance(export_meta := _json_object(meta), dict):
         return [f"variant {v.name}: {meta} is not a JSON object ({export_meta}); the export is damaged: {how}"]
-    if v.quantized and not export_meta.get("int8"):
-        return [f"variant {v.name}: {folder} holds no int8 graphs (exported without --int8); {how}"]
+    kind = v.quantized_kind
+    if kind and not export_meta.get(kind):
+        return [f"variant {v.name}: {folder} holds no {kind} graphs (exported without --{kind}); {how}"]
     return []

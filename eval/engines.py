@@ -4,7 +4,7 @@
   `generate`.
 - `torch-int8`: the same model after `torch.ao.quantization.quantize_dynamic` of every `nn.Linear` (int8 weights,
   activations quantized on the fly): PyTorch's own answer to "make it faster on CPU".
-- `onnx`: the project's `OnnxT5` runtime (fp32 graphs, or the int8 ones with `quantized`).
+- `onnx`: the project's `OnnxT5` runtime (fp32 graphs, or the int8 or int4 ones with `quantized`).
 - `onnx-assisted`: the same, generating with a draft model's export as `assistant=` (assisted decoding: the model's
   own output, several tokens per model call).
 
@@ -125,7 +125,8 @@ class OnnxEngine:
         return self.model.generate(input_ids, attention_mask, **kwargs)
 
 
-def _load_onnx(path: str, quantized: bool, threads: int, tokenizer: bool, draft: str | None = None) -> OnnxEngine:
+def _load_onnx(path: str, quantized: bool | str, threads: int, tokenizer: bool,
+               draft: str | None = None) -> OnnxEngine:
     # imported here, not at the top: `export` brings onnxruntime, which a torch worker must not load
     import onnxruntime
 
@@ -150,7 +151,7 @@ def _load_onnx(path: str, quantized: bool, threads: int, tokenizer: bool, draft:
                        "draft": draft}, assistant)
 
 
-def load_engine(kind: str, path: str, quantized: bool = False, hub: bool = False, threads: int = 1,
+def load_engine(kind: str, path: str, quantized: bool | str = False, hub: bool = False, threads: int = 1,
                 tokenizer: bool = True, draft: str | None = None) -> Engine:
     """The engine of a variant kind (`torch`, `torch-int8`, `onnx`, `onnx-assisted` with its `draft` export), with
     the folder's tokenizer unless `tokenizer` is false (the benchmark feeds token ids, and its random models may have

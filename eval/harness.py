@@ -50,7 +50,8 @@ def evaluate(config: EvalConfig, examples: Examples, run_dir: Path, command: str
         job = {"variant": dataclasses.asdict(v), "sources": examples.sources,
                "generation": dataclasses.asdict(config.generation), "speed": dataclasses.asdict(config.speed),
                "threads": threads, "max_source_length": config.dataset.max_source_length}
-        print(f"eval: {v.name} ({v.kind}{', int8' if v.quantized else ''}) from {v.path}", file=sys.stderr, flush=True)
+        kind = f", {v.quantized_kind}" if v.quantized_kind else ""
+        print(f"eval: {v.name} ({v.kind}{kind}) from {v.path}", file=sys.stderr, flush=True)
         outputs[v.name] = run_worker(v, job, run_dir / "workers", threads)
 
     predictions = {name: out["predictions"] for name, out in outputs.items()}

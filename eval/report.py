@@ -25,7 +25,7 @@ memory in MiB):
     sacrebleu_signatures  {bleu, chrf}: sacrebleu's signature strings
     speed_headline     {mode, batch_size, num_beams, input_length}: the cell in the summary and the quality plot
     variants           {name: {
-        kind, path, quantized, hub, source, teacher
+        kind, path, quantized (false, true: int8, or "int4"), hub, source, teacher
         quality        {bleu, chrf, rouge1, rouge2, rougeL, rougeLsum}
         significance   null for the reference; else {metric: {delta (variant - reference), p_value, significant,
                        mean, ci (95 % half-width)}}: paired bootstrap against the reference

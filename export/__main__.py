@@ -3,6 +3,7 @@
     python -m export --model models/teacher --out runs/export/teacher
     python -m export --model runs/distill/student --out runs/export/student --int8 --int8-keep-fp32 lm_head,wo
     python -m export --model models/teacher --out runs/export/teacher --dtype fp16   # + *_fp16.onnx, for GPUs
+    python -m export --model models/teacher --out runs/export/teacher --int8 --int4   # + *_q4.onnx, 4-bit weights
 
 The graphs are checked against PyTorch before the folder appears; `export_meta.json` records the differences.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from distill.errors import cli_errors
 from export.exporter import export
+from export.int4 import BLOCK_SIZES, DEFAULT_BLOCK_SIZE
 from export.layout import DTYPES, META_FILE
 from export.trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from export.validate import ATOL, RTOL, Validation
@@ -34,6 +36,14 @@ def _tolerance(text: str) -> float:
     return value
 
 
+def _module_names(parser: argparse.ArgumentParser, option: str, text: str, example: str) -> tuple[str, ...]:
+    """A comma-separated list of module names ('none': the empty list); parser.error when it names none."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    if not names:
+        parser.error(f"{option} names no module; give e.g. {example}, or 'none' to quantize every MatMul")
+    return () if names == ("none",) else names
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--model", required=True, help="T5-family save_pretrained folder or hub id (safetensors)")
@@ -44,6 +54,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--int8-keep-fp32", default=None, metavar="NAMES",
                         help="comma-separated module names whose MatMuls stay fp32 with --int8, e.g. lm_head,wo; "
                              "'none' for none (default: wo for gated-GELU models: T5 v1.1, flan-t5, mT5)")
+    parser.add_argument("--int4", action="store_true",
+                        help="also write *_q4.onnx: 4-bit block-wise MatMul weights (onnxruntime's MatMulNBits), "
+                             "int8 embeddings")
+    parser.add_argument("--int4-block-size", type=int, choices=BLOCK_SIZES, default=DEFAULT_BLOCK_SIZE,
+                        help="weights per 4-bit block, each with its own scale and zero point (default %(default)s)")
+    parser.add_argument("--int4-keep-fp32", default=None, metavar="NAMES",
+                        help="comma-separated module names whose MatMuls stay fp32 with --int4; 'none' for none "
+                             "(default: wo for gated-GELU models, as --int8)")
+    parser.add_argument("--int4-keep-int8", default=None, metavar="NAMES",
+                        help="comma-separated module names whose MatMuls are int8 instead of 4-bit with --int4, "
+                             "e.g. lm_head (default: none)")
     parser.add_argument("--no-resource-check", action="store_true",
                         help="skip the up-front estimate of the memory and disk the export needs")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",
@@ -60,13 +81,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tokenizer and args.no_tokenizer:
         parser.error("--tokenizer and --no-tokenizer exclude each other")
-    if args.int8_keep_fp32 is not None:
-        if not args.int8:
-            parser.error("--int8-keep-fp32 needs --int8")
-        names = tuple(name.strip() for name in args.int8_keep_fp32.split(",") if name.strip())
-        if not names:
-            parser.error("--int8-keep-fp32 names no module; give e.g. lm_head,wo, or 'none' to quantize every MatMul")
-        args.int8_keep_fp32 = () if names == ("none",) else names
+    for option, needs, example in (("--int8-keep-fp32", "int8", "lm_head,wo"), ("--int4-keep-fp32", "int4", "wo"),
+                                   ("--int4-keep-int8", "int4", "lm_head")):
+        dest = option[2:].replace("-", "_")
+        if getattr(args, dest) is not None:
+            if not getattr(args, needs):
+                parser.error(f"{option} needs --{needs}")
+            setattr(args, dest, _module_names(parser, option, getattr(args, dest), example))
+    if args.int4_block_size != DEFAULT_BLOCK_SIZE and not args.int4:
+        parser.error("--int4-block-size needs --int4")
     if args.opset < MIN_OPSET:
         parser.error(f"--opset {args.opset}: T5's causal mask needs opset {MIN_OPSET} or newer (aten::triu)")
     if args.opset > MAX_OPSET:
@@ -82,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         out = export(args.model, args.out, opset=args.opset, int8=args.int8, int8_keep_fp32=args.int8_keep_fp32,
                      check=check, command=" ".join([PROG, *(argv or sys.argv[1:])]), tokenizer=args.tokenizer,
                      require_tokenizer=not args.no_tokenizer, check_resources=not args.no_resource_check,
-                     dtype=args.dtype)
+                     dtype=args.dtype, int4=args.int4, int4_block_size=args.int4_block_size,
+                     int4_keep_fp32=args.int4_keep_fp32, int4_keep_int8=args.int4_keep_int8 or ())
     print(f"wrote {out} (graphs validated against PyTorch; see {out / META_FILE})")
 
 

@@ -2,6 +2,7 @@
 
     python -m export --model models/teacher --out runs/export/teacher             # fp32
     python -m export --model runs/distill/student --out runs/export/student --int8 --int8-keep-fp32 lm_head,wo
+    python -m export --model runs/distill/student --out runs/export/student --int8 --int4   # + 4-bit graphs
 
 The folder follows optimum's layout and input/output names (so `ORTModelForSeq2SeqLM` and transformers.js load it):
 
@@ -9,10 +10,11 @@ The folder follows optimum's layout and input/output names (so `ORTModelForSeq2S
     decoder_model_merged.onnx      both decoders in one graph, each weight once (`export.merge`): what OnnxT5,
                                    transformers.js and optimum load
     *_quantized.onnx               with --int8: dynamic int8 MatMuls and embeddings (`export.quantize`)
+    *_q4.onnx                      with --int4: 4-bit block-wise MatMul weights, int8 embeddings (`export.int4`)
     *_fp16.onnx / *_bf16.onnx      with --dtype: converted from fp32, overflow-prone ops kept fp32 (`export.precision`)
     config.json generation_config.json tokenizer files    what `OnnxT5` and transformers read
     export_meta.json               opset, versions, max |diff| against PyTorch per graph and output, sizes,
-                                   int8 token agreement
+                                   int8 and int4 settings and token agreement
 
 Everything is written to a hidden staging folder next to `--out` (`distill.files.staged_dir`) and renamed into place
 only after onnxruntime matched PyTorch on a padded batch (first decoder step with several tokens, then several steps
@@ -21,8 +23,9 @@ swept by the next run. export_meta.json lists every other file with its size and
 (`export_id`) that every graph carries in its ONNX metadata, so that the runtime can tell a whole export from a mix.
 
 An existing `--out` is replaced only when it is exactly an earlier export (what its export_meta.json lists, unchanged)
-or empty; anything else is refused before any work, naming what is in the way. An export without --int8 over an
-earlier --int8 export is refused too, naming the int8 graphs it would delete: add --int8, or remove them first.
+or empty; anything else is refused before any work, naming what is in the way. An export without --int8 (--int4) over
+an earlier --int8 (--int4) export is refused too, naming the graphs it would delete: add the option, or remove them
+first.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from distill.errors import ModelError
 from distill.files import check_output, file_manifest, replace_dir, staged_dir
 from distill.models import load_config, load_t5, load_tokenizer
 from export.errors import ExportError
+from export.int4 import DEFAULT_BLOCK_SIZE, check_options, quantize_int4
 from export.layout import (
     DECODER,
     DECODER_MERGED,
@@ -57,6 +61,7 @@ from export.layout import (
     GRAPH_EXPORT_ID,
     GRAPHS,
     META_FILE,
+    QUANTIZED,
     TOKENIZER_FILES,
     dtype_name,
     quantized_name,
@@ -65,9 +70,10 @@ from export.layout import (
 )
 from export.merge import merge_decoders
 from export.precision import check_providers_for, convert_folder, dtype_agreement
-from export.quantize import INT8_OPS, int8_agreement, quantize
+from export.quantize import INT8_OPS, agreement, quantize
 from export.resources import predict, require
 from export.runtime import OnnxT5
+from export.runtime.model import quantized_kind
 from export.trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graphs
 from export.validate import Validation, validate
 
@@ -160,20 +166,22 @@ def stamp_export_id(path: Path, export_id: str) -> None:
     onnx.save(proto, str(path))
 
 
-def check_out(out: Path, int8: bool, dtype: str = "fp32") -> None:
+def check_out(out: Path, int8: bool, dtype: str = "fp32", int4: bool = False) -> None:
     """Refuse, before any work, an `out` that an export must not replace: anything but an empty folder or an earlier
-    export as its export_meta.json lists it, or an export whose int8 (or fp16/bf16) graphs this export would delete."""
+    export as its export_meta.json lists it, or an export whose int8, int4 (or fp16/bf16) graphs this export would
+    delete."""
     check_output(out, META_FILE, "an earlier export", FILES_KEY, error=ExportError)
     others = [name for d in DTYPES if d not in ("fp32", dtype) for name in (dtype_name(g, d) for g in GRAPHS)
               if (out / name).is_file()]
     if others:
         raise ExportError(f"{out} holds the graphs of an earlier --dtype export ({', '.join(others)}); this export "
                           "would delete them. Give that --dtype again, choose another --out, or remove them first.")
-    int8_graphs = [name for name in map(quantized_name, GRAPHS) if (out / name).is_file()]
-    if int8_graphs and not int8:
-        raise ExportError(f"{out} holds the int8 graphs of an earlier --int8 export ({', '.join(int8_graphs)}); an "
-                          "export without --int8 would delete them. Add --int8 to make them again, choose another "
-                          "--out, or remove them first.")
+    for kind, wanted in (("int8", int8), ("int4", int4)):
+        found = [name for name in (quantized_name(g, kind) for g in GRAPHS) if (out / name).is_file()]
+        if found and not wanted:
+            raise ExportError(f"{out} holds the {kind} graphs of an earlier --{kind} export ({', '.join(found)}); an "
+                              f"export without --{kind} would delete them. Add --{kind} to make them again, choose "
+                              "another --out, or remove them first.")
 
 
 @dataclass(frozen=True)
@@ -196,7 +204,8 @@ def default_keep_fp32(config: Any) -> tuple[str, ...]:
 def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, int8: bool = False,
            int8_keep_fp32: tuple[str, ...] | None = None, check: Validation | None = None, command: str | None = None,
            tokenizer: str | None = None, require_tokenizer: bool = True, check_resources: bool = True,
-           dtype: str = "fp32") -> Path:
+           dtype: str = "fp32", int4: bool = False, int4_block_size: int = DEFAULT_BLOCK_SIZE,
+           int4_keep_fp32: tuple[str, ...] | None = None, int4_keep_int8: tuple[str, ...] = ()) -> Path:
     """Export, validate and (optionally) quantize `model_name_or_dir` into `out`; returns `out`.
 
     `dtype` "fp16" or "bf16" also writes the graphs in that dtype (`export.precision`), checked against the fp32 ones.
@@ -204,6 +213,9 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
     The tokenizer comes from `tokenizer` (a folder or hub id) or else from the model's own folder; a model without one
     is refused unless `require_tokenizer` is False (the graphs alone, for benchmarks on random weights).
     `int8_keep_fp32`: module names whose MatMuls stay fp32 with `int8` (None: `default_keep_fp32`, () for none).
+    `int4` also writes 4-bit graphs (`export.int4`), blocks of `int4_block_size`; `int4_keep_fp32` (None:
+    `default_keep_fp32`, less what `int4_keep_int8` names) and `int4_keep_int8` name the modules whose MatMuls stay
+    fp32 or become int8 there instead.
     `check_resources`: refuse up front when the memory or the disk the sizes predict is not there (`export.resources`).
 
     `command` is recorded in export_meta.json (the CLI passes its own command line). An existing `out` is replaced
@@ -216,13 +228,19 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
     check = check or Validation()
     if dtype not in DTYPES:
         raise ExportError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
-    check_out(out, int8, dtype)
+    check_out(out, int8, dtype, int4)
     if dtype != "fp32":
         check_providers_for(dtype)  # bf16 cannot be checked without CUDA: refuse before any work
+    if int4:
+        check_options(int4_block_size, tuple(int4_keep_fp32 or ()), tuple(int4_keep_int8))
     config = load_config(model_name_or_dir)
     keep = default_keep_fp32(config) if int8_keep_fp32 is None else tuple(int8_keep_fp32)
+    # a module named by int4_keep_int8 is int8 even where the default would keep it fp32
+    keep4 = tuple(name for name in default_keep_fp32(config) if name not in int4_keep_int8) \
+        if int4_keep_fp32 is None else tuple(int4_keep_fp32)
     if check_resources:
-        require(predict(config.to_dict(), int8, keep), out)
+        require(predict(config.to_dict(), int8, keep, int4=int4, int4_keep=(keep4, tuple(int4_keep_int8)),
+                        block_size=int4_block_size), out)
     model = load_t5(model_name_or_dir).float().eval()
     export_id = uuid.uuid4().hex
     with staged_dir(out) as staged:
@@ -251,7 +269,16 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
                          "keep_fp32": list(keep),
                          "keep_fp32_is_default": int8_keep_fp32 is None,
                          "excluded_nodes": excluded,
-                         **int8_agreement(staged, check, facts.config)}
+                         **agreement(staged, check, facts.config, "int8")}
+        int4_meta = None
+        if int4:
+            int4_meta = quantize_int4(staged, int4_block_size, keep4, tuple(int4_keep_int8))
+            for graph in GRAPHS:  # the quantizers keep metadata_props; this makes sure of it
+                stamp_export_id(staged / quantized_name(graph, "int4"), export_id)
+            # for transformers.js (dtype "q4"), as the int8 ones: the 4-bit quantizer is deterministic too
+            merge_decoders(staged, *(quantized_name(g, "int4") for g in (DECODER, DECODER_WITH_PAST, DECODER_MERGED)))
+            int4_meta |= {"kept_is_default": int4_keep_fp32 is None and not int4_keep_int8,
+                          **agreement(staged, check, facts.config, "int4")}
         precision = None
         if dtype != "fp32":
             converted = convert_folder(staged, dtype, GRAPHS)
@@ -260,6 +287,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
             precision = {"dtype": dtype, "graphs": converted, **dtype_agreement(staged, dtype, check, facts.config)}
         meta = _meta(facts, model_name_or_dir, staged, opset, check, diffs, int8_meta, tokenizer_files, command)
         meta["precision"] = precision
+        meta["int4"] = int4_meta
         meta |= {EXPORT_ID_KEY: export_id, FILES_KEY: file_manifest(staged, skip=(META_FILE,))}
         (staged / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         replace_dir(staged, out, manifest=META_FILE, what="an earlier export", files_key=FILES_KEY)
@@ -274,30 +302,32 @@ def _read_meta(folder: Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def load_or_export(name_or_dir: str | Path, onnx_path: str | Path, quantized: bool = False,
+def load_or_export(name_or_dir: str | Path, onnx_path: str | Path, quantized: bool | str = False,
                    threads: int | None = None, providers: list[Any] | None = None,
                    require_tokenizer: bool = True) -> OnnxT5:
     """The export of `name_or_dir` (folder or hub id) in `onnx_path`, made there first if it is not there yet.
 
     An existing export is reused when it was made from the same source (and, for a local folder, the same weight
-    files); otherwise it is re-exported (`require_tokenizer`: as `export`'s). Another source's export in `onnx_path`
-    is a ValueError.
+    files); otherwise it is re-exported (`require_tokenizer`: as `export`'s). `quantized`: as `OnnxT5.from_pretrained`'s
+    (True or "int8", "int4"); the re-export keeps the quantized graphs the folder had. Another source's export in
+    `onnx_path` is a ValueError.
     """
     for name, value, what in (("name_or_dir", name_or_dir, "a model folder or hub id"),
                               ("onnx_path", onnx_path, "the export folder's path")):
         if not isinstance(value, str | os.PathLike) or not str(value).strip():
             raise TypeError(f"load_or_export: {name} must be {what}, got {value!r}.")
-    if not isinstance(quantized, bool | np.bool_):
-        raise TypeError(f"load_or_export: quantized must be True or False, got {quantized!r}.")
+    kind = quantized_kind(quantized, "load_or_export")
     onnx_path = Path(onnx_path).expanduser()
-    had_int8 = (onnx_path / quantized_name(ENCODER)).is_file()
+    had = {k for k in QUANTIZED if (onnx_path / quantized_name(ENCODER, k)).is_file()}
     meta = _read_meta(onnx_path)
     if meta is not None and FILES_KEY in meta:
         if meta.get("source") != source_id(name_or_dir):
             raise ValueError(f"load_or_export: {onnx_path} holds an export of {meta.get('source')}, not of "
                              f"{source_id(name_or_dir)}. Give another onnx_path, or remove that folder.")
-        if meta.get("source_fingerprint") == source_fingerprint(name_or_dir) and (had_int8 or not quantized):
+        if meta.get("source_fingerprint") == source_fingerprint(name_or_dir) and (kind is None or kind in had):
             return OnnxT5.from_pretrained(onnx_path, quantized, threads, providers)
     # no export yet, or an outdated one: `export` replaces only a folder that is exactly an earlier export
-    export(str(name_or_dir), onnx_path, int8=quantized or had_int8, require_tokenizer=require_tokenizer)
+    wanted = had | {kind} if kind else had
+    export(str(name_or_dir), onnx_path, int8="int8" in wanted, int4="int4" in wanted,
+           require_tokenizer=require_tokenizer)
     return OnnxT5.from_pretrained(onnx_path, quantized, threads, providers)

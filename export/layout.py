@@ -34,9 +34,15 @@ def dtype_name(graph: str, dtype: str) -> str:
     return graph if dtype == "fp32" else graph.replace(".onnx", f"_{dtype}.onnx")
 
 
-def quantized_name(graph: str) -> str:
-    """The file name of a graph's int8 version (`encoder_model.onnx` -> `encoder_model_quantized.onnx`)."""
-    return graph.replace(".onnx", "_quantized.onnx")
+# `python -m export --int8` / `--int4`, `OnnxT5.from_pretrained(quantized=...)`: each kind's file suffix, the names
+# transformers.js loads for its dtype "q8" and "q4"
+QUANTIZED = {"int8": "_quantized", "int4": "_q4"}
+
+
+def quantized_name(graph: str, kind: str = "int8") -> str:
+    """The file name of a graph's quantized version: int8 `encoder_model.onnx` -> `encoder_model_quantized.onnx`,
+    int4 -> `encoder_model_q4.onnx`."""
+    return graph.replace(".onnx", f"{QUANTIZED[kind]}.onnx")
 
 
 def data_name(graph: str) -> str:

@@ -1,4 +1,5 @@
-"""int8 graphs beside the fp32 ones (dynamic quantization), and how closely their tokens follow the fp32 graphs'."""
+"""int8 graphs beside the fp32 ones (dynamic quantization), and how closely a quantized graph's tokens follow the fp32
+graphs' (int8 here, 4-bit in `export.int4`)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,18 @@ from export.trace import example_batch
 from export.validate import Validation
 
 INT8_OPS = ("MatMul", "Gather")  # what --int8 quantizes (`quantize`), recorded in export_meta.json as it ran
-INT8_CHECK_NEW_TOKENS = 16  # greedy tokens compared between the int8 and the fp32 graphs on the validation batch
+CHECK_NEW_TOKENS = 16  # greedy tokens compared between the quantized and the fp32 graphs on the validation batch
 
 
-def _excluded_nodes(path: Path, keep_fp32: tuple[str, ...]) -> list[str]:
-    """MatMul nodes whose module path (TorchScript names them /decoder/block.0/.../wo/MatMul) holds a kept name."""
+def excluded_nodes(path: Path, keep_fp32: tuple[str, ...], bias_gathers: bool = True) -> list[str]:
+    """MatMul nodes whose module path (TorchScript names them /decoder/block.0/.../wo/MatMul) holds a kept name, and
+    (`bias_gathers`) the relative-attention-bias Gathers."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return [node.name for node in graph.node
             if (node.op_type == "MatMul" and any(part in keep_fp32 for part in node.name.split("/")))
-            or (node.op_type == "Gather" and "relative_attention_bias" in node.name.split("/"))]
+            or (bias_gathers and node.op_type == "Gather" and "relative_attention_bias" in node.name.split("/"))]
 
 
 def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[str]]:
@@ -42,7 +44,7 @@ def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[st
 
     excluded = {}
     for graph in GRAPHS:
-        excluded[graph] = _excluded_nodes(folder / graph, keep_fp32)
+        excluded[graph] = excluded_nodes(folder / graph, keep_fp32)
         # written alone in a folder of its own: the quantizer names its data file after its output
         # (`.onnx.data`), which `move_graph` renames to the folder's naming
         work = folder / f".quantize-{graph}"
@@ -58,20 +60,21 @@ def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[st
     return excluded
 
 
-def int8_agreement(folder: Path, check: Validation, model_config: Any) -> dict[str, float | int]:
-    """Greedy tokens of the int8 graphs against the fp32 graphs on the validation batch (EOS suppressed)."""
+def agreement(folder: Path, check: Validation, model_config: Any, quantized: str = "int8") -> dict[str, float | int]:
+    """Greedy tokens of the `quantized` graphs ("int8", "int4") against the fp32 graphs on the validation batch (EOS
+    suppressed)."""
     ex = example_batch(model_config, check.enc_lengths, 1, check.seed)
     ids, mask = ex["input_ids"], ex["attention_mask"]
-    kwargs = {"max_new_tokens": INT8_CHECK_NEW_TOKENS, "min_new_tokens": INT8_CHECK_NEW_TOKENS, "num_beams": 1,
+    kwargs = {"max_new_tokens": CHECK_NEW_TOKENS, "min_new_tokens": CHECK_NEW_TOKENS, "num_beams": 1,
               "do_sample": False}
     tokens, first = [], []
-    for quantized in (False, True):  # one at a time: a large model's fp32 and int8 graphs need not fit together
-        rt = OnnxT5.from_staged(folder, quantized=quantized)  # export_meta.json comes later
+    for kind in (False, quantized):  # one at a time: a large model's fp32 and quantized graphs need not fit together
+        rt = OnnxT5.from_staged(folder, quantized=kind)  # export_meta.json comes later
         tokens.append(rt.generate(ids, mask, **kwargs)[:, 1:])
         first.append(rt.first_step(ex["decoder_input_ids"], mask, rt.encode(ids, mask))[0])
         del rt
-    fp32, int8 = tokens
-    return {"greedy_token_agreement": float(np.mean(fp32 == int8)),
-            "greedy_sequence_agreement": float(np.mean(np.all(fp32 == int8, axis=1))),
+    fp32, low = tokens
+    return {"greedy_token_agreement": float(np.mean(fp32 == low)),
+            "greedy_sequence_agreement": float(np.mean(np.all(fp32 == low, axis=1))),
             "first_step_logits_max_abs_diff": float(np.max(np.abs(first[0] - first[1]))),
-            "new_tokens": INT8_CHECK_NEW_TOKENS, "batch": len(check.enc_lengths)}
+            "new_tokens": CHECK_NEW_TOKENS, "batch": len(check.enc_lengths)}

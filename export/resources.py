@@ -4,7 +4,8 @@ A t5-3b export needs tens of GB of memory and disk: finding out after twenty min
 OOM killer or a full disk, is what this avoids. The prediction follows what `export` holds at its peak (see
 docs/architecture.md, "Export memory"): while the graphs are traced and validated, the torch weights plus one
 onnxruntime session (the largest graph's weights); later, the torch weights freed, the quantizer's copies of the
-largest graph (`QUANTIZE_COPIES` of it, fp32, and the int8 result).
+largest graph (`QUANTIZE_COPIES` of it, fp32, and the int8 result; for --int4 the same int8 pass over the embeddings,
+then `NBITS_COPIES` of its result).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from export.errors import ExportError
 # re-loaded for shape inference (onnx_quantizer.py, dynamic mode), the weights as numpy while each is quantized
 # (measured: 4.9 GB for mt5-small's 1.1 GB decoder, 8.0 GB for mt5-base's 2.0 GB, with the int8 result)
 QUANTIZE_COPIES = 3.5
+# MatMulNBitsQuantizer holds the fp32 graph it loaded, the 4-bit weights beside it until the end, and one weight at a
+# time as numpy: measured 1.43x on a 200 MB graph of MatMul weights
+NBITS_COPIES = 1.5
 BASELINE_BYTES = 1 << 30  # python, torch, onnxruntime and the activations of the validation batch
 GB = 1e9
 
@@ -46,8 +50,16 @@ def graph_bytes(fields: dict[str, Any]) -> dict[str, int]:
             "decoder_with_past": 4 * (c.embedding + c.decoder + head)}
 
 
-def predict(fields: dict[str, Any], int8: bool, keep_fp32: tuple[str, ...]) -> Needs:
-    """What exporting a model of config `fields` needs (fp32 graphs, and the int8 ones with `int8`)."""
+def q4_bytes_per_weight(block_size: int) -> float:
+    """Bytes per weight of a 4-bit MatMul (`export.int4`): half a byte, and per block an fp32 scale and a 4-bit zero
+    point."""
+    return 0.5 + 4.5 / block_size
+
+
+def predict(fields: dict[str, Any], int8: bool, keep_fp32: tuple[str, ...], int4: bool = False,
+            int4_keep: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()), block_size: int = 32) -> Needs:
+    """What exporting a model of config `fields` needs (fp32 graphs, the int8 ones with `int8`, the 4-bit ones with
+    `int4`, whose `int4_keep` modules stay (fp32, int8))."""
     weights = 4 * weight_counts(fields).total
     graphs = graph_bytes(fields)
     largest = max(graphs.values())
@@ -58,6 +70,17 @@ def predict(fields: dict[str, Any], int8: bool, keep_fp32: tuple[str, ...]) -> N
         int8_bytes = {name: int(size * (kept + (1 - kept) / 4)) for name, size in graphs.items()}
         memory = max(memory, int(QUANTIZE_COPIES * largest) + max(int8_bytes.values()))
         disk += sum(int8_bytes.values()) + int8_bytes["decoder"]
+    if int4:
+        # shares of the decoder graph's weights (the largest graph): kept fp32, int8 (the embedding, keep_int8), 4-bit
+        fp32 = _kept_fraction(fields, int4_keep[0])
+        int8_share = _kept_fraction(fields, int4_keep[1]) + weight_counts(fields).embedding / _decoder_graph(fields)
+        rest = max(0.0, 1 - fp32 - int8_share)
+        q4_bytes = {name: int(size * (fp32 + int8_share / 4 + rest * q4_bytes_per_weight(block_size) / 4))
+                    for name, size in graphs.items()}
+        between = int(largest * (1 - 0.75 * int8_share))  # after the int8 pass, before the 4-bit one
+        memory = max(memory, int(QUANTIZE_COPIES * largest) + between, int(NBITS_COPIES * between))
+        # its work file (`between`) is smaller than the largest graph that `disk` counts once more
+        disk += sum(q4_bytes.values()) + q4_bytes["decoder"]
     return Needs(memory + BASELINE_BYTES, disk, weights)
 
 
@@ -74,8 +97,13 @@ def _kept(fields: dict[str, Any], keep_fp32: tuple[str, ...], stacks: tuple[str,
 
 def _kept_fraction(fields: dict[str, Any], keep_fp32: tuple[str, ...]) -> float:
     """The share of the decoder graph's weights that stay fp32 with `keep_fp32`."""
+    return _kept(fields, keep_fp32, ("decoder",)) / _decoder_graph(fields)
+
+
+def _decoder_graph(fields: dict[str, Any]) -> int:
+    """Parameters a decoder graph holds: the embedding, the decoder's layers and the output matrix."""
     c = weight_counts(fields)
-    return _kept(fields, keep_fp32, ("decoder",)) / (c.embedding + c.decoder + (c.head or c.embedding))
+    return c.embedding + c.decoder + (c.head or c.embedding)
 
 
 def int8_weight_bytes(fields: dict[str, Any], keep_fp32: tuple[str, ...]) -> int:

@@ -17,7 +17,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from distill.metrics import NAMES
 from eval.tables import headline_cell, markdown_table
 
-# the evaluation's variant for each role ("student", "onnx", "onnx-int8", "teacher"): (its name, its results entry)
+# the evaluation's variant for each role ("student", "onnx", "onnx-int8", "onnx-int4", "teacher"): (its name, its
+# results entry)
 Found = dict[str, tuple[str, dict[str, Any]] | None]
 SAMPLE = "In the beginning God created the heavens and the earth."  # what the usage examples and the check generate on
 
@@ -26,15 +27,22 @@ def _same_folder(a: str | Path, b: Path) -> bool:
     return Path(a).expanduser().resolve() == b.expanduser().resolve()
 
 
+def _precision(v: dict[str, Any]) -> str:
+    """A variant's precision as a suffix, " int8", " int4" or "" (fp32), from results.json's `quantized` (false, true
+    or "int8", "int4")."""
+    quantized = v.get("quantized")
+    return "" if not quantized else " int4" if quantized == "int4" else " int8"
+
+
 def find_variants(results: dict[str, Any], model: Path, onnx: Path) -> Found:
-    """The evaluation's variants for the student (torch), its ONNX fp32 and int8 exports and its teacher."""
+    """The evaluation's variants for the student (torch), its ONNX fp32, int8 and int4 exports and its teacher."""
     variants = results.get("variants", {})
-    found: Found = {"student": None, "onnx": None, "onnx-int8": None, "teacher": None}
+    found: Found = {"student": None, "onnx": None, "onnx-int8": None, "onnx-int4": None, "teacher": None}
     for name, v in variants.items():
         if v["kind"] == "torch" and _same_folder(v["path"], model):
             found["student"] = (name, v)
         elif v["kind"] == "onnx" and _same_folder(v["path"], onnx):
-            found["onnx-int8" if v.get("quantized") else "onnx"] = (name, v)
+            found["onnx" + _precision(v).replace(" ", "-")] = (name, v)
     if found["student"] and found["student"][1].get("teacher") in variants:
         teacher = found["student"][1]["teacher"]
         found["teacher"] = (teacher, variants[teacher])
@@ -77,7 +85,8 @@ def model_card(repo_id: str, meta: dict[str, Any], results: dict[str, Any], foun
     task_type = "translation" if task == "translation" else "summarization"
     metrics = ("bleu", "chrf") if task == "translation" else ("rouge1", "rouge2", "rougeL")
     eval_results = []
-    for key, label in (("student", ""), ("onnx", " (ONNX fp32)"), ("onnx-int8", " (ONNX int8)")):
+    for key, label in (("student", ""), ("onnx", " (ONNX fp32)"), ("onnx-int8", " (ONNX int8)"),
+                       ("onnx-int4", " (ONNX int4)")):
         if found[key] is None:
             continue
         quality = found[key][1]["quality"]
@@ -113,12 +122,12 @@ def _card_body(repo_id: str, meta: dict[str, Any], results: dict[str, Any], foun
               if recipe.get(key)]
     key = results.get("speed_headline") or headline_cell(results["variants"])
     rows = []
-    for label in ("teacher", "student", "onnx", "onnx-int8"):
+    for label in ("teacher", "student", "onnx", "onnx-int8", "onnx-int4"):
         if found[label] is None:
             continue
         name, v = found[label]
         cell = next((c for c in v["speed"] if all(c.get(k) == key[k] for k in key)), None) if key else None
-        rows.append([name, v["kind"] + (" int8" if v.get("quantized") else ""), *(v["quality"].get(m) for m in shown),
+        rows.append([name, v["kind"] + _precision(v), *(v["quality"].get(m) for m in shown),
                      cell["latency_ms"]["median"] if cell else None,
                      f"{cell['speedup']:.2f}x" if cell and cell.get("speedup") else None,
                      None if v.get("size_bytes") is None else v["size_bytes"] / 1e6, v["memory"]["peak_mb"]])

@@ -6,6 +6,7 @@
     onnx/decoder_model_merged.onnx     both decoders, each weight once: what OnnxT5 and transformers.js load
     onnx/*.onnx_data                   each graph's weights (external data)
     onnx/*_quantized.onnx              int8 (transformers.js picks these with `dtype: "q8"`)
+    onnx/*_q4.onnx                     4-bit weights, when the export has them (--int4; transformers.js `dtype: "q4"`)
     onnx/config.json generation_config.json tokenizer.json export_meta.json   so `OnnxT5.from_pretrained(repo/onnx)`
     README.md                          the model card (publish/card.py)
     publish_manifest.json              every other file with its size and sha256 (kept here, not uploaded)
@@ -25,7 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from distill.files import FILES_KEY, check_output, file_manifest, replace_dir, sha256_file, staged_dir
-from export.layout import DECODER_MERGED, ENCODER, GRAPHS, META_FILE, TOKENIZER_FILES, data_name, quantized_name
+from export.layout import (
+    DECODER_MERGED,
+    ENCODER,
+    GRAPHS,
+    META_FILE,
+    QUANTIZED,
+    TOKENIZER_FILES,
+    data_name,
+    quantized_name,
+)
 from export.layout import FILES_KEY as EXPORT_FILES_KEY
 from publish.card import find_variants, is_hub_id, model_card
 from publish.check import check_staged
@@ -96,7 +106,7 @@ def _transformers_js_config(staged: Path) -> None:
     always do."""
     path = staged / "config.json"
     config = json.loads(path.read_text())
-    graphs = [g for name in (ENCODER, DECODER_MERGED) for g in (name, quantized_name(name))]
+    graphs = [g for name in (ENCODER, DECODER_MERGED) for g in (name, *(quantized_name(name, k) for k in QUANTIZED))]
     config["transformers.js_config"] = {"use_external_data_format": {
         g: 1 for g in graphs if (staged / "onnx" / data_name(g)).is_file()}}
     path.write_text(json.dumps(config, indent=2) + "\n")
@@ -133,14 +143,15 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
                            f"student's. Evaluate it (a config listing `path: {model}`) and try again.")
     graphs = (*GRAPHS, DECODER_MERGED)
     quantized = tuple(quantized_name(g) for g in graphs)
-    weights = tuple(data_name(g) for g in graphs + quantized)  # each graph's external data, when it has one
+    q4 = tuple(quantized_name(g, "int4") for g in graphs)  # published when the export has them, not required
+    weights = tuple(data_name(g) for g in graphs + quantized + q4)  # each graph's external data, when it has one
     base_model = base_model or (meta.get("teacher") if is_hub_id(meta.get("teacher")) else None)
     out = out.expanduser().resolve()
     check_output(out, MANIFEST, OUT_WHAT, error=PublishError)
     with staged_dir(out) as staged:
         _copy(model, staged, MODEL_FILES + TOKENIZER_FILES, (*MODEL_FILES, "tokenizer.json"), "the student",
               "It must be a save_pretrained folder with safetensors weights and a fast tokenizer.")
-        _copy(onnx, staged / "onnx", graphs + quantized + weights + ONNX_SIDE_FILES, graphs + quantized,
+        _copy(onnx, staged / "onnx", graphs + quantized + q4 + weights + ONNX_SIDE_FILES, graphs + quantized,
               "fp32 and int8 graphs", f"Export with int8 (this version writes {DECODER_MERGED}): make export "
               f"MODEL={model} OUT={onnx}")
         _transformers_js_config(staged)

@@ -1,7 +1,7 @@
 """Run an exported T5 with onnxruntime: `generate` as transformers' does it, without torch or transformers.
 
     from export import OnnxT5
-    model = OnnxT5.from_pretrained("runs/export/student")           # quantized=True: the int8 graphs
+    model = OnnxT5.from_pretrained("runs/export/student")           # quantized=True (int8) or "int4"
     tok = model.tokenizer                                           # tokenizers.Tokenizer from tokenizer.json
     tok.enable_padding(pad_id=0, pad_token="<pad>")
     batch = tok.encode_batch(["translate English to French: In the beginning", "translate English to French: Amen"])

@@ -17,6 +17,7 @@ from export.layout import (
     DTYPES,
     ENCODER,
     GRAPHS,
+    QUANTIZED,
     dtype_name,
     graph_files,
     quantized_name,
@@ -86,6 +87,24 @@ def warn_if_fallen_back(session: ort.InferenceSession, providers: list[Any]) -> 
                       f"{', '.join(session.get_providers())}.", RuntimeWarning, stacklevel=4)
 
 
+def quantized_kind(quantized: Any, caller: str = "OnnxT5.from_pretrained") -> str | None:
+    """`quantized=` as the kind of graphs it loads: None (fp32), "int8" (True, as before 4-bit graphs existed) or
+    "int4"; TypeError naming the accepted values otherwise."""
+    if isinstance(quantized, bool | np.bool_):
+        return "int8" if quantized else None
+    if isinstance(quantized, str) and quantized in QUANTIZED:
+        return quantized
+    raise TypeError(f"{caller}: quantized must be True or False (int8 graphs), or one of "
+                    f"{', '.join(map(repr, QUANTIZED))}, got {quantized!r}.")
+
+
+def _requantize_hint(folder: Path, kind: str) -> str:
+    """The export command that adds `kind` graphs to `folder` (keeping the int8 ones it has: an export without --int8
+    over them is refused)."""
+    flags = [f"--{k}" for k in QUANTIZED if k == kind or (folder / quantized_name(ENCODER, k)).is_file()]
+    return f"Export with `python -m export --model MODEL --out {folder} {' '.join(flags)}`"
+
+
 def _merged_ok(providers: Any, io_binding: bool | None) -> bool:
     """Whether the merged decoder may serve: the CPU alone and no IO binding (which binds the two graphs' sessions)."""
     names = [p[0] if isinstance(p, tuple) else p for p in (providers or [])]
@@ -97,10 +116,11 @@ class OnnxT5:
     `generate`."""
 
     def __init__(self, folder: Path, sessions: dict[str, ort.InferenceSession], settings: Settings,
-                 config: dict[str, Any], meta: ExportMeta | None = None, quantized: bool = False,
+                 config: dict[str, Any], meta: ExportMeta | None = None, quantized: bool | str = False,
                  files: dict[str, str] | None = None):
         self.folder = folder
-        self.files = files or {g: quantized_name(g) if quantized else g for g in sessions}  # graph -> file loaded
+        kind = quantized_kind(quantized, "OnnxT5")
+        self.files = files or {g: quantized_name(g, kind) if kind else g for g in sessions}  # graph -> file loaded
         self.encoder = sessions[ENCODER]
         self.decoder: Any
         self.decoder_with_past: Any
@@ -111,7 +131,7 @@ class OnnxT5:
         self.settings = settings
         self.config = config
         self.meta = meta
-        self.quantized = quantized
+        self.quantized: bool | str = kind or False  # the graphs loaded: False (fp32, fp16, bf16), "int8" or "int4"
         logits = self.decoder.get_outputs()[0].shape
         vocab = meta.model["vocab_size"] if meta else config.get("vocab_size", logits[-1])
         if not isinstance(vocab, int):
@@ -143,7 +163,7 @@ class OnnxT5:
                                 providers, once, encoder_rows, self.encode)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, quantized: bool = False, threads: int | None = None,
+    def from_pretrained(cls, folder: str | Path, quantized: bool | str = False, threads: int | None = None,
                         providers: list[Any] | None = None, verify: bool = False, io_binding: bool | None = None,
                         dtype: str = "fp32") -> OnnxT5:
         """Load a folder written by `python -m export`; `threads`: intra-op threads per session (None: one per core).
@@ -151,7 +171,8 @@ class OnnxT5:
         `providers`: onnxruntime execution providers, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"].
         `io_binding`: keep the K/V cache and the encoder output in the provider's memory between steps (None: on for
         a device provider such as CUDA, off on the CPU, where it measured no faster). `dtype`: "fp16" or "bf16"
-        loads the graphs `python -m export --dtype` wrote (`*_fp16.onnx`).
+        loads the graphs `python -m export --dtype` wrote (`*_fp16.onnx`). `quantized`: True or "int8" loads the int8
+        graphs (`python -m export --int8`, `*_quantized.onnx`), "int4" the 4-bit ones (`--int4`, `*_q4.onnx`).
 
         The folder is checked against its export_meta.json first: each graph's size, the export id it carries and its
         shapes (`verify=True` also compares every file's sha256, as `verify()` does). generation_config.json is
@@ -169,16 +190,16 @@ class OnnxT5:
         return cls._load(folder, files, threads, providers, meta, io_binding)
 
     @classmethod
-    def from_staged(cls, folder: str | Path, quantized: bool = False, threads: int | None = None,
+    def from_staged(cls, folder: str | Path, quantized: bool | str = False, threads: int | None = None,
                     providers: list[Any] | None = None, io_binding: bool | None = None,
                     dtype: str = "fp32") -> OnnxT5:
         """Load graphs without export_meta.json's checks: for the exporter, which runs the graphs it has just written
-        (its int8 check) before it writes export_meta.json. Anything else loads with `from_pretrained`."""
+        (its int8 and int4 checks) before it writes export_meta.json. Anything else loads with `from_pretrained`."""
         folder, files = cls._graph_files(folder, quantized, threads, dtype, _merged_ok(providers, io_binding))
         return cls._load(folder, files, threads, providers, None, io_binding)
 
     @staticmethod
-    def _graph_files(folder: str | Path, quantized: bool, threads: int | None,
+    def _graph_files(folder: str | Path, quantized: bool | str, threads: int | None,
                      dtype: str = "fp32", merged_ok: bool = True) -> tuple[Path, dict[str, str]]:
         """The folder and the file of each graph (GRAPHS -> file name); FileNotFoundError naming what is missing."""
         if not isinstance(folder, str | os.PathLike):
@@ -186,32 +207,32 @@ class OnnxT5:
         if not str(folder).strip():
             raise ValueError("OnnxT5.from_pretrained: folder is an empty string; give the export folder "
                              "(`python -m export --model MODEL --out FOLDER` writes one).")
-        if not isinstance(quantized, bool | np.bool_):
-            raise TypeError(f"OnnxT5.from_pretrained: quantized must be True or False, got {quantized!r}.")
+        kind = quantized_kind(quantized)
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int | np.integer)
                                     or not 1 <= threads <= MAX_THREADS):
             raise ValueError(f"OnnxT5.from_pretrained: threads must be an integer from 1 to {MAX_THREADS}, or None "
                              f"(one per core), got {threads!r}.")
         if dtype not in DTYPES:
             raise ValueError(f"OnnxT5.from_pretrained: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
-        if quantized and dtype != "fp32":
-            raise ValueError(f"OnnxT5.from_pretrained: quantized=True loads the int8 graphs, made from the fp32 ones; "
-                             f"dtype={dtype!r} cannot go with it: choose one.")
+        if kind and dtype != "fp32":
+            raise ValueError(f"OnnxT5.from_pretrained: quantized={quantized!r} loads the {kind} graphs, made from the "
+                             f"fp32 ones; dtype={dtype!r} cannot go with it: choose one.")
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"OnnxT5: {folder} is not a folder. Export one with "
                                     f"`python -m export --model MODEL --out {folder}`.")
-        files = {g: quantized_name(g) if quantized else dtype_name(g, dtype) for g in GRAPHS}
+        files = {g: quantized_name(g, kind) if kind else dtype_name(g, dtype) for g in GRAPHS}
         # fp32 on the CPU: the decoder's weights once, for both steps (`export.merge`). Not int8: onnxruntime's int8
         # MatMul fusions miss the branches' nodes, so the merged int8 decoder ran about 3x slower (docs/results.md);
-        # not with IO binding, which binds the two graphs' sessions
-        if merged_ok and not quantized and dtype == "fp32" and (folder / DECODER_MERGED).is_file():
+        # not int4 either, whose graphs hold int8 embeddings (and --int4-keep-int8 MatMuls), until a measurement says
+        # otherwise; not with IO binding, which binds the two graphs' sessions
+        if merged_ok and not kind and dtype == "fp32" and (folder / DECODER_MERGED).is_file():
             files = {ENCODER: files[ENCODER], DECODER_MERGED: DECODER_MERGED}
         missing = [f for f in files.values() if not (folder / f).is_file()]
-        if quantized and missing and all((folder / g).is_file() for g in GRAPHS):
-            raise FileNotFoundError(f"OnnxT5: quantized=True, but {folder} holds no int8 graphs "
-                                    f"({', '.join(missing)}). Export with `python -m export ... --int8`, or load "
-                                    "with quantized=False.")
+        if kind and missing and all((folder / g).is_file() for g in GRAPHS):
+            raise FileNotFoundError(f"OnnxT5: quantized={quantized!r}, but {folder} holds no {kind} graphs "
+                                    f"({', '.join(missing)}). {_requantize_hint(folder, kind)}, or load with "
+                                    "quantized=False.")
         if dtype != "fp32" and missing and all((folder / g).is_file() for g in GRAPHS):
             raise FileNotFoundError(f"OnnxT5: dtype={dtype!r}, but {folder} holds no {dtype} graphs "
                                     f"({', '.join(missing)}). Export with `python -m export ... --dtype {dtype}`, or "
@@ -243,9 +264,9 @@ class OnnxT5:
         if meta:
             check_graphs(folder, meta, sessions, files)
             check_config(folder, config, meta)
-        model = cls(folder, sessions, settings, config, meta, quantized=files[ENCODER] == quantized_name(ENCODER),
-                    files=files)
-        model.dtype = next((d for d in DTYPES if files[ENCODER] == dtype_name(ENCODER, d)), "fp32")  # int8: fp32
+        kind = next((k for k in QUANTIZED if files[ENCODER] == quantized_name(ENCODER, k)), False)
+        model = cls(folder, sessions, settings, config, meta, quantized=kind, files=files)
+        model.dtype = next((d for d in DTYPES if files[ENCODER] == dtype_name(ENCODER, d)), "fp32")  # int8/4: fp32
         running = sessions[ENCODER].get_providers()  # what onnxruntime started, with the options that were asked
         active = [p for p in providers if (p[0] if isinstance(p, tuple) else p) in running]
         if io_binding or (io_binding is None and device_of(active).kind != "cpu"):

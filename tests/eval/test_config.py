@@ -36,6 +36,28 @@ def test_default_config_is_the_issues_comparison():
     assert config.gate.export_margin == 0.5
 
 
+def test_int4_config_compares_three_precisions_of_one_export_per_model():
+    config = load_config(Path(__file__).parents[2] / "configs" / "eval" / "int4.yaml")
+    kinds = {v.name: (v.quantized_kind, v.path, v.source) for v in config.variants if v.kind == "onnx"}
+    for model in ("teacher", "student"):
+        folder = f"runs/export/{model}-int4"
+        assert {name: kinds[name] for name in kinds if name.startswith(model)} == {
+            f"{model}-onnx": (None, folder, f"{model}-torch"), f"{model}-onnx-int8": ("int8", folder, f"{model}-torch"),
+            f"{model}-onnx-int4": ("int4", folder, f"{model}-torch")}
+        assert all("--int8 --int4" in (v.build or "") for v in config.variants if v.path == folder)
+
+
+def test_quantized_takes_true_or_a_kind():
+    variants = [{"name": n, "kind": "onnx", "path": "x", "quantized": q}
+                for n, q in (("a", True), ("b", "int4"), ("c", "int8"), ("d", False))]
+    assert [v.quantized_kind for v in from_dict({"variants": variants, "reference": "a"}).variants] == \
+        ["int8", "int4", "int8", None]
+    with pytest.raises(ConfigError, match=r"variants\[0\] \(a\).quantized: 'q4' is not true, false, int8 or int4"):
+        from_dict({"variants": [{**variants[0], "quantized": "q4"}], "reference": "a"})
+    with pytest.raises(ConfigError, match=r"variants\[0\].quantized: expected bool or str, got 4"):
+        from_dict({"variants": [{**variants[0], "quantized": 4}], "reference": "a"})
+
+
 def test_unknown_keys_and_wrong_types_are_all_named_in_one_error():
     with pytest.raises(ConfigError) as err:
         from_dict({"variants": [{**TWO[0], "quantised": True}, TWO[1]], "speed": {"batch_size": [1], "repeats": "5"},
@@ -75,6 +97,7 @@ def test_missing_variant_paths_name_the_path_and_the_command_that_builds_it(tmp_
         Variant("student-torch", "torch", str(tmp_path / "student"), build="make distill"),
         Variant("student-onnx-int8", "onnx", str(fp32_only), quantized=True,
                 build="make export MODEL=runs/distill/student OUT=runs/export/student"),
+        Variant("student-onnx-int4", "onnx", str(fp32_only), quantized="int4"),
         Variant("half-export", "onnx", str(teacher)),
         Variant("hub-model", "torch", "org/not-here", hub=True)])
     with pytest.raises(ConfigError) as err:
@@ -83,5 +106,6 @@ def test_missing_variant_paths_name_the_path_and_the_command_that_builds_it(tmp_
     assert f"variant student-torch: {tmp_path / 'student'} does not exist; build it with `make distill`" in message
     assert (f"variant student-onnx-int8: {fp32_only} holds no int8 graphs (exported without --int8); build it with "
             "`make export MODEL=runs/distill/student OUT=runs/export/student`") in message
+    assert f"variant student-onnx-int4: {fp32_only} holds no int4 graphs (exported without --int4)" in message
     assert f"variant half-export: {teacher} is not a finished ONNX export" in message
     assert "teacher-torch" not in message and "hub-model" not in message

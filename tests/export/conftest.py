@@ -26,11 +26,12 @@ CONFIGS = {
 }
 
 
-def make_t5(path: Path, fields: dict, seed: int = 1):
+def make_t5(path: Path, fields: dict, seed: int = 1, gain: float | None = None):
     """Save a tiny T5 at `path` and return it (eval mode).
 
     Weights are redrawn with larger linear gains than T5's init, so that the random model does not just repeat one
     token, and the EOS logit is raised, so that some rows end early: greedy and beam comparisons then mean something.
+    `gain` (default 4 tied, 3 untied): a smaller one makes a calmer model, whose tokens survive small weight errors.
     transformers 5.x keeps every fresh T5 tied; a v1.1-style model gets its own `lm_head` (untied on reload).
     """
     from transformers import T5Config, T5ForConditionalGeneration
@@ -40,7 +41,7 @@ def make_t5(path: Path, fields: dict, seed: int = 1):
     if not tied:
         model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
     g = torch.Generator().manual_seed(seed)
-    gain = 4.0 if tied else 3.0
+    gain = gain or (4.0 if tied else 3.0)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 2:

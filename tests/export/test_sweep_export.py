@@ -28,7 +28,8 @@ def test_an_opset_the_exporter_cannot_write_is_refused_before_any_work(tmp_path,
 @pytest.mark.parametrize("kwargs, message", [
     ({"name_or_dir": 5, "onnx_path": "x"}, r"name_or_dir must be a model folder or hub id, got 5"),
     ({"name_or_dir": "m", "onnx_path": None}, r"onnx_path must be the export folder's path, got None"),
-    ({"name_or_dir": "m", "onnx_path": "x", "quantized": "yes"}, r"quantized must be True or False, got 'yes'"),
+    ({"name_or_dir": "m", "onnx_path": "x", "quantized": "yes"},
+     r"quantized must be True or False \(int8 graphs\), or one of 'int8', 'int4', got 'yes'"),
 ])
 def test_load_or_export_names_an_argument_of_the_wrong_type(kwargs, message):
     with pytest.raises(TypeError, match=f"load_or_export: {message}"):

@@ -10,7 +10,7 @@ from eval_fixtures import one_torch_thread, synthetic_results, tiny_t5_dir  # no
 
 @pytest.fixture(scope="session")
 def student_and_export(tmp_path_factory, tiny_t5_dir):  # noqa: F811 (the fixture imported above)
-    """A student folder (the tiny T5 with a distill_meta.json) and its fp32 + int8 export."""
+    """A student folder (the tiny T5 with a distill_meta.json) and its fp32 + int8 + int4 export."""
     from export.exporter import export
 
     root = tmp_path_factory.mktemp("publish")
@@ -24,7 +24,7 @@ def student_and_export(tmp_path_factory, tiny_t5_dir):  # noqa: F811 (the fixtur
                          "monitor": "val_bleu", "global_step": 1500,
                          "command": "python -m distill fit --config configs/distill/sft.yaml --ckpt_path last"}}
     (student / "distill_meta.json").write_text(json.dumps(meta))
-    onnx = export(str(student), root / "onnx", int8=True)
+    onnx = export(str(student), root / "onnx", int8=True, int4=True)
     return student, onnx
 
 
@@ -37,6 +37,8 @@ def inputs(tmp_path, student_and_export, synthetic_results):  # noqa: F811 (the 
     variants["student-onnx"]["path"] = str(onnx)
     variants["student-onnx-int8"] = {**variants["student-onnx"], "quantized": True,
                                      "quality": {**variants["student-onnx"]["quality"], "bleu": 26.5}}
+    variants["student-onnx-int4"] = {**variants["student-onnx"], "quantized": "int4",
+                                     "quality": {**variants["student-onnx"]["quality"], "bleu": 25.5}}
     results = tmp_path / "results.json"
     results.write_text(json.dumps(synthetic_results))
     return {"student": student, "onnx": onnx, "results": results}

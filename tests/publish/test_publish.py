@@ -34,6 +34,7 @@ def test_a_dry_run_stages_a_folder_that_loads_with_a_card_holding_the_measured_n
                  "distill_meta.json", "onnx/encoder_model.onnx", "onnx/decoder_model.onnx",
                  "onnx/decoder_with_past_model.onnx", "onnx/encoder_model_quantized.onnx",
                  "onnx/decoder_model_quantized.onnx", "onnx/decoder_with_past_model_quantized.onnx",
+                 "onnx/encoder_model_q4.onnx", "onnx/encoder_model_q4.onnx_data", "onnx/decoder_model_merged_q4.onnx",
                  "onnx/config.json", "onnx/tokenizer.json", "onnx/export_meta.json"):
         assert name in names, name
 
@@ -45,6 +46,7 @@ def test_a_dry_run_stages_a_folder_that_loads_with_a_card_holding_the_measured_n
     scores = {(r.metric_type, r.metric_name): r.metric_value for r in card.data.eval_results}
     assert scores[("bleu", "BLEU")] == 28.0 and scores[("chrf", "chrF")] == 48.0  # the student's results.json row
     assert scores[("bleu", "BLEU (ONNX int8)")] == 26.5 and scores[("bleu", "BLEU (ONNX fp32)")] == 27.0
+    assert scores[("bleu", "BLEU (ONNX int4)")] == 25.5 and "| student-onnx-int4 | onnx int4 | 25.50 |" in card.text
     assert {r.dataset_split for r in card.data.eval_results} == {"test"}
     assert "`models/teacher`" in card.text and "decoder [0, 1]" in card.text and "1500 optimizer steps" in card.text
     assert "| student-torch | torch | 28.00 | 48.00 |" in card.text  # quality and speed table
@@ -58,7 +60,7 @@ def test_a_dry_run_stages_a_folder_that_loads_with_a_card_holding_the_measured_n
 
     # the staged folder itself loads and generates with both runtimes, the ONNX tokens equal to transformers'
     tokens = check_staged(out, "translate English to French: ")
-    assert tokens["onnx"] == tokens["transformers"] and len(tokens["onnx-int8"]) > 1
+    assert tokens["onnx"] == tokens["transformers"] and len(tokens["onnx-int8"]) > 1 and len(tokens["onnx-int4"]) > 1
 
 
 @pytest.mark.parametrize("repo_id", ["no-namespace", "a/b/c", "/name", "name space/x", "ns/"])

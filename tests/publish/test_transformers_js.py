@@ -1,9 +1,9 @@
 """A staged folder loads in transformers.js (node) and generates the tokens OnnxT5 generates from it.
 
-transformers.js loads `onnx/encoder_model.onnx` and `onnx/decoder_model_merged.onnx` (`_quantized` for dtype q8),
-with their `.onnx_data` only when config.json's `transformers.js_config.use_external_data_format` names them. The
-package is installed by the test itself into the repository's ignored `.cache/` (skipped without node and npm, or
-when the install fails, e.g. offline).
+transformers.js loads `onnx/encoder_model.onnx` and `onnx/decoder_model_merged.onnx` (`_quantized` for dtype q8, `_q4`
+for q4), with their `.onnx_data` only when config.json's `transformers.js_config.use_external_data_format` names
+them. The package is installed by the test itself into the repository's ignored `.cache/` (skipped without node and
+npm, or when the install fails, e.g. offline).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def test_transformers_js_loads_the_staged_folder_and_decodes_onnxt5s_tokens(tmp_
     config = json.loads((out / "config.json").read_text())
     assert config["transformers.js_config"]["use_external_data_format"]["decoder_model_merged.onnx"] == 1
     ids = [[5, 17, 9, 23, 41, 1]]
-    for dtype, quantized in (("fp32", False), ("q8", True)):
+    for dtype, quantized in (("fp32", False), ("q8", True), ("q4", "int4")):
         done = subprocess.run(["node", str(SCRIPT), str(package), str(out), dtype, json.dumps(ids)],
                               capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, done.stderr[-2000:]
