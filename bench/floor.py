@@ -97,8 +97,8 @@ def per_token_ms(runtime: Any, ids: np.ndarray, new_tokens: int, repeats: int) -
 
 def measure(folder: Path, threads: int, input_length: int = 64, new_tokens: int = 32, repeats: int = 7,
             bandwidth_gib: float = 1.0) -> dict[str, Any]:
-    """The floor and the measured per-token time of an export's fp32 graphs, and of its int8 graphs when it has
-    them; the bandwidth measured once, first (on an array of `bandwidth_gib`, far larger than any cache)."""
+    """The floor and the measured per-token time of an export's fp32 graphs, and of its int8 and 4-bit graphs when
+    it has them; the bandwidth measured once, first (on an array of `bandwidth_gib`, far larger than any cache)."""
     from export import OnnxT5
 
     bw = bandwidth(threads, bandwidth_gib)
@@ -109,7 +109,8 @@ def measure(folder: Path, threads: int, input_length: int = 64, new_tokens: int 
     out: dict[str, Any] = {"bandwidth_gb_s": bw / 1e9, "threads": threads, "input_length": input_length,
                            "new_tokens": new_tokens, "precisions": {}}
     for precision, quantized, graph in (("fp32", False, DECODER_WITH_PAST),
-                                        ("int8", True, quantized_name(DECODER_WITH_PAST))):
+                                        ("int8", "int8", quantized_name(DECODER_WITH_PAST, "int8")),
+                                        ("int4", "int4", quantized_name(DECODER_WITH_PAST, "int4"))):
         if not (folder / graph).is_file():
             continue
         weights = step_weight_bytes(folder / graph)

@@ -90,7 +90,8 @@ def convert(name: str, model: Path, configs: list[Config], args: argparse.Namesp
             onnx = work / "onnx"  # made again on every run: the export is what this bench measures
             if (onnx / META_FILE).is_file():  # this bench's own earlier export, possibly by an older exporter
                 shutil.rmtree(onnx)
-            run_step([sys.executable, "-m", "export", "--model", str(model), "--out", str(onnx), "--int8"],
+            int4 = ["--int4"] if any(c.job.get("quantized") == "int4" for c in configs) else []
+            run_step([sys.executable, "-m", "export", "--model", str(model), "--out", str(onnx), "--int8", *int4],
                      f"exporting {name} with python -m export")
             return onnx
         folders["onnx"] = ours()  # ours must work: a failure stops the bench

@@ -154,7 +154,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "ratio": len(slower), "target": 0, "met": not slower, "cells": slower, "lower_is_better": True})
     for shape in FLOOR_SHAPES:
         floor = results["models"].get(shape, {}).get("floor", {}).get("precisions", {})
-        for precision in ("fp32", "int8"):
+        for precision in ("fp32", "int8", "int4"):
             if precision in floor:
                 ratio = floor[precision]["vs_floor"]
                 out.append({"goal": f"{shape} {precision}: time per token at batch 1 greedy / bandwidth floor",

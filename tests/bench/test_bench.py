@@ -243,11 +243,11 @@ def test_the_whole_bench_runs_on_a_tiny_student(tmp_path, tiny_t5_dir):
     results = json.loads((out / "results.json").read_text())
     model = results["models"]["student"]
     assert model["probe"] == [[1, 1, 64], [8, 4, 64]] and "torch" in model["kept"]
-    assert {r["ours"]["config"] for r in model["best"]} <= {"onnx-fp32", "onnx-int8"}
+    assert {r["ours"]["config"] for r in model["best"]} <= {"onnx-fp32", "onnx-int8", "onnx-int4"}
     assert all(r["vs_best_peer"] > 0 for r in model["best"])
     for name in model["kept"]:
         assert len(model["configs"][name]["cells"]) == 4, name
-    assert set(model["floor"]["precisions"]) == {"fp32", "int8"}
+    assert set(model["floor"]["precisions"]) == {"fp32", "int8", "int4"}
     assert model["configs"]["onnx-fp32"]["cells"][0]["agreement_with_torch"] == 1.0
     text = (out / "results.md").read_text()
     assert "Best per cell:" in text and "## Goals" in text and (out / "speedup.png").is_file()
