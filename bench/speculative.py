@@ -6,14 +6,16 @@ and what a round costs at the sizes users bring.
         --teacher-model models/teacher --student-model runs/distill/student [--batches 1,8]
     python -m bench.speculative cost [--shape base|small|tiny] [--work runs/bench-spec]
 
-acceptance: accepted / drafted tokens and tokens per teacher call over the test split (greedy, natural length), and
-    whether the pair's output is the teacher's.
+acceptance: accepted / drafted tokens, the per-token acceptance a (accepted / (accepted + rejected), the a of Leviathan
+    et al.'s expression), tokens per teacher call and the schedule's draft lengths over the test split (greedy,
+    natural length), and whether the pair's output is the teacher's.
 compare: at each batch size, greedy, natural length: the teacher's OnnxT5 int8 alone, the pair in OnnxT5 int8 and fp32,
     transformers' assisted generation (`assistant_model=`) on the torch pair (batch 1: transformers' assisted
     generation takes one sequence), the ratios side by side, the acceptance beside every pair, the agreement with the
     teacher alone, and where a round's time goes (draft steps, the k-token verification, acceptance, rollback, Python).
 cost: a t5-base-shaped teacher (12+12, random weights) and its 12-2 student, exported: a draft step, a k-token
     verification, and the speed-up Leviathan et al.'s expression implies at acceptance 0.6 / 0.8 / 0.9.
+acceptance and compare take `--schedule cost|heuristic|constant` (num_assistant_tokens_schedule; default the runtime's).
 Every timing is a ratio measured in one run: run it on a quiet machine. `--limit N` runs on the first N examples.
 """
 
@@ -31,6 +33,7 @@ import numpy as np
 from distill.errors import cli_errors
 from export import OnnxT5
 from export.runtime.assisted import AssistedStats
+from export.runtime.draft_length import SCHEDULES, expected_tokens
 
 PREFIX = "translate English to French: "
 MAX_NEW_TOKENS = 128  # eval's default: the longest French test verse is 117 tokens
@@ -103,11 +106,22 @@ def _agreement(got: list[list[int]], want: list[list[int]]) -> float:
     return float(np.mean([a == b for a, b in zip(got, want, strict=True)]))
 
 
+def _lengths(stats: AssistedStats) -> str:
+    """The schedule's draft lengths: their mean and rounds per length (0: the teacher alone)."""
+    rounds = ", ".join(f"{k}: {n}" for k, n in sorted(stats.lengths.items()))
+    return f"mean draft length {stats.mean_draft_length:.2f} (rounds per length: {rounds})"
+
+
 def _breakdown(stats: AssistedStats) -> str:
     phases = {**stats.seconds, "python": stats.total_seconds - sum(stats.seconds.values())}
     per_round = ", ".join(f"{name} {1000 * sec / max(1, stats.rounds):.2f}" for name, sec in phases.items())
     return (f"per round (ms): {per_round}; {stats.draft_calls / max(1, stats.rounds):.2f} draft steps and "
-            f"{stats.model_calls / max(1, stats.rounds):.2f} verification per round")
+            f"{stats.model_calls / max(1, stats.rounds):.2f} verification per round; {_lengths(stats)}")
+
+
+def _drafting(args: argparse.Namespace) -> dict[str, Any]:
+    """generate's draft options from the command line (none: the runtime's default schedule)."""
+    return {"num_assistant_tokens_schedule": args.schedule} if args.schedule else {}
 
 
 def acceptance(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,15 +131,18 @@ def acceptance(args: argparse.Namespace) -> dict[str, Any]:
     batches = _batches(sources, args.batch, teacher.settings.pad_token_id or 0)
     kwargs = {"max_new_tokens": args.max_new_tokens, "num_beams": 1, "do_sample": False}
     _, alone = _run(lambda ids, mask: teacher.generate(ids, mask, **kwargs), batches)
-    _, pair, stats = _assisted(teacher, student, batches, kwargs)
-    result = {"examples": len(sources), "batch": args.batch, "int8": args.int8,
-              "acceptance_rate": stats.acceptance_rate, "tokens_per_teacher_call": stats.tokens_per_call,
-              "drafted": stats.drafted, "accepted": stats.accepted, "identical_to_teacher": _agreement(pair, alone),
+    _, pair, stats = _assisted(teacher, student, batches, {**kwargs, **_drafting(args)})
+    result = {"examples": len(sources), "batch": args.batch, "int8": args.int8, "schedule": args.schedule,
+              "acceptance_rate": stats.acceptance_rate, "token_acceptance": stats.token_acceptance,
+              "tokens_per_teacher_call": stats.tokens_per_call, "drafted": stats.drafted, "accepted": stats.accepted,
+              "rejected": stats.rejected, "draft_lengths": dict(sorted(stats.lengths.items())),
+              "mean_draft_length": stats.mean_draft_length, "identical_to_teacher": _agreement(pair, alone),
               "encoder_runs_per_batch": stats.encoder_runs / max(1, len(batches))}
     print(f"{args.student} drafting for {args.teacher} ({'int8' if args.int8 else 'fp32'}, batch {args.batch}, "
           f"{len(sources)} examples): acceptance {stats.acceptance_rate:.3f} ({stats.accepted}/{stats.drafted}), "
+          f"per token {stats.token_acceptance:.3f} ({stats.accepted}/{stats.accepted + stats.rejected}), "
           f"{stats.tokens_per_call:.2f} tokens per teacher call, identical to the teacher alone "
-          f"{100 * result['identical_to_teacher']:.1f} %")
+          f"{100 * result['identical_to_teacher']:.1f} %; {_lengths(stats)}")
     return result
 
 
@@ -161,8 +178,10 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         t_int8, int8_alone = _run(lambda ids, mask: models[True][0].generate(ids, mask, **kwargs), batches)
         rows["teacher int8 alone"] = {"seconds": t_int8, "identical_to_teacher": 1.0}
         for q, name in ((True, "pair int8"), (False, "pair fp32")):
-            seconds, out, stats = _assisted(*models[q], batches, kwargs)
+            seconds, out, stats = _assisted(*models[q], batches, {**kwargs, **_drafting(args)})
             rows[name] = {"seconds": seconds, "acceptance_rate": stats.acceptance_rate,
+                          "token_acceptance": stats.token_acceptance, "mean_draft_length": stats.mean_draft_length,
+                          "draft_lengths": dict(sorted(stats.lengths.items())),
                           "tokens_per_teacher_call": stats.tokens_per_call,
                           "identical_to_teacher": _agreement(out, int8_alone if q else fp32_alone),
                           "breakdown": _breakdown(stats)}
@@ -175,7 +194,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         print(f"\nbatch {size}, greedy, natural length, {len(sources)} examples")
         base = rows["teacher int8 alone"]["seconds"]
         for name, row in rows.items():
-            extra = (f"  acceptance {row['acceptance_rate']:.3f}, {row['tokens_per_teacher_call']:.2f} tokens/call"
+            extra = (f"  acceptance {row['acceptance_rate']:.3f} (per token {row['token_acceptance']:.3f}), "
+                     f"{row['tokens_per_teacher_call']:.2f} tokens/call, {row['mean_draft_length']:.2f} drafts/round"
                      if "acceptance_rate" in row else "")
             print(f"  {name:38s} {row['seconds']:8.2f} s  {base / row['seconds']:5.2f}x the teacher int8 alone  "
                   f"identical {100 * row['identical_to_teacher']:5.1f} %{extra}")
@@ -249,9 +269,9 @@ def cost(args: argparse.Namespace) -> dict[str, Any]:
     for alpha in ALPHAS:
         # Leviathan et al. (2023), eq. 1: E[tokens per round] / (cost of a round in teacher steps), verification
         # costed as one teacher step; beside it the same with the measured k-token verification
-        best = max(range(1, MAX_DRAFT + 1), key=lambda g: (1 - alpha ** (g + 1)) / ((1 - alpha) * (g * c + 1)))
-        paper = (1 - alpha ** (best + 1)) / ((1 - alpha) * (best * c + 1))
-        measured = max(((1 - alpha ** (g + 1)) / (1 - alpha) * step_ms / (g * draft_ms + verify_ms[g]), g)
+        best = max(range(1, MAX_DRAFT + 1), key=lambda g: expected_tokens(alpha, g) / (g * c + 1))
+        paper = expected_tokens(alpha, best) / (best * c + 1)
+        measured = max((expected_tokens(alpha, g) * step_ms / (g * draft_ms + verify_ms[g]), g)
                        for g in range(1, MAX_DRAFT + 1))
         rows.append({"alpha": alpha, "gamma": best, "speedup_formula": paper, "speedup_measured_verify": measured[0],
                      "gamma_measured_verify": measured[1]})
@@ -271,6 +291,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument("--data", type=Path, default=Path("data/bible"))
         p.add_argument("--split", default="test")
         p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+        p.add_argument("--schedule", choices=SCHEDULES, default=None,
+                       help="the draft length schedule (num_assistant_tokens_schedule; default: the runtime's)")
     acc = sub.choices["acceptance"]
     acc.add_argument("--int8", action="store_true", help="the int8 graphs of both")
     acc.add_argument("--batch", type=int, default=1)

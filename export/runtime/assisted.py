@@ -17,6 +17,9 @@ so each row's tokens still follow the model's distribution. Rolling the caches b
 (views; nothing kept is copied), and the draft, whose cache lacks the last accepted token when all k were accepted,
 feeds two tokens at its next call.
 
+The draft length of each round comes from `export.runtime.draft_length` ("cost" by default). A round of length 0 is
+the model alone; the draft's cache then falls behind and feeds every token it lacks at its next call.
+
 Rows the model has finished get pad_token_id, as in greedy search. Beam search with an assistant is not supported.
 """
 
@@ -31,13 +34,11 @@ import numpy as np
 
 from export.runtime.acceptance import sample_rows, speculative_choice
 from export.runtime.columns import first_width, widened
+from export.runtime.draft_length import SCHEDULES, DraftLength
 from export.runtime.folder import reexport_hint
 from export.runtime.processors import process_logits, softmax
 from export.runtime.settings import Resolved
 
-# transformers' assisted generation: a first draft of 5 tokens, +2 after a fully accepted draft, -1 otherwise
-DRAFT_START = 5
-SCHEDULES = ("heuristic", "constant")
 DRAFT_OPTIONS = ("num_assistant_tokens", "num_assistant_tokens_schedule")  # generate's, transformers' names
 PHASES = ("encoder", "draft", "verify", "accept", "rollback")
 
@@ -47,8 +48,10 @@ class AssistedStats:
     """Counts and times of assisted `generate` calls (`OnnxT5.assisted_stats` holds the last call's).
 
     Per row: `drafted` draft tokens proposed to unfinished rows, `accepted` of them equal to (greedy) or accepted by
-    (sampling) the model before its first rejection, `tokens` kept, `row_calls` model calls an unfinished row took
-    part in. `seconds`: where the time went; `total_seconds` - their sum is the loop's own Python.
+    (sampling) the model before its first rejection, `rejected` drafts cut short by a rejection, `tokens` kept,
+    `row_calls` model calls an unfinished row took part in. `lengths`: rounds per draft length (the schedule's, cut
+    where max_length ends the call; 0 is a round of the model alone). `seconds`: where the time went;
+    `total_seconds` - their sum is the loop's own Python.
     """
 
     rounds: int = 0
@@ -57,8 +60,10 @@ class AssistedStats:
     encoder_runs: int = 0
     drafted: int = 0
     accepted: int = 0
+    rejected: int = 0
     tokens: int = 0
     row_calls: int = 0
+    lengths: dict[int, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     total_seconds: float = 0.0
 
@@ -68,15 +73,30 @@ class AssistedStats:
         return self.accepted / self.drafted if self.drafted else float("nan")
 
     @property
+    def token_acceptance(self) -> float:
+        """Accepted / (accepted + rejected): the estimate of Leviathan et al.'s per-token acceptance a, the chance that
+        a draft token is accepted once those before it were (nan before any draft)."""
+        tested = self.accepted + self.rejected
+        return self.accepted / tested if tested else float("nan")
+
+    @property
+    def mean_draft_length(self) -> float:
+        """The mean draft length of a round (nan before any round)."""
+        rounds = sum(self.lengths.values())
+        return sum(k * n for k, n in self.lengths.items()) / rounds if rounds else float("nan")
+
+    @property
     def tokens_per_call(self) -> float:
         """Tokens a row gains per model call (1.0 is the model alone)."""
         return self.tokens / self.row_calls if self.row_calls else float("nan")
 
     def add(self, other: AssistedStats) -> None:
         """Add `other`'s counts and times to these (totals over several calls)."""
-        for name in ("rounds", "model_calls", "draft_calls", "encoder_runs", "drafted", "accepted", "tokens",
-                     "row_calls", "total_seconds"):
+        for name in ("rounds", "model_calls", "draft_calls", "encoder_runs", "drafted", "accepted", "rejected",
+                     "tokens", "row_calls", "total_seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        for k, rounds in other.lengths.items():
+            self.lengths[k] = self.lengths.get(k, 0) + rounds
         for phase, seconds in other.seconds.items():
             self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
@@ -178,11 +198,12 @@ def assisted_search(model: Any, draft: Draft, ids: np.ndarray, mask: np.ndarray,
     began = time.perf_counter()
     clock = began
 
-    def lap(phase: str) -> None:
+    def lap(phase: str) -> float:
         nonlocal clock
         now = time.perf_counter()
-        stats.seconds[phase] += now - clock
-        clock = now
+        seconds, clock = now - clock, now
+        stats.seconds[phase] += seconds
+        return seconds
 
     hidden = model.encode(ids, mask)
     draft_hidden = hidden if draft.shares_encoder else draft.model.encode(ids, mask)
@@ -199,11 +220,12 @@ def assisted_search(model: Any, draft: Draft, ids: np.ndarray, mask: np.ndarray,
     cur = 1
     unfinished = np.ones(n, dtype=bool)
     mine, theirs = _Cache(), _Cache()
-    k = draft.start
+    schedule = DraftLength(draft.schedule, draft.start)
     while True:
         stats.rounds += 1
         # the model's call adds up to k + 1 tokens: never more than max_length allows
-        kk = min(k, s.max_length - cur - 1)
+        kk = min(schedule.next(), s.max_length - cur - 1)
+        stats.lengths[kk] = stats.lengths.get(kk, 0) + 1
         if seqs.shape[1] < cur + kk + 1:
             seqs = widened(seqs, min(s.max_length, max(2 * seqs.shape[1], cur + kk + 1)), fill)
         q = np.empty((n, kk, model.vocab_size)) if s.do_sample else None
@@ -220,11 +242,12 @@ def assisted_search(model: Any, draft: Draft, ids: np.ndarray, mask: np.ndarray,
             seqs[:, cur + drafted] = tokens
             done = done | np.isin(tokens, s.eos)
             drafted += 1
-        lap("draft")
+        draft_seconds = lap("draft")
 
+        # a draft cache that missed model-alone rounds (k = 0) catches up in its next call: `advance` feeds them all
         logits = mine.advance(model, seqs[:, :cur + drafted], mask, hidden)[:, -(drafted + 1):]
         stats.model_calls += 1
-        lap("verify")
+        verify_seconds = lap("verify")
 
         out = np.empty((n, drafted + 1), dtype=np.int64)
         count = np.full(n, drafted + 1)  # tokens each row would keep: its accepted drafts and the model's token
@@ -256,16 +279,16 @@ def assisted_search(model: Any, draft: Draft, ids: np.ndarray, mask: np.ndarray,
         seqs[:, cur:cur + m] = kept
         stats.drafted += drafted * int(unfinished.sum())
         stats.accepted += int(np.minimum(count - 1, drafted)[unfinished].sum())
+        stats.rejected += int((count - 1 < drafted)[unfinished].sum())
         stats.tokens += int(np.minimum(first_eos + 1, m)[unfinished].sum())
         stats.row_calls += int(unfinished.sum())
         unfinished &= ~(ends & (first_eos < m))
         cur += m
-        if draft.schedule == "heuristic":
-            k = k + 2 if m > drafted else max(1, k - 1)
-        lap("accept")
+        verify_seconds += lap("accept")
         if cur >= s.max_length or not unfinished.any():
             stats.total_seconds += time.perf_counter() - began
             return np.ascontiguousarray(seqs[:, :cur])
+        schedule.update(drafted, m - 1, draft_seconds, verify_seconds)  # rows still going kept m - 1 drafts
         # each cache keeps the accepted tokens but the last, which the next call feeds
         mine.truncate(cur - 1)
         theirs.truncate(cur - 1)

@@ -22,9 +22,10 @@ from export.layout import (
     graph_files,
     quantized_name,
 )
-from export.runtime.assisted import DRAFT_OPTIONS, DRAFT_START, AssistedStats, Draft, assisted_search
+from export.runtime.assisted import DRAFT_OPTIONS, AssistedStats, Draft, assisted_search
 from export.runtime.beam import beam_search
 from export.runtime.binding import BoundSteps, device_of
+from export.runtime.draft_length import DRAFT_START, default_schedule
 from export.runtime.folder import (
     ExportMeta,
     check_config,
@@ -371,9 +372,12 @@ class OnnxT5:
 
         `assistant`: another OnnxT5 (a student of this model) that drafts tokens this model verifies several at a
         time (`export/runtime/assisted.py`): greedy returns this model's own tokens, sampling draws from this model's
-        distribution. `num_assistant_tokens` is the first draft length, `num_assistant_tokens_schedule` "heuristic"
-        (+2 after a fully accepted draft, -1 otherwise) or "constant", as transformers' names. `assisted_stats`
-        then holds the call's counts (drafted, accepted, calls) and where its time went.
+        distribution. `num_assistant_tokens` is the first draft length, `num_assistant_tokens_schedule` "cost" (the
+        length with the most expected tokens per second, from the acceptance and times measured so far; 0, the model
+        alone, when drafting does not pay), "heuristic" (+2 after a fully accepted draft, -1 otherwise) or "constant",
+        as transformers' names (`export/runtime/draft_length.py`); the default is "cost", "heuristic" for sampling
+        with a seed (its draws then repeat). `assisted_stats` then holds the call's counts (drafted, accepted, calls,
+        draft lengths) and where its time went.
 
         N = batch * num_return_sequences; each row starts with the decoder start token. Greedy rows that end early
         are padded with pad_token_id after their EOS; beam search fills as transformers 5.x does (with pad_token_id
@@ -388,7 +392,7 @@ class OnnxT5:
         ids, mask = checked_inputs(input_ids, attention_mask, self.vocab_size)
         if assistant is not None:
             draft = Draft.checked(self, assistant, s, drafting.get("num_assistant_tokens", DRAFT_START),
-                                  drafting.get("num_assistant_tokens_schedule", "heuristic"))
+                                  drafting.get("num_assistant_tokens_schedule", default_schedule(s.do_sample, s.seed)))
             self.assisted_stats = AssistedStats()
             return assisted_search(self, draft, ids, mask, s, self.assisted_stats)
         steps = self.bound or self  # IO binding: hidden states and K/V stay OrtValues on the provider's device

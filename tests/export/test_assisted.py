@@ -14,16 +14,23 @@ import torch
 
 from export import OnnxT5
 from export.runtime.acceptance import sample_rows, speculative_choice
+from export.runtime.draft_length import SCHEDULES, DraftLength
 
 LENGTHS = [9, 6, 3, 8, 1]
 GREEDY = {
     "plain": {"max_new_tokens": 12},
     "min-new-tokens": {"max_new_tokens": 12, "min_new_tokens": 6},
     "no-repeat-penalty": {"max_new_tokens": 10, "no_repeat_ngram_size": 2, "repetition_penalty": 1.3},
-    "max-inside-draft": {"max_new_tokens": 3, "num_assistant_tokens": 7, "num_assistant_tokens_schedule": "constant"},
-    "long-constant-drafts": {"max_new_tokens": 16, "num_assistant_tokens": 9,
-                             "num_assistant_tokens_schedule": "constant"},
+    "max-inside-draft": {"max_new_tokens": 3, "num_assistant_tokens": 7},
+    "long-drafts": {"max_new_tokens": 16, "num_assistant_tokens": 9},
 }
+# draft lengths forced round by round: model-alone rounds (0) between drafts, so the draft's cache catches up
+FORCED = (2, 0, 0, 3, 0, 1, 5, 0)
+
+
+def _forced_lengths(monkeypatch, pattern):
+    """Every round's draft length from `pattern`, cycling, whatever the schedule."""
+    monkeypatch.setattr(DraftLength, "next", lambda self: pattern[self.rounds % len(pattern)])
 
 
 def _perturbed_export(root: Path, teacher_dir: Path, scale: float, prefixes: tuple[str, ...], seed: int) -> Path:
@@ -65,19 +72,50 @@ def drafts(tmp_path_factory, export_of):
 
 
 @pytest.mark.parametrize("kwargs", list(GREEDY.values()), ids=list(GREEDY))
+@pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("pair", ["tied", "untied"])
-def test_assisted_greedy_is_the_models_own_output(drafts, batch, pair, kwargs):
+def test_assisted_greedy_is_the_models_own_output(drafts, batch, pair, schedule, kwargs):
     model, draft, shared = drafts[pair]
     ids, mask = batch(LENGTHS)
     plain = {k: v for k, v in kwargs.items() if not k.startswith("num_assistant")}
     want = model.generate(ids, mask, **plain)
-    got = model.generate(ids, mask, assistant=draft, **kwargs)
+    got = model.generate(ids, mask, assistant=draft, **kwargs, num_assistant_tokens_schedule=schedule)
     np.testing.assert_array_equal(got, want)
     stats = model.assisted_stats
     assert stats.encoder_runs == (1 if shared else 2)
-    assert stats.drafted > 0 and stats.model_calls == stats.rounds
+    assert stats.drafted > 0 and stats.model_calls == stats.rounds == sum(stats.lengths.values())
     if kwargs["max_new_tokens"] > 3 and "min_new_tokens" not in kwargs:  # some rows end early (EOS in a draft)
         assert (want[:, 1:-1] == 1).any()
+
+
+@pytest.mark.parametrize("pair", ["tied", "untied"])
+def test_model_alone_rounds_between_drafts_keep_the_models_own_output(drafts, batch, monkeypatch, pair):
+    model, draft, _ = drafts[pair]
+    ids, mask = batch(LENGTHS, seed=2)
+    kwargs = {"max_new_tokens": 16, "no_repeat_ngram_size": 3}
+    want = model.generate(ids, mask, **kwargs)
+    _forced_lengths(monkeypatch, FORCED)
+    np.testing.assert_array_equal(model.generate(ids, mask, assistant=draft, **kwargs), want)
+    stats = model.assisted_stats
+    assert stats.lengths[0] >= 2 and stats.lengths[3] >= 1 and stats.accepted > 0
+    assert stats.draft_calls <= sum(k * n for k, n in stats.lengths.items())  # no draft step in a model-alone round
+    # the model drafting for itself: every draft is accepted only if the draft's cache caught up with every token
+    np.testing.assert_array_equal(model.generate(ids, mask, assistant=model, **kwargs), want)
+    stats = model.assisted_stats
+    assert stats.lengths[0] >= 2 and stats.drafted > 0 and stats.rejected == 0
+
+
+def test_the_default_schedule_is_cost_but_for_seeded_sampling(drafts, batch, monkeypatch):
+    model, draft, _ = drafts["tied"]
+    ids, mask = batch(LENGTHS)
+    used = []
+    init = DraftLength.__init__
+    monkeypatch.setattr(DraftLength, "__init__", lambda self, schedule, start: (used.append(schedule),
+                                                                                 init(self, schedule, start))[1])
+    model.generate(ids, mask, assistant=draft, max_new_tokens=4)
+    model.generate(ids, mask, assistant=draft, max_new_tokens=4, do_sample=True)
+    model.generate(ids, mask, assistant=draft, max_new_tokens=4, do_sample=True, seed=1)
+    assert used == ["cost", "cost", "heuristic"]
 
 
 def test_rows_accept_different_lengths_and_drafts_pay_off(drafts, batch):
@@ -86,11 +124,12 @@ def test_rows_accept_different_lengths_and_drafts_pay_off(drafts, batch):
     model, draft, _ = drafts["tied"]
     ids, mask = batch(LENGTHS, seed=4)
     kwargs = {"max_new_tokens": 16, "min_new_tokens": 16}
-    together = model.generate(ids, mask, assistant=draft, **kwargs)
+    drafting = {**kwargs, "num_assistant_tokens_schedule": "heuristic"}  # drafts every round, whatever they cost
+    together = model.generate(ids, mask, assistant=draft, **drafting)
     rates, per_call = [], []
     for row in range(len(LENGTHS)):
         alone = model.generate(ids[row:row + 1, :LENGTHS[row]], mask[row:row + 1, :LENGTHS[row]], assistant=draft,
-                               **kwargs)
+                               **drafting)
         np.testing.assert_array_equal(alone, together[row:row + 1])
         rates.append(model.assisted_stats.acceptance_rate)
         per_call.append(model.assisted_stats.tokens_per_call)
@@ -188,13 +227,20 @@ def test_speculative_choice_draws_from_the_models_distribution():
     np.testing.assert_allclose(accepted.mean(), np.minimum(p, q).sum(), atol=0.01)
 
 
-def test_speculative_sampling_follows_the_models_distribution(drafts):
-    """First and second tokens of many seeded calls against the model's own probabilities of each pair."""
+@pytest.mark.parametrize("schedule", [*SCHEDULES, "model-alone-first"])
+def test_speculative_sampling_follows_the_models_distribution(drafts, monkeypatch, schedule):
+    """First and second tokens of many seeded calls against the model's own probabilities of each pair.
+    model-alone-first: the first token from the model alone, the second from a draft whose cache caught up."""
     model, draft, _ = drafts["tied"]
     ids = np.array([[5, 9, 13, 2, 7, 1]])
     mask = np.ones_like(ids)
     start, eos, vocab = 0, 1, model.vocab_size
     kwargs = {"do_sample": True, "max_new_tokens": 2, "temperature": 1.5, "num_return_sequences": 4}
+    if schedule == "model-alone-first":
+        _forced_lengths(monkeypatch, (0, 1))
+        kwargs["max_new_tokens"] = 3  # a round drafts only where a token is left after the model's own
+    else:
+        kwargs["num_assistant_tokens_schedule"] = schedule
     hidden = model.encode(ids, mask)
     first = model.first_steps(np.array([[start]]), mask, hidden)[0][0, -1] / 1.5
     p1 = np.exp(first - first.max()) / np.exp(first - first.max()).sum()
