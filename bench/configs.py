@@ -40,8 +40,8 @@ def _ct2() -> list[Config]:
     configs = []
     for compute_type in ("int8", "int8_float32", "float32", "bfloat16"):
         folder = "ct2-int8" if compute_type.startswith("int8") else "ct2-fp32"  # the weights it would be converted to
-        for mkl in (False, True):
-            configs.append(Config(f"ct2-{compute_type}{'-mkl' if mkl else ''}", "ct2", "ctranslate2", "project",
+        for mkl in (False, True):  # named by the backend it forces: neither is the default on every CPU
+            configs.append(Config(f"ct2-{compute_type}-{'mkl' if mkl else 'onednn'}", "ct2", "ctranslate2", "project",
                                   folder, {"compute_type": compute_type}, {"CT2_USE_MKL": "1" if mkl else "0"}))
     return configs
 

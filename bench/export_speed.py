@@ -6,7 +6,7 @@
 For each decoding (greedy, beam 4) it times transformers' `generate`, `OnnxT5` fp32 and `OnnxT5` int8 on the same
 inputs (batch 1, 64 input tokens, 32 new tokens forced with min_new_tokens = max_new_tokens, so that every engine
 decodes exactly as many steps), with the same thread count, and prints the ratios against torch. It also measures the
-memory bandwidth (numpy reads of a 1 GiB array, one reader per thread) and prints the fp32 decoder step against the
+memory bandwidth (`bench.floor.bandwidth`) and prints the fp32 decoder step against the
 floor that bandwidth sets: the bytes of weights one step must read (`bench.floor.step_weight_bytes`: the
 decoder-with-past graph's weights but the tables it only gathers rows from) divided by the bandwidth.
 

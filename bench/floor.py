@@ -3,14 +3,15 @@ every weight of the decoder once, against the time OnnxT5 takes per generated to
 
     python -m bench.floor --onnx runs/export/student --threads 2 --json floor.json
 
-At batch 1 a decoder step is a chain of matrix-vector products: each weight is read once and used for one
-multiply-add, so the step cannot be faster than (bytes of the weights it reads) / (memory bandwidth). The bytes are
-counted from the decoder-with-past graph itself (fp32, int8 or 4-bit alike): every initializer except the tables that
-are only gathered from (the token embedding, of which a step reads one row, and the relative-position bias). The
-cross-attention keys and values are inputs of that graph (computed once per input by the first step), so their
-projections are not counted. The bandwidth is measured in the same run: numpy threads summing their share of a 1 GiB
-array. The per-token time is measured on the whole `generate` at batch 1, greedy: (time for 1 + N new tokens - time
-for 1) / N, so the encoder and the first step drop out and the Python of the loop and the argmax stay in.
+At batch 1 a decoder step is a chain of matrix-vector products: each weight is read once and used for one multiply-
+add, so the step cannot be faster than (bytes of the weights it reads) / (memory bandwidth). The bytes are counted
+from the decoder-with-past graph itself (fp32, int8 or 4-bit alike): every initializer except the tables that are
+only gathered from (the token embedding, of which a step reads one row, and the relative-position bias). The cross-
+attention keys and values are inputs of that graph (computed once per input by the first step), so their projections
+are not counted. The bandwidth is measured in the same run on a 1 GiB fp32 array, by the faster of numpy threads
+summing it and onnxruntime's MatMul of a vector by it (`bandwidth`). The per-token time is measured on the whole
+`generate` at batch 1, greedy: (time for 1 + N new tokens - time for 1) / N, so the encoder and the first step drop
+out and the Python of the loop and the argmax stay in.
 """
 
 from __future__ import annotations
@@ -32,15 +33,32 @@ GATHER_ONLY = ("Gather", "GatherElements")  # ops that read a few rows of a tabl
 
 
 def bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
-    """Bytes per second read by `threads` numpy readers, each summing its share of one array (best of `repeats`)."""
-    data = np.ones(int(gib * 2**30) // 4, dtype=np.float32)
-    parts = np.array_split(data, threads)
+    """Bytes per second of the fastest of two readers of a `gib` fp32 array, best of `repeats` each: `threads` numpy
+    threads summing their share, and onnxruntime's own MatMul of a vector by the array as a matrix (the kernel a
+    decoder step at batch 1 runs). The floor must be a bound no kernel beats, so it takes the faster reader: numpy's
+    sum alone reads markedly slower than onnxruntime's matrix-vector product on some CPUs."""
+    import onnxruntime
+    from onnx import TensorProto, helper
+
+    side = int((gib * 2**30 / 4) ** 0.5)
+    data = np.ones((side, side), dtype=np.float32)
+    parts = np.array_split(data.reshape(-1), threads)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, side]),
+                               helper.make_tensor_value_info("w", TensorProto.FLOAT, [side, side])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, side])])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                           .SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"x": np.ones((1, side), dtype=np.float32), "w": data}
     best = float("inf")
     with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL in reductions
-        for _ in range(repeats):
-            start = time.perf_counter()
-            list(pool.map(np.sum, parts))
-            best = min(best, time.perf_counter() - start)
+        for read in (lambda: list(pool.map(np.sum, parts)), lambda: session.run(None, feed)):
+            for _ in range(repeats):
+                start = time.perf_counter()
+                read()
+                best = min(best, time.perf_counter() - start)
     return data.nbytes / best
 
 

@@ -3,7 +3,8 @@
 onnxruntime's `MatMulNBitsQuantizer` with its default configuration (`DefaultWeightOnlyQuantConfig`: round to nearest,
 no calibration data) turns each MatMul with a constant weight (K x N) into a `MatMulNBits` node (com.microsoft): each
 output column is cut along K into blocks of `block_size` values, each block stored as 4-bit integers with an fp32
-scale and a 4-bit zero point, and onnxruntime dequantizes them inside the MatMul: their activations stay fp32.
+scale and a 4-bit zero point; with accuracy_level 4 (`ACCURACY_LEVEL`) onnxruntime quantizes the activations to int8
+per block inside the MatMul and multiplies with int8 kernels.
 
 What stays int8 or fp32, and why:
 - the token embeddings' Gather: int8, as --int8 makes it (`quantize_dynamic`, a first pass). A 4-bit Gather
@@ -38,6 +39,10 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)  # what onnxruntime's block quantizer (MLAS
 SYMMETRIC = False  # a zero point per block: see the module docstring
 ALGORITHM = "DEFAULT"  # onnxruntime's name for its round-to-nearest quantizer (`DefaultWeightOnlyQuantConfig`)
 OP_TYPES = ("MatMul",)  # what is made 4-bit
+# MatMulNBits' accuracy_level 4: the activations are quantized to int8 per block and multiplied with int8 kernels;
+# unset (0), onnxruntime dequantizes the weights to fp32 inside the MatMul, which was the slower of the two at batch 1
+# and 8 on the t5-small and t5-base shapes (docs/results.md, "4-bit weights")
+ACCURACY_LEVEL = 4
 
 
 def check_options(block_size: Any, keep_fp32: tuple[str, ...], keep_int8: tuple[str, ...]) -> int:
@@ -98,7 +103,7 @@ def _quantize_graph(source: Path, target: Path, block_size: int, keep_fp32: tupl
         quantize_dynamic(source, work / "int8.onnx", op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8,
                          nodes_to_quantize=int8, use_external_data_format=True)
     config = nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=SYMMETRIC,
-                                                op_types_to_quantize=OP_TYPES)
+                                                accuracy_level=ACCURACY_LEVEL, op_types_to_quantize=OP_TYPES)
     # every MatMul with a constant weight but the kept ones (the int8 ones are MatMulInteger nodes now)
     quantizer = nbits.MatMulNBitsQuantizer(str(work / "int8.onnx" if int8 else source), nodes_to_exclude=kept,
                                            algo_config=config)
@@ -129,6 +134,7 @@ def quantize_int4(folder: Path, block_size: int = DEFAULT_BLOCK_SIZE, keep_fp32:
                 raise ExportError(f"{option} names {name!r}, but no MatMul node belongs to a module of that name "
                                   "(examples: lm_head, wo, wi, q, k, v, o).")
     return {"bits": 4, "block_size": block_size, "symmetric": SYMMETRIC, "algorithm": ALGORITHM,
+            "accuracy_level": ACCURACY_LEVEL,
             "op_types": list(OP_TYPES),
             # what is not 4-bit, by module: the embeddings and relative-attention-bias tables always
             "kept": {"int8": ["embed_tokens", *keep_int8], "fp32": ["relative_attention_bias", *keep_fp32]},

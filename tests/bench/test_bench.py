@@ -237,7 +237,7 @@ def test_the_whole_bench_runs_on_a_tiny_student(tmp_path, tiny_t5_dir):
                                              for i in range(20)))
     out = tmp_path / "results"
     run(["--models", "student", "--student", str(tiny_t5_dir), "--tokenizer", str(tiny_t5_dir), "--data", str(data),
-         "--grid", "quick", "--engines", "torch,torch-bf16,onnx,ct2-int8,ct2-float32", "--threads", "1",
+         "--grid", "quick", "--engines", "torch,torch-bf16,onnx,ct2-int8-onednn,ct2-float32-onednn", "--threads", "1",
          "--new-tokens", "4", "--repeats", "1", "--min-seconds", "0", "--recheck-repeats", "1",
          "--work", str(tmp_path / "work"), "--out", str(out), "--serve-python", sys.executable])
     results = json.loads((out / "results.json").read_text())
@@ -251,3 +251,13 @@ def test_the_whole_bench_runs_on_a_tiny_student(tmp_path, tiny_t5_dir):
     assert model["configs"]["onnx-fp32"]["cells"][0]["agreement_with_torch"] == 1.0
     text = (out / "results.md").read_text()
     assert "Best per cell:" in text and "## Goals" in text and (out / "speedup.png").is_file()
+
+
+def test_a_failing_step_names_its_last_line(capsys):
+    import sys
+
+    from bench.steps import run_step
+
+    with pytest.raises(BenchError, match=r"converting failed \(exit 1\): ValueError: no bfloat16 here"):
+        run_step([sys.executable, "-c", "print('working'); raise ValueError('no bfloat16 here')"], "converting")
+    assert "working" in capsys.readouterr().out  # the child's output still reaches the console

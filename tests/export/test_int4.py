@@ -88,7 +88,7 @@ def test_weights_are_4_bit_embeddings_int8_position_bias_fp32(calm):
         nbits = _nodes(out, name, "MatMulNBits")
         assert nbits and all(n.domain == "com.microsoft" for n in nbits)
         attributes = [{a.name: a.i for a in n.attribute} for n in nbits]
-        assert all(a["bits"] == 4 and a["block_size"] == 32 for a in attributes)
+        assert all(a["bits"] == 4 and a["block_size"] == 32 and a["accuracy_level"] == 4 for a in attributes)
         assert all(len(n.input) == 4 for n in nbits)  # asymmetric: a zero point per block
         # every MatMul left multiplies two activations (attention scores): no weight stayed fp32
         assert not [n.name for n in _nodes(out, name, "MatMul") if n.input[1] in tables]
@@ -106,9 +106,10 @@ def test_meta_records_the_settings_and_the_agreement(calm):
     _, out = calm
     meta = json.loads((out / META_FILE).read_text())
     int4 = meta["int4"]
-    assert {k: int4[k] for k in ("bits", "block_size", "symmetric", "algorithm", "op_types", "kept_is_default")} == \
-        {"bits": 4, "block_size": 32, "symmetric": False, "algorithm": "DEFAULT", "op_types": ["MatMul"],
-         "kept_is_default": True}
+    assert {k: int4[k] for k in ("bits", "block_size", "symmetric", "algorithm", "accuracy_level", "op_types",
+                                 "kept_is_default")} == \
+        {"bits": 4, "block_size": 32, "symmetric": False, "algorithm": "DEFAULT", "accuracy_level": 4,
+         "op_types": ["MatMul"], "kept_is_default": True}
     assert int4["kept"] == {"int8": ["embed_tokens"], "fp32": ["relative_attention_bias"]}
     assert int4["kept_nodes"] == {graph: [] for graph in GRAPHS}
     assert 0.0 <= int4["greedy_token_agreement"] <= 1.0 and int4["new_tokens"] == 16
