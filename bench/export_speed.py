@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.decoder_step import step_ms
 from bench.floor import bandwidth, step_weight_bytes
 from bench.shapes import T5_SMALL
 from distill.models import load_t5
@@ -73,23 +74,6 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
         out = fn()
         times.append(time.perf_counter() - start)
     return times, out
-
-
-def step_ms(runtime: OnnxT5, batch: int, past: int, repeats: int = 50) -> float:
-    """Median milliseconds of one decoder-with-past call at `past` cached positions (the graph alone, no Python)."""
-    session = runtime.decoder_with_past
-    feed = {}
-    for inp in session.get_inputs():
-        if inp.name == "input_ids":
-            feed[inp.name] = np.full((batch, 1), 5, dtype=np.int64)
-        elif inp.name == "encoder_attention_mask":
-            feed[inp.name] = np.ones((batch, 64), dtype=np.int64)
-        else:
-            heads, d_kv = inp.shape[1], inp.shape[3]
-            length = past if ".decoder." in inp.name else 64
-            feed[inp.name] = np.random.default_rng(0).standard_normal((batch, heads, length, d_kv)).astype(np.float32)
-    times, _ = timed(lambda: session.run(None, feed), repeats)
-    return 1000 * statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,13 +126,13 @@ def main(argv: list[str] | None = None) -> None:
         weights = step_weight_bytes(onnx_dir / DECODER_WITH_PAST)  # fp32: what the torch decoder step reads too
         floor_ms = 1000 * weights / bw
         past = args.new_tokens // 2
-        fp32_step = step_ms(runtimes["onnx-fp32"], args.batch, past)
-        int8_step = step_ms(runtimes["onnx-int8"], args.batch, past)
+        fp32_step = step_ms(runtimes["onnx-fp32"].decoder_with_past, args.batch, past)
+        int8_step = step_ms(runtimes["onnx-int8"].decoder_with_past, args.batch, past)
         greedy = {c["engine"]: c for c in results["cells"] if c["decoding"] == "greedy"}
         results.update({"bandwidth_gb_s": bw / 1e9, "step_weight_mb": weights / 1e6,
                         "floor_ms_per_step": floor_ms, "fp32_step_ms": fp32_step, "int8_step_ms": int8_step,
                         "fp32_step_vs_floor": fp32_step / floor_ms})
-        print(f"\nmemory bandwidth {bw / 1e9:.1f} GB/s ({args.threads} numpy readers); one decoder step reads "
+        print(f"\nmemory bandwidth {bw / 1e9:.1f} GB/s ({args.threads} threads); one decoder step reads "
               f"{weights / 1e6:.1f} MB of fp32 weights -> floor {floor_ms:.2f} ms/step")
         print(f"decoder_with_past alone at past length {past}, batch {args.batch}: fp32 {fp32_step:.2f} ms "
               f"({fp32_step / floor_ms:.2f}x the floor), int8 {int8_step:.2f} ms")

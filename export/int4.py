@@ -40,8 +40,9 @@ SYMMETRIC = False  # a zero point per block: see the module docstring
 ALGORITHM = "DEFAULT"  # onnxruntime's name for its round-to-nearest quantizer (`DefaultWeightOnlyQuantConfig`)
 OP_TYPES = ("MatMul",)  # what is made 4-bit
 # MatMulNBits' accuracy_level 4: the activations are quantized to int8 per block and multiplied with int8 kernels;
-# unset (0), onnxruntime dequantizes the weights to fp32 inside the MatMul, which was the slower of the two at batch 1
-# and 8 on the t5-small and t5-base shapes (docs/results.md, "4-bit weights")
+# unset (0), onnxruntime dequantizes the weights to fp32 inside the MatMul, which was slower by a quarter to a half on
+# the t5-base shape at batch 1 and 8 and on the default student at batch 8, and even at its batch 1
+# (`python -m bench.int4_levels`; docs/results.md, "4-bit weights")
 ACCURACY_LEVEL = 4
 
 
@@ -87,9 +88,12 @@ def _int8_nodes(path: Path, keep_int8: tuple[str, ...]) -> list[str]:
             or (node.op_type == "MatMul" and any(part in keep_int8 for part in node.name.split("/")))]
 
 
-def _quantize_graph(source: Path, target: Path, block_size: int, keep_fp32: tuple[str, ...],
-                    keep_int8: tuple[str, ...]) -> list[str]:
-    """Write `target` (and its data file) from the fp32 graph `source`; returns the MatMul nodes not made 4-bit."""
+def quantize_graph(source: Path, target: Path, block_size: int = DEFAULT_BLOCK_SIZE, keep_fp32: tuple[str, ...] = (),
+                   keep_int8: tuple[str, ...] = (), accuracy_level: int = ACCURACY_LEVEL) -> list[str]:
+    """Write `target` (and its data file) from the fp32 graph `source`; returns the MatMul nodes not made 4-bit.
+
+    `accuracy_level` is MatMulNBits' (0: weights dequantized to fp32; 4: activations quantized to int8); only the
+    level benchmark (`bench.int4_levels`) sets anything but `ACCURACY_LEVEL`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     nbits = _nbits_quantizer()
@@ -103,7 +107,7 @@ def _quantize_graph(source: Path, target: Path, block_size: int, keep_fp32: tupl
         quantize_dynamic(source, work / "int8.onnx", op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8,
                          nodes_to_quantize=int8, use_external_data_format=True)
     config = nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=SYMMETRIC,
-                                                accuracy_level=ACCURACY_LEVEL, op_types_to_quantize=OP_TYPES)
+                                                accuracy_level=accuracy_level, op_types_to_quantize=OP_TYPES)
     # every MatMul with a constant weight but the kept ones (the int8 ones are MatMulInteger nodes now)
     quantizer = nbits.MatMulNBitsQuantizer(str(work / "int8.onnx" if int8 else source), nodes_to_exclude=kept,
                                            algo_config=config)
@@ -126,7 +130,7 @@ def quantize_int4(folder: Path, block_size: int = DEFAULT_BLOCK_SIZE, keep_fp32:
     instead of 4-bit.
     """
     block_size = check_options(block_size, keep_fp32, keep_int8)
-    kept = {graph: _quantize_graph(folder / graph, folder / quantized_name(graph, "int4"), block_size, keep_fp32,
+    kept = {graph: quantize_graph(folder / graph, folder / quantized_name(graph, "int4"), block_size, keep_fp32,
                                    keep_int8) for graph in GRAPHS}
     for option, names in (("--int4-keep-fp32", keep_fp32), ("--int4-keep-int8", keep_int8)):
         for name in names:
