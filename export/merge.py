@@ -12,6 +12,10 @@ graphs as the branches of an `If` on the input `use_cache_branch` (bool, shape [
              Its present.{i}.encoder.* are empty constants, as optimum's: the cross-attention K/V never change, so the
              caller keeps the ones it fed (transformers.js does exactly that) and nothing is copied per step.
 
+lm_head's MatMul, in both branches alike (fp32 and fp16 graphs), runs once after the `If`, which outputs the hidden
+states it multiplies (`_hoist_lm_head`): onnxruntime prepacks a constant MatMul weight per node, so a branch each would
+pack the largest matrix twice while loading.
+
 Initializers are the same tensor when their dims, data type and bytes are (sha256 streamed from the data files),
 whatever the exporter named them; the small int shape constants stay inside their branch, as optimum keeps them
 ("ONNX Runtime breaks after optimization + merge if they are not"). Node and value names of each branch are prefixed
@@ -31,6 +35,8 @@ from export.weights import ALIGN
 BRANCH_PREFIX = {False: "first_step/", True: "with_past/"}  # node and value names of each branch
 USE_CACHE = "use_cache_branch"
 BLOCK = 16 << 20  # bytes read and written at a time
+LOGITS = "logits"
+LM_HEAD_INPUT = "merged::lm_head_input"  # what the If computes and the hoisted lm_head MatMul reads
 
 
 def _is_branch_constant(tensor: Any) -> bool:
@@ -94,6 +100,34 @@ def _unknown_dims(value: Any) -> Any:
     return copy
 
 
+def _hoist_lm_head(branches: dict[bool, tuple[list[Any], list[Any], list[Any]]], weights: set[str]) -> Any:
+    """Take the MatMul that computes `logits` out of both branches when both multiply by the same top-level weight
+    (fp32 and fp16 graphs; the int8 ones compute it with MatMulInteger and stay as they are): each branch then ends
+    with the hidden states it multiplied, and one MatMul after the `If` (returned; None when nothing was hoisted)
+    computes the logits. onnxruntime prepacks a MatMul's constant weight for each node that reads it, and only then
+    shares equal packed copies within a session: lm_head read by both branches was packed twice, a transient second
+    copy of the largest matrix (250,112 x 512 fp32, 512 MB, on mT5) at every load. `branches`: per branch, (nodes,
+    outputs, local initializers), changed in place."""
+    import onnx
+
+    found = {}
+    for use_cache, (nodes, _, _) in branches.items():
+        name = BRANCH_PREFIX[use_cache] + LOGITS
+        node = next((n for n in nodes if name in n.output), None)
+        if node is None or node.op_type != "MatMul" or node.input[1] not in weights:
+            return None
+        found[use_cache] = node
+    if found[False].input[1] != found[True].input[1]:
+        return None
+    for use_cache, node in found.items():
+        nodes, outputs, _ = branches[use_cache]
+        nodes.remove(node)
+        k = next(i for i, value in enumerate(outputs) if value.name == node.output[0])
+        outputs[k] = onnx.helper.make_tensor_value_info(node.input[0], outputs[k].type.tensor_type.elem_type,
+                                                        [None] * len(outputs[k].type.tensor_type.shape.dim))
+    return onnx.helper.make_node("MatMul", [LM_HEAD_INPUT, found[False].input[1]], [LOGITS], name="merged::lm_head")
+
+
 def merge_decoders(folder: Path, first: str, with_past: str, merged: str) -> int:
     """Write `merged` (and its data file) in `folder` from the graphs `first` and `with_past` there (each with its
     weights in its own data file, or inline); returns the bytes of weights written."""
@@ -154,10 +188,14 @@ def merge_decoders(folder: Path, first: str, with_past: str, merged: str) -> int
                 else:
                     raise ValueError(f"{with_past if use_cache else first}: no node computes {value.name}")
             outputs.append(out)
-        branches[use_cache] = onnx.helper.make_graph(nodes, prefix.rstrip("/"), [], outputs, local)
+        branches[use_cache] = (nodes, outputs, local)
     outputs = [_unknown_dims(v) for v in graphs[False].graph.output]
-    if_node = onnx.helper.make_node("If", [USE_CACHE], [o.name for o in outputs], name="merged::if",
-                                    then_branch=branches[True], else_branch=branches[False])
+    lm_head = _hoist_lm_head(branches, set(sources))
+    if_outputs = [LM_HEAD_INPUT if lm_head is not None and o.name == LOGITS else o.name for o in outputs]
+    then_branch, else_branch = (onnx.helper.make_graph(branches[c][0], BRANCH_PREFIX[c].rstrip("/"), [],
+                                                       branches[c][1], branches[c][2]) for c in (True, False))
+    if_node = onnx.helper.make_node("If", [USE_CACHE], if_outputs, name="merged::if", then_branch=then_branch,
+                                    else_branch=else_branch)
     inputs = [_unknown_dims(v) if v.name.startswith("encoder_") else v for v in top_inputs.values()]
     inputs.append(onnx.helper.make_tensor_value_info(USE_CACHE, onnx.TensorProto.BOOL, [1]))
 
@@ -183,7 +221,8 @@ def merge_decoders(folder: Path, first: str, with_past: str, merged: str) -> int
                 offset += length
             initializers.append(copy)
         out_file.truncate(offset)
-    graph = onnx.helper.make_graph([if_node], "merged", inputs, outputs, initializers)
+    nodes = [if_node] if lm_head is None else [if_node, lm_head]
+    graph = onnx.helper.make_graph(nodes, "merged", inputs, outputs, initializers)
     base = graphs[False]
     model = onnx.helper.make_model(graph, opset_imports=list(base.opset_import), ir_version=base.ir_version,
                                    producer_name=base.producer_name, producer_version=base.producer_version)

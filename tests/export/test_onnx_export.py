@@ -68,6 +68,21 @@ def test_folder_has_optimum_names_and_a_complete_meta(exported):
     assert meta["int8"] is None
 
 
+def test_merged_decoder_computes_the_logits_once_after_its_branches(exported):
+    """lm_head's MatMul is hoisted out of the If: onnxruntime would prepack its weight once per branch."""
+    import onnx
+
+    graph = onnx.load(str(exported.onnx_dir / "decoder_model_merged.onnx"), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    top = [n for n in graph.node if n.op_type == "MatMul"]
+    assert [n.output[0] for n in top] == ["logits"] and top[0].input[1] in weights
+    (if_node,) = [n for n in graph.node if n.op_type == "If"]
+    assert if_node.output[0] == top[0].input[0]
+    for branch in (a.g for a in if_node.attribute):
+        assert not any(top[0].input[1] in n.input for n in branch.node)  # no branch reads the lm_head weight
+        assert "logits" not in {o.name.split("/")[-1] for o in branch.output}
+
+
 def test_failed_validation_names_graph_and_output_and_leaves_nothing(tied, tmp_path, monkeypatch):
     forward = DecoderWithPastGraph.forward
 
