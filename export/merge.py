@@ -12,7 +12,7 @@ graphs as the branches of an `If` on the input `use_cache_branch` (bool, shape [
              Its present.{i}.encoder.* are empty constants, as optimum's: the cross-attention K/V never change, so the
              caller keeps the ones it fed (transformers.js does exactly that) and nothing is copied per step.
 
-lm_head's MatMul, in both branches alike (fp32 and fp16 graphs), runs once after the `If`, which outputs the hidden
+lm_head's MatMul, in both branches alike (the fp32 graphs), runs once after the `If`, which outputs the hidden
 states it multiplies (`_hoist_lm_head`): onnxruntime prepacks a constant MatMul weight per node, so a branch each would
 pack the largest matrix twice while loading.
 
@@ -102,7 +102,8 @@ def _unknown_dims(value: Any) -> Any:
 
 def _hoist_lm_head(branches: dict[bool, tuple[list[Any], list[Any], list[Any]]], weights: set[str]) -> Any:
     """Take the MatMul that computes `logits` out of both branches when both multiply by the same top-level weight
-    (fp32 and fp16 graphs; the int8 ones compute it with MatMulInteger and stay as they are): each branch then ends
+    (the fp32 graphs; where another op computes the logits, as in the int8 and 4-bit graphs, the branches stay as
+    they are): each branch then ends
     with the hidden states it multiplied, and one MatMul after the `If` (returned; None when nothing was hoisted)
     computes the logits. onnxruntime prepacks a MatMul's constant weight for each node that reads it, and only then
     shares equal packed copies within a session: lm_head read by both branches was packed twice, a transient second
