@@ -40,9 +40,9 @@ SYMMETRIC = False  # a zero point per block: see the module docstring
 ALGORITHM = "DEFAULT"  # onnxruntime's name for its round-to-nearest quantizer (`DefaultWeightOnlyQuantConfig`)
 OP_TYPES = ("MatMul",)  # what is made 4-bit
 # MatMulNBits' accuracy_level 4: the activations are quantized to int8 per block and multiplied with int8 kernels;
-# unset (0), onnxruntime dequantizes the weights to fp32 inside the MatMul, which was slower by a quarter to a half on
-# the t5-base shape at batch 1 and 8 and on the default student at batch 8, and even at its batch 1
-# (`python -m bench.int4_levels`; docs/results.md, "4-bit weights")
+# unset (0), onnxruntime dequantizes the weights to fp32 inside the MatMul, which was slower by a fifth to a half on
+# the t5-base shape at batch 1 and 8, on the default student at batch 8 and on the teacher; within 2 % (faster) on the
+# student at batch 1 (`python -m bench.int4_levels`; docs/results.md, "4-bit weights")
 ACCURACY_LEVEL = 4
 
 
