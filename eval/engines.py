@@ -134,7 +134,8 @@ def _load_onnx(path: str, quantized: bool | str, threads: int, tokenizer: bool,
     from export.layout import graph_files
 
     def served(runtime: OnnxT5) -> list[Path]:
-        """The files `runtime` loaded: its graphs (the merged decoder, or the two) and their weights' data files."""
+        """The files `runtime` loaded: its graphs (encoder, cross-attention K/V and with-past decoder, or an older
+        layout's) and their weights' data files."""
         folder = runtime.folder
         return [folder / name for graph in runtime.files.values() for name in graph_files(folder, graph)]
 

@@ -7,8 +7,10 @@
 The folder follows optimum's layout and input/output names (so `ORTModelForSeq2SeqLM` and transformers.js load it):
 
     encoder_model.onnx, decoder_model.onnx, decoder_with_past_model.onnx   the graphs (`export.graphs`)
-    decoder_model_merged.onnx      both decoders in one graph, each weight once (`export.merge`): what OnnxT5,
+    decoder_model_merged.onnx      both decoders in one graph, each weight once (`export.merge`): what
                                    transformers.js and optimum load
+    decoder_cross_kv_model.onnx    the first step's cross-attention K/V alone (`export.cross_kv`): OnnxT5 serves
+                                   both steps with it and the with-past graph, each decoder weight once
     *_quantized.onnx               with --int8: dynamic int8 MatMuls and embeddings (`export.quantize`)
     *_q4.onnx                      with --int4: 4-bit block-wise MatMul weights, int8 embeddings (`export.int4`)
     *_fp16.onnx / *_bf16.onnx      with --dtype: converted from fp32, overflow-prone ops kept fp32 (`export.precision`)
@@ -47,9 +49,11 @@ import torch
 from distill.errors import ModelError
 from distill.files import check_output, file_manifest, replace_dir, staged_dir
 from distill.models import load_config, load_t5, load_tokenizer
+from export.cross_kv import write_cross_kv
 from export.errors import ExportError
 from export.int4 import DEFAULT_BLOCK_SIZE, check_options, quantize_int4
 from export.layout import (
+    CROSS_KV,
     DECODER,
     DECODER_MERGED,
     DECODER_WITH_PAST,
@@ -250,6 +254,8 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
         diffs = validate(model, staged, specs, check)
         merge_decoders(staged, DECODER, DECODER_WITH_PAST, DECODER_MERGED)  # what the runtime loads: weights once
         diffs |= validate(model, staged, specs, check, merged=DECODER_MERGED)
+        write_cross_kv(staged, DECODER, CROSS_KV)  # what OnnxT5 serves the first step with, beside the with-past graph
+        diffs |= validate(model, staged, specs, check, cross_kv=CROSS_KV)
         model.config.save_pretrained(staged)
         model.generation_config.save_pretrained(staged)
         facts = ModelFacts(model.config, model.lm_head.weight is model.shared.weight, encoder_digest(model))
@@ -265,6 +271,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
             # the two int8 decoders merged as the fp32 ones: quantizing is deterministic, so a weight both hold has
             # the same int8 bytes and scale in each, and is kept once
             merge_decoders(staged, *map(quantized_name, (DECODER, DECODER_WITH_PAST, DECODER_MERGED)))
+            write_cross_kv(staged, quantized_name(DECODER), quantized_name(CROSS_KV))  # checked by `agreement`
             int8_meta = {"op_types_to_quantize": list(INT8_OPS), "weight_type": "QInt8",
                          "keep_fp32": list(keep),
                          "keep_fp32_is_default": int8_keep_fp32 is None,
@@ -277,6 +284,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
                 stamp_export_id(staged / quantized_name(graph, "int4"), export_id)
             # for transformers.js (dtype "q4"), as the int8 ones: the 4-bit quantizer is deterministic too
             merge_decoders(staged, *(quantized_name(g, "int4") for g in (DECODER, DECODER_WITH_PAST, DECODER_MERGED)))
+            write_cross_kv(staged, quantized_name(DECODER, "int4"), quantized_name(CROSS_KV, "int4"))
             int4_meta |= {"kept_is_default": int4_keep_fp32 is None and not int4_keep_int8,
                           **agreement(staged, check, facts.config, "int4")}
         precision = None

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from export.layout import DECODER, DECODER_MERGED, DECODER_WITH_PAST, ENCODER, USE_CACHE_BRANCH
+from export.layout import CROSS_KV, DECODER, DECODER_MERGED, DECODER_WITH_PAST, ENCODER, USE_CACHE_BRANCH
 
 INPUT_BATCH = "encoder_batch_size"  # the with-past graph's encoder-side batch (inputs, not beams)
 
@@ -66,6 +66,9 @@ def graph_specs(num_decoder_layers: int) -> dict[str, GraphSpec]:
     first, with_past = specs[DECODER], specs[DECODER_WITH_PAST]
     specs[DECODER_MERGED] = GraphSpec(inputs={**first.inputs, **with_past.inputs, USE_CACHE_BRANCH: {}},
                                       outputs=dict(first.outputs))
+    # the first step's cross-attention K/V alone (`export.cross_kv`), cut out of the first-step graph
+    specs[CROSS_KV] = GraphSpec(inputs={"encoder_hidden_states": first.inputs["encoder_hidden_states"]},
+                                outputs={name: axes for name, axes in first.outputs.items() if ".encoder." in name})
     return specs
 
 

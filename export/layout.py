@@ -13,6 +13,10 @@ GRAPHS = (ENCODER, DECODER, DECODER_WITH_PAST)
 # both decoders as the branches of one `If`, each weight once (`export.merge`); optimum's and transformers.js's name
 DECODER_MERGED = "decoder_model_merged.onnx"
 USE_CACHE_BRANCH = "use_cache_branch"  # its bool input of shape [1]: False the first step, True a step on the cache
+# the first step's cross-attention K/V computed from encoder_hidden_states alone (`export.cross_kv`): with it, the
+# with-past graph serves the first step too (a past of length 0), so OnnxT5 holds each decoder weight in one
+# session and one graph, whose fused kernels it keeps (neither holds for the merged graph's branches)
+CROSS_KV = "decoder_cross_kv_model.onnx"
 META_FILE = "export_meta.json"  # written last: a folder without it is not an export
 # export_meta.json keys the runtime checks a folder against:
 FILES_KEY = "files"  # {file name: {"bytes": int, "sha256": str}} of every other file the export wrote

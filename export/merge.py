@@ -25,16 +25,14 @@ so that the two never meet. The merged weights are written one tensor at a time,
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
 from export.layout import data_name
-from export.weights import ALIGN
+from export.weights import copy_weights, save_derived, tensor_blocks
 
 BRANCH_PREFIX = {False: "first_step/", True: "with_past/"}  # node and value names of each branch
 USE_CACHE = "use_cache_branch"
-BLOCK = 16 << 20  # bytes read and written at a time
 LOGITS = "logits"
 LM_HEAD_INPUT = "merged::lm_head_input"  # what the If computes and the hoisted lm_head MatMul reads
 
@@ -47,33 +45,9 @@ def _is_branch_constant(tensor: Any) -> bool:
                                                                                     onnx.TensorProto.INT64))
 
 
-def _external(tensor: Any) -> dict[str, str]:
-    return {entry.key: entry.value for entry in tensor.external_data}
-
-
-def _blocks(folder: Path, tensor: Any) -> Any:
-    """The bytes of `tensor`, a block at a time: from its data file, or from the graph for an inline tensor."""
-    import onnx
-    from onnx import numpy_helper
-
-    if tensor.data_location != onnx.TensorProto.EXTERNAL:
-        yield numpy_helper.to_array(tensor).tobytes()
-        return
-    ext = _external(tensor)
-    offset, length = int(ext.get("offset", 0)), int(ext["length"])
-    with open(folder / ext["location"], "rb") as f:
-        f.seek(offset)
-        while length > 0:
-            block = f.read(min(BLOCK, length))
-            if not block:
-                raise ValueError(f"{folder / ext['location']} ends inside {tensor.name}: the file is truncated")
-            length -= len(block)
-            yield block
-
-
 def _content_key(folder: Path, tensor: Any) -> tuple[Any, ...]:
     digest = hashlib.sha256()
-    for block in _blocks(folder, tensor):
+    for block in tensor_blocks(folder, tensor):
         digest.update(block)
     return tuple(tensor.dims), tensor.data_type, digest.hexdigest()
 
@@ -200,34 +174,8 @@ def merge_decoders(folder: Path, first: str, with_past: str, merged: str) -> int
     inputs = [_unknown_dims(v) if v.name.startswith("encoder_") else v for v in top_inputs.values()]
     inputs.append(onnx.helper.make_tensor_value_info(USE_CACHE, onnx.TensorProto.BOOL, [1]))
 
-    data = folder / data_name(merged)
-    initializers = []
-    offset = 0
-    with open(data, "wb") as out_file:
-        for name, tensor in sources.items():
-            copy = onnx.TensorProto()
-            copy.CopyFrom(tensor)
-            copy.name = name
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                offset = -(-offset // ALIGN) * ALIGN
-                out_file.seek(offset)
-                length = 0
-                for block in _blocks(folder, tensor):
-                    out_file.write(block)
-                    length += len(block)
-                del copy.external_data[:]
-                for field, text in (("location", data.name), ("offset", str(offset)), ("length", str(length))):
-                    entry = copy.external_data.add()
-                    entry.key, entry.value = field, text
-                offset += length
-            initializers.append(copy)
-        out_file.truncate(offset)
+    initializers, offset = copy_weights(folder, sources, folder / data_name(merged))
     nodes = [if_node] if lm_head is None else [if_node, lm_head]
-    graph = onnx.helper.make_graph(nodes, "merged", inputs, outputs, initializers)
-    base = graphs[False]
-    model = onnx.helper.make_model(graph, opset_imports=list(base.opset_import), ir_version=base.ir_version,
-                                   producer_name=base.producer_name, producer_version=base.producer_version)
-    model.metadata_props.extend(base.metadata_props)
-    onnx.save_model(model, str(folder / merged))
-    os.chmod(data, os.stat(folder / first).st_mode & 0o777)
+    save_derived(graphs[False], onnx.helper.make_graph(nodes, "merged", inputs, outputs, initializers), folder, merged,
+                 first)
     return offset

@@ -13,7 +13,8 @@ import torch
 
 from export.errors import ExportError
 from export.graphs import GraphSpec, build_cache
-from export.layout import DECODER, DECODER_MERGED, DECODER_WITH_PAST, ENCODER
+from export.layout import CROSS_KV, DECODER, DECODER_MERGED, DECODER_WITH_PAST, ENCODER
+from export.runtime.first_step import FirstStep
 from export.runtime.merged import Branch
 from export.runtime.sessions import session_options
 from export.trace import example_batch
@@ -88,13 +89,15 @@ def _session(folder: Path, file: str, specs: dict[str, GraphSpec], graph: str | 
 
 
 def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Validation,
-             merged: str | None = None) -> dict[str, dict[str, float]]:
+             merged: str | None = None, cross_kv: str | None = None) -> dict[str, dict[str, float]]:
     """Run each graph in onnxruntime and `model` in PyTorch on the same inputs; the max |diff| per graph and output.
 
     Every graph gets PyTorch's inputs (the reference cache, not onnxruntime's), so a difference points at one graph.
     Raises ExportError naming the graph, the output and the difference when one exceeds the tolerance.
     `merged`: the file of a merged decoder (`export.merge`) to check instead, both branches on the same inputs as the
-    two graphs (the encoder is not checked again).
+    two graphs (the encoder is not checked again). `cross_kv`: the file of a cross-attention K/V graph
+    (`export.cross_kv`) to check instead, the first step alone, through it and the with-past graph as the runtime
+    serves it (`FirstStep`).
     """
     n_layers = model.config.num_decoder_layers
     np_ = example_batch(model.config, check.enc_lengths, check.first_decoder_length + check.past_steps
@@ -103,13 +106,15 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
     diffs: dict[str, dict[str, float]] = {}
     with torch.no_grad():
         hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        if merged is None:
+        if merged is None and cross_kv is None:
             got = _session(folder, ENCODER, specs).run(None, {"input_ids": np_["input_ids"],
                                                               "attention_mask": np_["attention_mask"]})
             _compare(ENCODER, ["last_hidden_state"], got, [hidden], check, diffs, "on the padded validation batch")
         one = _session(folder, merged, specs, DECODER_MERGED) if merged else None
         labels = {g: f"{merged} ({g.removesuffix('.onnx')} branch)" if merged else g for g in (DECODER,
                                                                                             DECODER_WITH_PAST)}
+        if cross_kv:
+            labels[DECODER] = f"{cross_kv} + {DECODER_WITH_PAST} (first step)"
 
         first = dec[:, :check.first_decoder_length]
         out = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=first, use_cache=True)
@@ -118,11 +123,15 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
         for i in range(n_layers):
             own, cross = cache.self_attention_cache.layers[i], cache.cross_attention_cache.layers[i]
             want += [own.keys, own.values, cross.keys, cross.values]
-        session = Branch(one, use_cache=False) if one else _session(folder, DECODER, specs)
+        session: Any = Branch(one, use_cache=False) if one else _session(folder, DECODER, specs)
+        if cross_kv:
+            session = FirstStep(_session(folder, cross_kv, specs, CROSS_KV), _session(folder, DECODER_WITH_PAST, specs))
         got = session.run(None, {"input_ids": first.numpy(), "encoder_attention_mask": np_["attention_mask"],
                                  "encoder_hidden_states": hidden.numpy()})
         _compare(labels[DECODER], list(specs[DECODER].outputs), got, want, check, diffs,
                 f"at the first step with {check.first_decoder_length} decoder tokens")
+        if cross_kv:  # the steps on the cache are the with-past graph's, checked already
+            return diffs
 
         # one token per call (greedy and beam steps), then several at once (a draft's verification: causal among
         # the new tokens and over the past)

@@ -112,3 +112,70 @@ def _rename_input(graph: Any, old: str, new: str) -> None:
     for output in graph.output:
         if output.name == old:
             raise ValueError(f"{old} is a graph output; it cannot be merged into {new}")
+
+
+BLOCK = 16 << 20  # bytes read and written at a time when weights move from one graph's data file to another's
+
+
+def tensor_blocks(folder: Path, tensor: Any) -> Any:
+    """The bytes of `tensor`, a block at a time: from its data file in `folder`, or from the graph for an inline
+    tensor."""
+    import onnx
+    from onnx import numpy_helper
+
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        yield numpy_helper.to_array(tensor).tobytes()
+        return
+    ext = {entry.key: entry.value for entry in tensor.external_data}
+    offset, length = int(ext.get("offset", 0)), int(ext["length"])
+    with open(folder / ext["location"], "rb") as f:
+        f.seek(offset)
+        while length > 0:
+            block = f.read(min(BLOCK, length))
+            if not block:
+                raise ValueError(f"{folder / ext['location']} ends inside {tensor.name}: the file is truncated")
+            length -= len(block)
+            yield block
+
+
+def copy_weights(folder: Path, sources: dict[str, Any], data: Path) -> tuple[list[Any], int]:
+    """The initializers of a graph built from other graphs' tensors: `sources` maps each new name to a tensor of a
+    graph in `folder`; the external ones are copied, a block at a time, into `data` (the new graph's own data file),
+    the inline ones stay inline. Returns the initializers and the bytes written."""
+    import onnx
+
+    initializers = []
+    offset = 0
+    with open(data, "wb") as out_file:
+        for name, tensor in sources.items():
+            copy = onnx.TensorProto()
+            copy.CopyFrom(tensor)
+            copy.name = name
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                offset = -(-offset // ALIGN) * ALIGN
+                out_file.seek(offset)
+                length = 0
+                for block in tensor_blocks(folder, tensor):
+                    out_file.write(block)
+                    length += len(block)
+                del copy.external_data[:]
+                for field, text in (("location", data.name), ("offset", str(offset)), ("length", str(length))):
+                    entry = copy.external_data.add()
+                    entry.key, entry.value = field, text
+                offset += length
+            initializers.append(copy)
+        out_file.truncate(offset)
+    return initializers, offset
+
+
+def save_derived(base: Any, graph: Any, folder: Path, name: str, like: str) -> None:
+    """Save `graph`, built from parts of the model `base` (its weights in `name`'s data file already), as `name` in
+    `folder`: with `base`'s opsets, IR version, producer and metadata (the export id it carries), and its data file
+    given the permissions of the graph file `like`."""
+    import onnx
+
+    model = onnx.helper.make_model(graph, opset_imports=list(base.opset_import), ir_version=base.ir_version,
+                                   producer_name=base.producer_name, producer_version=base.producer_version)
+    model.metadata_props.extend(base.metadata_props)
+    onnx.save_model(model, str(folder / name))
+    os.chmod(folder / data_name(name), os.stat(folder / like).st_mode & 0o777)

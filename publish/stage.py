@@ -3,7 +3,9 @@
     config.json  generation_config.json  model.safetensors  tokenizer files    transformers loads the repo
     distill_meta.json                  how the student was made (teacher, layers copied, recipe, steps)
     onnx/encoder_model.onnx  onnx/decoder_model.onnx  onnx/decoder_with_past_model.onnx   fp32, optimum's names
-    onnx/decoder_model_merged.onnx     both decoders, each weight once: what OnnxT5 and transformers.js load
+    onnx/decoder_model_merged.onnx     both decoders, each weight once: what transformers.js loads
+    onnx/decoder_cross_kv_model.onnx   the first step's cross-attention K/V: OnnxT5 serves both steps with it and
+                                       decoder_with_past_model.onnx, each weight once
     onnx/*.onnx_data                   each graph's weights (external data)
     onnx/*_quantized.onnx              int8 (transformers.js picks these with `dtype: "q8"`)
     onnx/*_q4.onnx                     4-bit weights, when the export has them (--int4; transformers.js `dtype: "q4"`)
@@ -27,6 +29,7 @@ from typing import Any
 
 from distill.files import FILES_KEY, check_output, file_manifest, replace_dir, sha256_file, staged_dir
 from export.layout import (
+    CROSS_KV,
     DECODER_MERGED,
     ENCODER,
     GRAPHS,
@@ -141,7 +144,7 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
     if found["student"] is None:
         raise PublishError(f"{results_file} holds no torch variant at {model}: the card's numbers must be the "
                            f"student's. Evaluate it (a config listing `path: {model}`) and try again.")
-    graphs = (*GRAPHS, DECODER_MERGED)
+    graphs = (*GRAPHS, DECODER_MERGED, CROSS_KV)
     quantized = tuple(quantized_name(g) for g in graphs)
     q4 = tuple(quantized_name(g, "int4") for g in graphs)  # published when the export has them, not required
     weights = tuple(data_name(g) for g in graphs + quantized + q4)  # each graph's external data, when it has one
@@ -152,8 +155,8 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
         _copy(model, staged, MODEL_FILES + TOKENIZER_FILES, (*MODEL_FILES, "tokenizer.json"), "the student",
               "It must be a save_pretrained folder with safetensors weights and a fast tokenizer.")
         _copy(onnx, staged / "onnx", graphs + quantized + q4 + weights + ONNX_SIDE_FILES, graphs + quantized,
-              "fp32 and int8 graphs", f"Export with int8 (this version writes {DECODER_MERGED}): make export "
-              f"MODEL={model} OUT={onnx}")
+              "fp32 and int8 graphs", f"Export with int8 (this version writes {DECODER_MERGED} and {CROSS_KV}): "
+              f"make export MODEL={model} OUT={onnx}")
         _transformers_js_config(staged)
         (staged / "distill_meta.json").write_text(json.dumps(_public_meta(meta), indent=2) + "\n")
         export_meta = {k: v for k, v in export_meta.items() if k not in ("source", "source_fingerprint", "command")}

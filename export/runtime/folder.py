@@ -19,6 +19,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from export.layout import (
+    CROSS_KV,
     DECODER,
     DECODER_MERGED,
     DECODER_WITH_PAST,
@@ -131,7 +132,10 @@ def _shape_problems(graph: str, session: ort.InferenceSession, model: dict[str, 
     own = [name for name in kv if ".decoder." in name]
     want_in: dict[str, dict[int, int]] = {"input_ids": {}}
     want_out: dict[str, dict[int, int]] = {}
-    if graph == ENCODER:
+    if graph == CROSS_KV:
+        want_in = {"encoder_hidden_states": {2: d_model}}
+        want_out = {f"present.{n}": {1: heads, 3: d_kv} for n in kv if ".encoder." in n}
+    elif graph == ENCODER:
         want_in |= {"attention_mask": {}}
         want_out = {"last_hidden_state": {2: d_model}}
     elif graph in (DECODER, DECODER_MERGED):

@@ -12,18 +12,17 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from export.layout import USE_CACHE_BRANCH
+from export.layout import DECODER_MERGED, USE_CACHE_BRANCH
+from export.runtime.sessions import GraphLike, fixed_size
 
 FIRST_INPUTS = ("input_ids", "encoder_attention_mask", "encoder_hidden_states")
 
 
 def _size(dim: Any, what: str) -> int:
-    if not isinstance(dim, int):
-        raise ValueError(f"decoder_model_merged.onnx: {what} has no fixed size ({dim!r}); re-export the folder")
-    return dim
+    return fixed_size(dim, what, DECODER_MERGED)
 
 
-class Branch:
+class Branch(GraphLike):
     """One branch of the merged decoder: `run`, `get_inputs` and `get_outputs` as its separate graph has them."""
 
     def __init__(self, session: ort.InferenceSession, use_cache: bool):
@@ -39,12 +38,6 @@ class Branch:
         # the inputs this branch does not read, with their fixed sizes (heads, d_kv, d_model)
         self._unread = {i.name: i.shape for i in inputs if i.name not in fed}
         self._flag = np.array([use_cache])
-
-    def get_inputs(self) -> list[Any]:
-        return self._inputs
-
-    def get_outputs(self) -> list[Any]:
-        return self._outputs
 
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray],
             run_options: ort.RunOptions | None = None) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.layout import (
+    CROSS_KV,
     DECODER,
     DECODER_MERGED,
     DECODER_WITH_PAST,
@@ -26,6 +27,7 @@ from export.runtime.assisted import DRAFT_OPTIONS, AssistedStats, Draft, assiste
 from export.runtime.beam import beam_search
 from export.runtime.binding import BoundSteps, device_of
 from export.runtime.draft_length import DRAFT_START, default_schedule
+from export.runtime.first_step import FirstStep
 from export.runtime.folder import (
     ExportMeta,
     check_config,
@@ -106,15 +108,17 @@ def _requantize_hint(folder: Path, kind: str) -> str:
     return f"Export with `python -m export --model MODEL --out {folder} {' '.join(flags)}`"
 
 
-def _merged_ok(providers: Any, io_binding: bool | None) -> bool:
-    """Whether the merged decoder may serve: the CPU alone and no IO binding (which binds the two graphs' sessions)."""
+def _weights_once_ok(providers: Any, io_binding: bool | None) -> bool:
+    """Whether the decoder may serve from the layouts that hold each weight once (the cross-attention K/V graph and
+    the with-past graph, or the merged graph): the CPU alone and no IO binding (which binds the two graphs'
+    sessions)."""
     names = [p[0] if isinstance(p, tuple) else p for p in (providers or [])]
     return io_binding is not True and all(name == "CPUExecutionProvider" for name in names)
 
 
 class OnnxT5:
-    """onnxruntime sessions (the encoder, and the merged decoder or the first step and the decoder with past) and
-    `generate`."""
+    """onnxruntime sessions (the encoder; the decoder with past, and the first step from it and the cross-attention
+    K/V graph, from the merged decoder, or from its own graph) and `generate`."""
 
     def __init__(self, folder: Path, sessions: dict[str, ort.InferenceSession], settings: Settings,
                  config: dict[str, Any], meta: ExportMeta | None = None, quantized: bool | str = False,
@@ -125,9 +129,12 @@ class OnnxT5:
         self.encoder = sessions[ENCODER]
         self.decoder: Any
         self.decoder_with_past: Any
-        if DECODER_MERGED in sessions:  # one session, each weight once: its branches stand in for the two graphs
+        if CROSS_KV in sessions:  # each decoder weight once: the with-past graph serves the first step too
+            self.decoder_with_past = sessions[DECODER_WITH_PAST]
+            self.decoder = FirstStep(sessions[CROSS_KV], self.decoder_with_past)
+        elif DECODER_MERGED in sessions:  # an export without the cross-attention graph: the merged one's branches
             self.decoder, self.decoder_with_past = (Branch(sessions[DECODER_MERGED], c) for c in (False, True))
-        else:  # an export without the merged graph
+        else:  # an export without either
             self.decoder, self.decoder_with_past = sessions[DECODER], sessions[DECODER_WITH_PAST]
         self.settings = settings
         self.config = config
@@ -182,7 +189,7 @@ class OnnxT5:
         """
         if not isinstance(verify, bool | np.bool_):
             raise TypeError(f"OnnxT5.from_pretrained: verify must be True or False, got {verify!r}.")
-        folder, files = cls._graph_files(folder, quantized, threads, dtype, _merged_ok(providers, io_binding))
+        folder, files = cls._graph_files(folder, quantized, threads, dtype, _weights_once_ok(providers, io_binding))
         meta = read_meta(folder)
         names = [name for graph in files.values() for name in graph_files(folder, graph)]  # with external data
         check_sizes(folder, meta, names)
@@ -196,12 +203,12 @@ class OnnxT5:
                     dtype: str = "fp32") -> OnnxT5:
         """Load graphs without export_meta.json's checks: for the exporter, which runs the graphs it has just written
         (its int8 and int4 checks) before it writes export_meta.json. Anything else loads with `from_pretrained`."""
-        folder, files = cls._graph_files(folder, quantized, threads, dtype, _merged_ok(providers, io_binding))
+        folder, files = cls._graph_files(folder, quantized, threads, dtype, _weights_once_ok(providers, io_binding))
         return cls._load(folder, files, threads, providers, None, io_binding)
 
     @staticmethod
     def _graph_files(folder: str | Path, quantized: bool | str, threads: int | None,
-                     dtype: str = "fp32", merged_ok: bool = True) -> tuple[Path, dict[str, str]]:
+                     dtype: str = "fp32", weights_once: bool = True) -> tuple[Path, dict[str, str]]:
         """The folder and the file of each graph (GRAPHS -> file name); FileNotFoundError naming what is missing."""
         if not isinstance(folder, str | os.PathLike):
             raise TypeError(f"OnnxT5.from_pretrained: folder must be a path, got {folder!r}.")
@@ -223,11 +230,14 @@ class OnnxT5:
             raise FileNotFoundError(f"OnnxT5: {folder} is not a folder. Export one with "
                                     f"`python -m export --model MODEL --out {folder}`.")
         files = {g: quantized_name(g, kind) if kind else dtype_name(g, dtype) for g in GRAPHS}
-        # fp32 on the CPU: the decoder's weights once, for both steps (`export.merge`). Not int8: onnxruntime's int8
-        # MatMul fusions miss the branches' nodes, so the merged int8 decoder ran about 3x slower (docs/results.md);
-        # not int4 either, whose graphs hold int8 embeddings (and --int4-keep-int8 MatMuls), until a measurement says
-        # otherwise; not with IO binding, which binds the two graphs' sessions
-        if merged_ok and not kind and dtype == "fp32" and (folder / DECODER_MERGED).is_file():
+        # On the CPU, the decoder's weights once, for both steps: the with-past graph and the first step's
+        # cross-attention K/V graph (`export.cross_kv`), fp32, int8 or int4 alike. An export without that graph
+        # serves fp32 from the merged decoder (`export.merge`), whose branches lose onnxruntime's int8 MatMul
+        # fusions (about 3x slower, docs/results.md). Not with IO binding, which binds the two graphs' sessions.
+        cross = quantized_name(CROSS_KV, kind) if kind else dtype_name(CROSS_KV, dtype)
+        if weights_once and dtype == "fp32" and (folder / cross).is_file():
+            files = {ENCODER: files[ENCODER], CROSS_KV: cross, DECODER_WITH_PAST: files[DECODER_WITH_PAST]}
+        elif weights_once and not kind and dtype == "fp32" and (folder / DECODER_MERGED).is_file():
             files = {ENCODER: files[ENCODER], DECODER_MERGED: DECODER_MERGED}
         missing = [f for f in files.values() if not (folder / f).is_file()]
         if kind and missing and all((folder / g).is_file() for g in GRAPHS):
@@ -258,7 +268,7 @@ class OnnxT5:
             if getattr(settings, key) is None:
                 setattr(settings, key, config.get(key))
         providers = check_providers(providers)
-        sessions = {g: open_session(folder / f, session_options(threads, spin=g != ENCODER and g != DECODER),
+        sessions = {g: open_session(folder / f, session_options(threads, spin=g not in (ENCODER, DECODER, CROSS_KV)),
                                     providers, fix)
                     for g, f in files.items()}
         warn_if_fallen_back(sessions[ENCODER], providers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+from typing import Any
 
 import onnxruntime as ort
 
@@ -46,3 +47,24 @@ def return_freed_heap() -> None:
     """
     with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class GraphLike:
+    """A stand-in for the session of one graph, made of other sessions (`Branch`, `FirstStep`): `get_inputs` and
+    `get_outputs` return the graph's (`_inputs`, `_outputs`, set by the subclass), which also defines `run`."""
+
+    _inputs: list[Any]
+    _outputs: list[Any]
+
+    def get_inputs(self) -> list[Any]:
+        return self._inputs
+
+    def get_outputs(self) -> list[Any]:
+        return self._outputs
+
+
+def fixed_size(dim: Any, what: str, graph: str) -> int:
+    """`dim` of an input of `graph`, which the export fixes (heads, d_kv, d_model); ValueError when it is not."""
+    if not isinstance(dim, int):
+        raise ValueError(f"{graph}: {what} has no fixed size ({dim!r}); re-export the folder")
+    return dim

@@ -56,8 +56,9 @@ def test_assisted_engine_predicts_what_the_model_alone_does(tmp_path, tiny_t5_di
     # the size counts what serves: the graphs OnnxT5 loaded and their weights' data files, the draft's too
     from pathlib import Path
 
-    assert {Path(f).name for f in alone.files} == {"encoder_model.onnx", "encoder_model.onnx_data",
-                                                   "decoder_model_merged.onnx", "decoder_model_merged.onnx_data"}
+    assert {Path(f).name for f in alone.files} == {f"{graph}.onnx{data}" for data in ("", "_data")
+                                                   for graph in ("encoder_model", "decoder_cross_kv_model",
+                                                                 "decoder_with_past_model")}
     assert alone.size_bytes == sum(Path(f).stat().st_size for f in alone.files)
     assert pair.size_bytes == alone.size_bytes + sum(Path(f).stat().st_size for f in pair.files
                                                       if Path(f).is_relative_to(student_onnx))

@@ -15,11 +15,11 @@ def test_int4_engine_serves_the_q4_graphs_and_counts_their_bytes(tmp_path, tiny_
     out = export(str(tiny_t5_dir), tmp_path / "onnx", int4=True)
     fp32, int4 = load_engine("onnx", str(out)), load_engine("onnx", str(out), quantized="int4")
     assert {Path(f).name for f in int4.files} == {f"{graph}_q4.onnx{data}" for data in ("", "_data")
-                                                  for graph in ("encoder_model", "decoder_model",
+                                                  for graph in ("encoder_model", "decoder_cross_kv_model",
                                                                 "decoder_with_past_model")}
     assert int4.size_bytes == sum(Path(f).stat().st_size for f in int4.files)
     assert int4.info["quantized"] == "int4" and int4.model.quantized == "int4"
-    # the merged fp32 decoder holds its weights once; the two 4-bit decoders hold theirs twice, and still weigh less
+    # each served the same layout (encoder, cross-attention K/V, with-past): 4-bit weights weigh less
     data = [f for f in int4.files if f.endswith("_data")]
     assert sum(Path(f).stat().st_size for f in data) < sum(Path(f).stat().st_size for f in fp32.files
                                                            if f.endswith("_data"))

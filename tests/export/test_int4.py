@@ -20,8 +20,10 @@ from export.errors import ExportError
 from export.exporter import check_out, export, load_or_export
 from export.int4 import quantize_int4
 from export.layout import (
+    CROSS_KV,
     DECODER,
     DECODER_MERGED,
+    DECODER_WITH_PAST,
     ENCODER,
     FILES_KEY,
     GRAPHS,
@@ -122,7 +124,8 @@ def test_int4_tokens_follow_fp32(calm):
     argmax agrees with fp32's at most positions; a graph that read its blocks wrongly would agree at about 1/48."""
     runtime, out = calm
     assert runtime.quantized == "int4" and runtime.files[ENCODER] == quantized_name(ENCODER, "int4")
-    assert set(runtime.files.values()) == {quantized_name(g, "int4") for g in GRAPHS}  # not the merged decoder
+    # each decoder weight once: the with-past graph serves the first step too, beside the cross-attention K/V graph
+    assert set(runtime.files.values()) == {quantized_name(g, "int4") for g in (ENCODER, CROSS_KV, DECODER_WITH_PAST)}
     assert runtime.verify()
     fp32 = OnnxT5.from_pretrained(out, threads=1)
     ids, mask = padded_batch(LENGTHS, seed=3)

@@ -41,6 +41,9 @@ def test_folder_has_optimum_names_and_a_complete_meta(exported):
         "decoder_model_merged.onnx": (["input_ids", "encoder_attention_mask", "encoder_hidden_states",
                                        *(f"past_key_values.{n}" for n in kv), "use_cache_branch"],
                                       ["logits", *(f"present.{n}" for n in kv)]),
+        # the first step's cross-attention K/V alone, cut out of decoder_model.onnx
+        "decoder_cross_kv_model.onnx": (["encoder_hidden_states"],
+                                        [f"present.{n}" for n in kv if ".encoder." in n]),
     }
     for graph, (inputs, outputs) in expected.items():
         sess = ort.InferenceSession(str(folder / graph), providers=["CPUExecutionProvider"])
@@ -56,11 +59,12 @@ def test_folder_has_optimum_names_and_a_complete_meta(exported):
     assert meta["model"]["scale_decoder_outputs"] is tied  # v1.1 / flan: no d_model ** -0.5 before lm_head
     diffs = meta["validation"]["max_abs_diff"]
     merged = [f"decoder_model_merged.onnx ({g} branch)" for g in ("decoder_model", "decoder_with_past_model")]
-    assert set(diffs) == {*GRAPHS, *merged}  # both branches of the merged decoder checked against PyTorch too
-    assert all(diffs[m]["logits"] < 1e-4 for m in merged)
+    served = "decoder_cross_kv_model.onnx + decoder_with_past_model.onnx (first step)"
+    assert set(diffs) == {*GRAPHS, *merged, served}  # both merged branches and OnnxT5's first step checked too
+    assert all(diffs[m]["logits"] < 1e-4 for m in (*merged, served))
     assert diffs["decoder_model.onnx"]["logits"] < 1e-4 and diffs["decoder_with_past_model.onnx"]["logits"] < 1e-4
     assert meta["validation"]["batch"] >= 3 and meta["validation"]["first_decoder_length"] > 1
-    graphs = [*GRAPHS, "decoder_model_merged.onnx"]
+    graphs = [*GRAPHS, "decoder_model_merged.onnx", "decoder_cross_kv_model.onnx"]
     assert set(meta["file_bytes"]) == {*graphs, *(f"{g}_data" for g in graphs)}  # each graph's weights: its own file
     # every weight of the with-past graph is one of the first step's: the merged graph holds no more bytes
     assert meta["file_bytes"]["decoder_model_merged.onnx_data"] == meta["file_bytes"]["decoder_model.onnx_data"]
@@ -81,6 +85,22 @@ def test_merged_decoder_computes_the_logits_once_after_its_branches(exported):
     for branch in (a.g for a in if_node.attribute):
         assert not any(top[0].input[1] in n.input for n in branch.node)  # no branch reads the lm_head weight
         assert "logits" not in {o.name.split("/")[-1] for o in branch.output}
+
+
+def test_cross_kv_graph_holds_what_the_with_past_graph_lacks_and_nothing_else(exported):
+    """OnnxT5 serves the first step from decoder_cross_kv_model.onnx and the with-past graph: together they hold the
+    first-step graph's weights, each once."""
+    import onnx
+
+    def weights(name: str) -> dict[str, int]:
+        graph = onnx.load(str(exported.onnx_dir / name), load_external_data=False).graph
+        return {t.name: int(np.prod(t.dims)) for t in graph.initializer if len(t.dims) >= 2}
+
+    cross, with_past, first = (weights(g) for g in ("decoder_cross_kv_model.onnx", "decoder_with_past_model.onnx",
+                                                     "decoder_model.onnx"))
+    layers = exported.model.config.num_decoder_layers
+    assert len(cross) == 2 * layers  # a key and a value projection per layer
+    assert sum(cross.values()) + sum(with_past.values()) == sum(first.values())
 
 
 def test_failed_validation_names_graph_and_output_and_leaves_nothing(tied, tmp_path, monkeypatch):

@@ -254,19 +254,26 @@ def test_loading_returns_the_heap_it_freed(tied, monkeypatch):
     assert calls == [1]
 
 
-def test_merged_decoder_is_what_runs_and_a_folder_without_it_decodes_the_same(tied, tmp_path, batch):
-    """The export writes decoder_model_merged.onnx (each decoder weight once) and OnnxT5 runs both steps on it; an
-    older export, with only the two decoder graphs, still loads and decodes the same greedy and beam tokens."""
+def test_with_past_graph_serves_both_steps_and_older_folders_decode_the_same(tied, tmp_path, batch):
+    """OnnxT5 runs the first step on the with-past graph and decoder_cross_kv_model.onnx (each decoder weight once,
+    no branches); an export without that graph serves from the merged decoder, one without either from the two
+    decoder graphs: all decode transformers' greedy and beam tokens."""
+    from export.runtime.first_step import FirstStep
     from export.runtime.merged import Branch
 
-    merged = OnnxT5.from_pretrained(tied.onnx_dir)
-    assert isinstance(merged.decoder, Branch) and merged.decoder.session is merged.decoder_with_past.session
-    older = tmp_path / "older"
-    shutil.copytree(tied.onnx_dir, older, ignore=shutil.ignore_patterns("decoder_model_merged*"))
-    separate = OnnxT5.from_pretrained(older)
-    assert not isinstance(separate.decoder, Branch)
+    served = OnnxT5.from_pretrained(tied.onnx_dir)
+    assert isinstance(served.decoder, FirstStep) and served.decoder.with_past is served.decoder_with_past
+    assert set(served.files) == {"encoder_model.onnx", "decoder_cross_kv_model.onnx", "decoder_with_past_model.onnx"}
+    merged, separate = tmp_path / "merged", tmp_path / "separate"
+    shutil.copytree(tied.onnx_dir, merged, ignore=shutil.ignore_patterns("decoder_cross_kv*"))
+    shutil.copytree(tied.onnx_dir, separate,
+                    ignore=shutil.ignore_patterns("decoder_cross_kv*", "decoder_model_merged*"))
+    models = [served, OnnxT5.from_pretrained(merged), OnnxT5.from_pretrained(separate)]
+    assert isinstance(models[1].decoder, Branch)
+    assert models[1].decoder.session is models[1].decoder_with_past.session
+    assert not isinstance(models[2].decoder, Branch | FirstStep)
     ids, mask = batch(LENGTHS)
     for kwargs in ({"max_new_tokens": 10}, BEAM["beam3"]):
         want = _reference(tied.model, ids, mask, **kwargs)
-        np.testing.assert_array_equal(merged.generate(ids, mask, **kwargs), want)
-        np.testing.assert_array_equal(separate.generate(ids, mask, **kwargs), want)
+        for model in models:
+            np.testing.assert_array_equal(model.generate(ids, mask, **kwargs), want)

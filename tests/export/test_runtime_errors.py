@@ -16,7 +16,8 @@ import torch
 
 from export import OnnxT5
 from export.layout import (
-    DECODER_MERGED,
+    CROSS_KV,
+    DECODER,
     DECODER_WITH_PAST,
     ENCODER,
     EXPORT_ID_KEY,
@@ -123,9 +124,9 @@ def test_export_meta_with_an_incomplete_model_shape_is_refused(folder):
 
 def test_graph_not_listed_in_export_meta_is_refused(folder):
     meta = read_meta(folder)
-    del meta[FILES_KEY][DECODER_MERGED]  # the decoder fp32 serves with
+    del meta[FILES_KEY][CROSS_KV]  # the first step serves with it
     write_meta(folder, meta)
-    with pytest.raises(ValueError, match=rf"{DECODER_MERGED} is not listed in {META_FILE}"):
+    with pytest.raises(ValueError, match=rf"{CROSS_KV} is not listed in {META_FILE}"):
         OnnxT5.from_pretrained(folder)
 
 
@@ -151,8 +152,8 @@ def test_corrupt_graph_that_onnxruntime_cannot_load_is_named(folder):
 def test_graph_from_another_export_of_the_same_shape_is_refused(whole, folder, tmp_path):
     other = Path(shutil.copytree(whole, tmp_path / "other"))
     restamp(other, uuid.uuid4().hex)  # another export of a model of the same shape
-    # the merged decoder serves by default; IO binding runs the two graphs
-    for graph, io_binding in ((DECODER_MERGED, None), (DECODER_WITH_PAST, True)):
+    # the cross-attention K/V graph serves the first step by default; IO binding runs the first-step graph
+    for graph, io_binding in ((CROSS_KV, None), (DECODER, True)):
         shutil.copy(other / graph, folder / graph)
         assert (folder / graph).stat().st_size == read_meta(folder)[FILES_KEY][graph]["bytes"]
         with pytest.raises(ValueError, match=rf"{graph} belongs to another export.*mixes files of different "
@@ -165,7 +166,7 @@ def test_export_meta_of_another_export_is_refused(whole, folder, tmp_path):
     restamp(other, uuid.uuid4().hex)
     shutil.copy(other / META_FILE, folder / META_FILE)
     with pytest.raises(ValueError, match=r"encoder_model.onnx belongs to another export .*; "
-                                         r"decoder_model_merged.onnx belongs to another export"):
+                                         r"decoder_cross_kv_model.onnx belongs to another export"):
         OnnxT5.from_pretrained(folder)
     with pytest.raises(ValueError, match=r"encoder_model.onnx belongs to another export .*; decoder_model.onnx "
                                          r"belongs to another export .*; decoder_with_past_model.onnx belongs"):
@@ -188,8 +189,9 @@ def test_graph_without_export_id_is_refused(folder):
 
 
 @pytest.mark.parametrize("key, value, match", [
-    ("num_decoder_layers", 3, r"8 present outputs, where num_decoder_layers 3 needs 12"),
-    ("num_heads", 4, r"past_key_values.0.decoder.key has heads 2, the model 4"),
+    # the first decoder graph checked is decoder_cross_kv_model.onnx: each layer's cross-attention key and value
+    ("num_decoder_layers", 3, r"4 present outputs, where num_decoder_layers 3 needs 6"),
+    ("num_heads", 4, r"present.0.encoder.key has heads 2, the model 4"),
     ("d_kv", 8, r"d_kv 16, the model 8"),
     ("vocab_size", 50, r"output logits has vocabulary 48, the model 50"),
     ("d_model", 64, r"last_hidden_state has d_model 32, the model 64"),
