@@ -1,5 +1,5 @@
 # The toolkit that makes T5 fast. Every target that runs Python creates the virtual environment first.
-# Variables: make distill CONFIG=configs/distill/sft.yaml, make export MODEL=... OUT=..., make eval EVAL_CONFIG=...
+# Variables: make distill CONFIG=configs/distill/pseudo-mixed-6-3.yaml, make export MODEL=... OUT=..., make eval EVAL_CONFIG=...
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -15,7 +15,7 @@ TEACHER_CONFIG ?= configs/train/teacher.yaml
 PSEUDO ?= data/pseudo/teacher-beam4
 PSEUDO_MIXED ?= data/pseudo/teacher-beam4-mixed
 MATRIX ?= configs/distill/matrix/recipes.yaml
-CONFIG ?= configs/distill/sft.yaml
+CONFIG ?= configs/distill/pseudo-mixed-6-3.yaml
 MODEL ?= runs/distill/student
 OUT ?= runs/export/student
 REPO_ID ?=
@@ -24,10 +24,10 @@ RESULTS ?= runs/eval/default/results.json
 GRID ?= default
 LIMIT ?=
 
-.PHONY: help setup data tokenizer teacher teacher-score distill distill-best distill-matrix distill-profile pseudo-labels pseudo-labels-mixed export bench-export eval publish bench bench-spec bench-gpu demo test test-fast lint
+.PHONY: help setup data tokenizer teacher teacher-score distill distill-best distill-best-6-2 distill-matrix distill-profile pseudo-labels pseudo-labels-mixed export bench-export eval publish bench bench-spec bench-gpu demo test test-fast lint
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
 
 $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -56,29 +56,39 @@ teacher-score: data  ## score the teacher (greedy) on the test split into its me
 	$(PY) -m distill.score --model $(TEACHER) --data $(DATA) --split test --extra-references fr_darby \
 		--out $(TEACHER)/metrics.json
 
-# a config that trains on the pseudo-labels needs them first
-distill: data $(if $(shell grep -s data/pseudo $(CONFIG)),$(PSEUDO)/manifest.json)  ## shrink and fine-tune a student (CONFIG=configs/distill/{pseudo,sft,kd}.yaml)
+# the pseudo-labels a config trains on, built first (from the committed labels file: seconds)
+LABELS = $(if $(shell grep -sE 'path: $(PSEUDO)([[:space:]]|$$)' $(CONFIG)),$(PSEUDO)/manifest.json) \
+	$(if $(shell grep -s 'path: $(PSEUDO_MIXED)' $(CONFIG)),$(PSEUDO_MIXED)/manifest.json)
+distill: data $(LABELS)  ## shrink and fine-tune a student (CONFIG=configs/distill/{pseudo-mixed-6-3,sft,kd}.yaml)
 	$(PY) -m distill fit --config $(CONFIG) --ckpt_path last
 
-# the best-measured student in two phases: the default recipe for 6,000 steps, then every weight for 3,000 more from
-# its last step (each phase resumes from its last checkpoint when interrupted)
-distill-best: data  ## the best-measured 6->2 student (runs/distill/student-sft-unfreeze), two long training phases
+# the best-measured student in two phases: the default recipe (make distill), then every weight trained from its last
+# step (each phase resumes from its last checkpoint when interrupted; a finished phase 1 is not run again)
+distill-best: data $(PSEUDO_MIXED)/manifest.json  ## the best-measured student (runs/distill/student-best): make distill, then every weight
+	$(PY) -m distill fit --config configs/distill/pseudo-mixed-6-3.yaml --ckpt_path last
+	$(PY) -m distill.checkpoint --ckpt runs/distill/pseudo-mixed-6-3/checkpoints/last.ckpt \
+		--out runs/distill/student-pseudo-mixed-6-3-last
+	$(PY) -m distill fit --config configs/distill/pseudo-mixed-6-3-all.yaml --ckpt_path last
+
+# the best 6->2 student: SFT frozen for 6,000 steps, then every weight for 3,000 more (2 h 11 min here)
+distill-best-6-2: data  ## the best-measured 6->2 student (runs/distill/student-sft-unfreeze), two long training phases
 	$(PY) -m distill fit --config configs/distill/sft-long.yaml --ckpt_path last
 	$(PY) -m distill.checkpoint --ckpt runs/distill/sft-long/checkpoints/last.ckpt --out runs/distill/student-sft-long-last
 	$(PY) -m distill fit --config configs/distill/sft-unfreeze.yaml --ckpt_path last
 
 # the committed teacher's labels are kept in $(TEACHER)/pseudo-labels-beam4.jsonl.gz (beam search over every training
 # source is slow to redo); they are reused only while the teacher's weights, the training sources and the settings are
-# the ones they came from
+# the ones they came from. Otherwise OnnxT5 makes them (export.labels: transformers' tokens, faster), from the
+# teacher's export in runs/export/teacher
 $(PSEUDO)/manifest.json: $(DATA)/manifest.json $(TEACHER)/model.safetensors
-	$(PY) -m distill.pseudo --teacher $(TEACHER) --data $(DATA) --out $(PSEUDO) \
+	$(PY) -m export.labels --teacher $(TEACHER) --data $(DATA) --out $(PSEUDO) \
 		--labels $(TEACHER)/pseudo-labels-beam4.jsonl.gz
 
 pseudo-labels: $(PSEUDO)/manifest.json  ## the teacher's beam-4 outputs for the training inputs (data/pseudo/teacher-beam4)
 
 # the same labels (from the committed labels file) with every human target kept beside them
 $(PSEUDO_MIXED)/manifest.json: $(DATA)/manifest.json $(TEACHER)/model.safetensors
-	$(PY) -m distill.pseudo --teacher $(TEACHER) --data $(DATA) --out $(PSEUDO_MIXED) \
+	$(PY) -m export.labels --teacher $(TEACHER) --data $(DATA) --out $(PSEUDO_MIXED) \
 		--labels $(TEACHER)/pseudo-labels-beam4.jsonl.gz --mix-gold
 
 pseudo-labels-mixed: $(PSEUDO_MIXED)/manifest.json  ## pseudo-labels and gold targets, each source twice
@@ -87,8 +97,8 @@ pseudo-labels-mixed: $(PSEUDO_MIXED)/manifest.json  ## pseudo-labels and gold ta
 distill-matrix: data $(PSEUDO_MIXED)/manifest.json  ## the recipe matrix: minutes and test BLEU per recipe (runs/matrix)
 	$(PY) -m distill.matrix --matrix $(MATRIX) --workdir runs/matrix
 
-distill-profile: data  ## steps/s and a step's breakdown: the default recipe against its cached successor
-	$(PY) -m bench.step_profile --config configs/distill/sft.yaml --config configs/distill/sft-cached.yaml --steps 40
+distill-profile: data $(PSEUDO_MIXED)/manifest.json  ## steps/s and a step's breakdown: the former default (sft.yaml) against the default
+	$(PY) -m bench.step_profile --config configs/distill/sft.yaml --config configs/distill/pseudo-mixed-6-3.yaml --steps 40
 
 export: setup  ## export a model to ONNX with KV cache, fp32 and int8 (MODEL=... OUT=...)
 	$(PY) -m export --model $(MODEL) --out $(OUT) --int8

@@ -28,24 +28,33 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from distill.data import DataConfig, encode, load_split
 from distill.errors import DataError, UserError, at_least_one, cli_errors
 from distill.files import check_output, replace_dir
-from distill.generation_torch import torch_generate_texts
+from distill.generation import Generate, generate_texts
+from distill.generation_torch import torch_generate
 from distill.models import inference_device, load_t5, load_tokenizer
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
+# an engine: (teacher, num_beams, max_new_tokens) -> `generate(ids, mask) -> ids`, made only when labels must be made
+Engine = Callable[[str, int, int], Generate]
+GENERATE_TOKENS = 8192  # padded source tokens times beams per generate call
+
 
 def make_pseudo_labels(teacher: str, data: DataConfig, out: Path, num_beams: int = 4, max_new_tokens: int = 256,
                        chunk: int = 1000, limit: int | None = None, labels_file: Path | None = None,
-                       mix_gold: bool = False) -> Path:
+                       mix_gold: bool = False, engine: Engine | None = None) -> Path:
     """Write the pseudo-label dataset of `teacher` on `data` to `out`, reusing `labels_file` or a partial run when they
-    match; returns `out`. With `mix_gold`, each training row is followed by its original (human) row."""
+    match; returns `out`. With `mix_gold`, each training row is followed by its original (human) row.
+
+    `engine`: what generates the labels when they must be (None: transformers' `generate`); another engine must give
+    the same tokens, since the labels file and a partial run are reused whichever engine made them."""
     check_output(out, inputs=(data.path, teacher, labels_file))  # before hours of generation: refusals first
     for name, value in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens), ("chunk", chunk)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -63,7 +72,8 @@ def make_pseudo_labels(teacher: str, data: DataConfig, out: Path, num_beams: int
                    "sources_sha256": _sources_sha256(train, data), "rows": len(train)}
     labels = _read_labels(labels_file, fingerprint) if labels_file else None
     if labels is None:
-        labels = _generate(teacher, train, data, out, settings, num_beams, max_new_tokens, chunk)
+        labels = _generate(teacher, train, data, out, settings, num_beams, max_new_tokens, chunk,
+                           engine or torch_engine)
         if labels_file:
             _write_labels(labels_file, fingerprint, labels)
     _write_dataset(train, labels, data, out, settings, mix_gold)
@@ -75,20 +85,28 @@ def _partial(out: Path) -> Path:
     return out.parent / f".{out.name}.train.partial.jsonl"
 
 
+def torch_engine(teacher: str, num_beams: int, max_new_tokens: int) -> Generate:
+    """transformers' `generate` on the teacher: the reference engine."""
+    return torch_generate(load_t5(teacher).to(inference_device()).eval(), num_beams, max_new_tokens)
+
+
 def _generate(teacher: str, train: Dataset, data: DataConfig, out: Path, settings: dict, num_beams: int,
-              max_new_tokens: int, chunk: int) -> list[str]:
-    model, tokenizer = load_t5(teacher).to(inference_device()), load_tokenizer(teacher)
+              max_new_tokens: int, chunk: int, engine: Engine) -> list[str]:
+    tokenizer = load_tokenizer(teacher)
     encoded = encode(train, tokenizer, data, max_source_length=512, max_target_length=512)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = _partial(out)
     labels = _resume(partial, settings)[:len(encoded)]
+    generate: Generate | None = None  # the engine starts (loads or exports the teacher) only if a label is missing
     if not labels:
         partial.write_text(json.dumps({"settings": settings}, ensure_ascii=False) + "\n", encoding="utf-8")
     with open(partial, "a", encoding="utf-8") as f:
         for start in range(len(labels), len(encoded), chunk):
             print(f"pseudo-labels {start}/{len(encoded)}", file=sys.stderr, flush=True)
-            outputs = torch_generate_texts(model, tokenizer, encoded.sources[start:start + chunk], num_beams,
-                                           max_new_tokens)
+            generate = generate or engine(teacher, num_beams, max_new_tokens)
+            outputs = generate_texts(generate, lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True),
+                                     encoded.sources[start:start + chunk], tokenizer.pad_token_id,
+                                     max_tokens=GENERATE_TOKENS, num_beams=num_beams, progress=True)
             for text in outputs:
                 f.write(json.dumps({"label": text}, ensure_ascii=False) + "\n")
             f.flush()
@@ -227,8 +245,9 @@ def _relabel(row: dict, target: str, label: str) -> dict:
     return row
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(description: str | None = __doc__) -> argparse.ArgumentParser:
+    """The command line of `python -m distill.pseudo`, which `python -m export.labels` extends."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--data", default="data/bible")
     parser.add_argument("--name", default=None)
@@ -243,11 +262,20 @@ def main(argv: list[str] | None = None) -> None:
                         help="a .jsonl.gz of the labels alone: reused when it matches, else (re)written")
     parser.add_argument("--mix-gold", action="store_true",
                         help="keep every training row's human target too, as a second row after the teacher's")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: argparse.Namespace, engine: Engine | None = None) -> Path:
+    """`make_pseudo_labels` with the parsed command line of `arguments`."""
     data = DataConfig(args.data, args.name, args.source_column, args.target_column, [], args.task_prefix)
+    return make_pseudo_labels(args.teacher, data, args.out, args.num_beams, args.max_new_tokens, limit=args.limit,
+                              labels_file=args.labels, mix_gold=args.mix_gold, engine=engine)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = arguments().parse_args(argv)
     with cli_errors("python -m distill.pseudo"):
-        out = make_pseudo_labels(args.teacher, data, args.out, args.num_beams, args.max_new_tokens, limit=args.limit,
-                                 labels_file=args.labels, mix_gold=args.mix_gold)
+        out = run(args)
     print(f"wrote {out}")
 
 

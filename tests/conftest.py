@@ -77,3 +77,20 @@ def tokenizer_dir(tmp_path_factory, dataset_dir) -> Path:
     rows = load_split(DataConfig(path=str(dataset_dir)), "train")
     sentences = ["translate English to French: " + r["en"] for r in rows] + [r["fr"] for r in rows]
     return train_tokenizer(sentences, tmp_path_factory.mktemp("tok") / "tokenizer", vocab_size=96)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, tokenizer_dir) -> Path:
+    """A tiny random teacher with the test tokenizer, for pseudo-labels (`distill.pseudo`, `export.labels`)."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from distill.models import load_tokenizer
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=96, d_model=16, d_ff=32, d_kv=4, num_heads=4, num_layers=2, num_decoder_layers=2,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, dropout_rate=0.0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher"
+    T5ForConditionalGeneration(config).save_pretrained(path)
+    load_tokenizer(str(tokenizer_dir)).save_pretrained(path)
+    return path
