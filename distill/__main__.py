@@ -1,7 +1,7 @@
 """Train or fine-tune a T5 with Lightning, configured by YAML (LightningCLI).
 
     python -m distill fit --config configs/train/teacher.yaml --ckpt_path last          # make teacher
-    python -m distill fit --config configs/distill/sft.yaml --ckpt_path last      # make distill
+    python -m distill fit --config configs/distill/pseudo-mixed-6-3.yaml --ckpt_path last   # make distill
     python -m distill fit --config configs/train/teacher.yaml --print_config       # every option, with its value
 
 `--ckpt_path last` resumes from the last checkpoint when there is one (a fresh run otherwise). After `fit`, the best

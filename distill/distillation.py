@@ -1,6 +1,6 @@
 """Shrink-and-fine-tune, knowledge distillation and pseudo-label training of a T5 student, as one Lightning module.
 
-    python -m distill fit --config configs/distill/sft.yaml --ckpt_path last     # make distill
+    python -m distill fit --config configs/distill/pseudo-mixed-6-3.yaml --ckpt_path last   # make distill
 
 The student is built from the teacher by `distill.student.make_student` (maximally spaced layers) unless `student`
 names a folder made beforehand. The training loss is
