@@ -252,7 +252,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
         for graph in GRAPHS:  # before the validation, so that the bytes checked are the bytes kept
             stamp_export_id(staged / graph, export_id)
         diffs = validate(model, staged, specs, check)
-        merge_decoders(staged, DECODER, DECODER_WITH_PAST, DECODER_MERGED)  # what the runtime loads: weights once
+        merge_decoders(staged, DECODER, DECODER_WITH_PAST, DECODER_MERGED)  # what transformers.js and optimum load
         diffs |= validate(model, staged, specs, check, merged=DECODER_MERGED)
         write_cross_kv(staged, DECODER, CROSS_KV)  # what OnnxT5 serves the first step with, beside the with-past graph
         diffs |= validate(model, staged, specs, check, cross_kv=CROSS_KV)

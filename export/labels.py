@@ -1,4 +1,4 @@
-"""Pseudo-labels made by OnnxT5 instead of transformers: the same beam-search tokens, in a fraction of the time.
+"""Pseudo-labels made by OnnxT5 instead of transformers: the same beam-search tokens, faster (docs/recipes.md).
 
     python -m export.labels --teacher models/teacher --data data/bible --out data/pseudo/teacher-beam4 \\
         --labels models/teacher/pseudo-labels-beam4.jsonl.gz --onnx runs/export/teacher

@@ -123,9 +123,11 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
         for i in range(n_layers):
             own, cross = cache.self_attention_cache.layers[i], cache.cross_attention_cache.layers[i]
             want += [own.keys, own.values, cross.keys, cross.values]
-        session: Any = Branch(one, use_cache=False) if one else _session(folder, DECODER, specs)
+        session: Any
         if cross_kv:
             session = FirstStep(_session(folder, cross_kv, specs, CROSS_KV), _session(folder, DECODER_WITH_PAST, specs))
+        else:
+            session = Branch(one, use_cache=False) if one else _session(folder, DECODER, specs)
         got = session.run(None, {"input_ids": first.numpy(), "encoder_attention_mask": np_["attention_mask"],
                                  "encoder_hidden_states": hidden.numpy()})
         _compare(labels[DECODER], list(specs[DECODER].outputs), got, want, check, diffs,

@@ -32,6 +32,7 @@ class FirstStep(GraphLike):
             self._outputs += [own[f"present.{i}.decoder.key"], own[f"present.{i}.decoder.value"],
                               cross[f"present.{i}.encoder.key"], cross[f"present.{i}.encoder.value"]]
         self._output_names = [o.name for o in self._outputs]
+        self._cross_names, self._own_names = list(cross), list(own)
         self._inputs = [i for i in with_past.get_inputs() if not i.name.startswith("past_key_values.")]
         self._inputs += cross_kv.get_inputs()
         # the self-attention past of length 0: (rows, heads, 0, d_kv)
@@ -41,8 +42,7 @@ class FirstStep(GraphLike):
 
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray],
             run_options: ort.RunOptions | None = None) -> list[np.ndarray]:
-        cross_names = [o.name for o in self.cross_kv.get_outputs()]
-        cross = dict(zip(cross_names, self.cross_kv.run(cross_names, {
+        cross = dict(zip(self._cross_names, self.cross_kv.run(self._cross_names, {
             "encoder_hidden_states": feed["encoder_hidden_states"]}, run_options), strict=True))
         rows = feed["input_ids"].shape[0]
         step = {"input_ids": feed["input_ids"], "encoder_attention_mask": feed["encoder_attention_mask"]}
@@ -50,6 +50,6 @@ class FirstStep(GraphLike):
             step[name] = np.zeros((rows, heads, 0, d_kv), np.float32)
         for name, value in cross.items():
             step[name.replace("present.", "past_key_values.", 1)] = value
-        own = [o.name for o in self.with_past.get_outputs()]
-        results = dict(zip(own, self.with_past.run(own, step, run_options), strict=True)) | cross
+        results = dict(zip(self._own_names, self.with_past.run(self._own_names, step, run_options), strict=True))
+        results |= cross
         return [results[name] for name in (output_names or self._output_names)]
