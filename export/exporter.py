@@ -79,7 +79,7 @@ from export.resources import predict, require
 from export.runtime import OnnxT5
 from export.runtime.model import quantized_kind
 from export.trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graphs
-from export.validate import Validation, validate
+from export.validate import Validation, reference, validate
 
 
 def _copy_tokenizer(source: str, staged: Path, vocab_size: int, required: bool) -> list[str]:
@@ -122,7 +122,7 @@ def encoder_digest(model: Any) -> str:
         "relative_attention_num_buckets", "relative_attention_max_distance")]).encode())
     for name, tensor in sorted(model.get_encoder().state_dict().items()):
         digest.update(f"{name}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().float().contiguous().numpy().tobytes())
+        digest.update(tensor.detach().float().contiguous().numpy())  # its buffer: no copy of the embedding
     return digest.hexdigest()
 
 
@@ -251,22 +251,25 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
         specs = export_graphs(model, staged, opset)
         for graph in GRAPHS:  # before the validation, so that the bytes checked are the bytes kept
             stamp_export_id(staged / graph, export_id)
-        diffs = validate(model, staged, specs, check)
-        merge_decoders(staged, DECODER, DECODER_WITH_PAST, DECODER_MERGED)  # what transformers.js and optimum load
-        diffs |= validate(model, staged, specs, check, merged=DECODER_MERGED)
-        write_cross_kv(staged, DECODER, CROSS_KV)  # what OnnxT5 serves the first step with, beside the with-past graph
-        diffs |= validate(model, staged, specs, check, cross_kv=CROSS_KV)
+        cases = reference(model, check)  # PyTorch's outputs, computed before onnxruntime loads any graph
         model.config.save_pretrained(staged)
         model.generation_config.save_pretrained(staged)
         facts = ModelFacts(model.config, model.lm_head.weight is model.shared.weight, encoder_digest(model))
-        del model  # the weights are in the graphs now: quantizing and the int8 check need only those
+        # the weights are in the graphs now: the validation, quantizing and the int8 check need only those, and the
+        # torch weights and an onnxruntime session never hold memory together
+        del model
         gc.collect()
+        diffs = validate(cases, staged, specs, check)
+        merge_decoders(staged, DECODER, DECODER_WITH_PAST, DECODER_MERGED)  # what transformers.js and optimum load
+        diffs |= validate(cases, staged, specs, check, merged=DECODER_MERGED)
+        write_cross_kv(staged, DECODER, CROSS_KV)  # what OnnxT5 serves the first step with, beside the with-past graph
+        diffs |= validate(cases, staged, specs, check, cross_kv=CROSS_KV)
         tokenizer_files = _copy_tokenizer(tokenizer or model_name_or_dir, staged, facts.config.vocab_size,
                                           require_tokenizer)
         int8_meta = None
         if int8:
             excluded = quantize(staged, keep)
-            for graph in GRAPHS:  # quantize_dynamic keeps metadata_props; this makes sure of it
+            for graph in GRAPHS:  # the quantizer keeps metadata_props; this makes sure of it
                 stamp_export_id(staged / quantized_name(graph), export_id)
             # the two int8 decoders merged as the fp32 ones: quantizing is deterministic, so a weight both hold has
             # the same int8 bytes and scale in each, and is kept once

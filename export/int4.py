@@ -7,7 +7,7 @@ scale and a 4-bit zero point; with accuracy_level 4 (`ACCURACY_LEVEL`) onnxrunti
 per block inside the MatMul and multiplies with int8 kernels.
 
 What stays int8 or fp32, and why:
-- the token embeddings' Gather: int8, as --int8 makes it (`quantize_dynamic`, a first pass). A 4-bit Gather
+- the token embeddings' Gather: int8, as --int8 makes it (`export.dynamic_int8`, a first pass). A 4-bit Gather
   (GatherBlockQuantized) needs opset 21's int4 type: the quantizer then raises the graph's opset from 17 to 21, where
   ReduceMean takes its axes as an input, and onnxruntime refuses the graph (T5's RMS layer norm uses ReduceMean). The
   TorchScript exporter writes opset 20 at most.
@@ -29,6 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from export.dynamic_int8 import quantize_graph as quantize_int8
 from export.errors import ExportError
 from export.external import move_graph
 from export.layout import GRAPHS, quantized_name
@@ -94,18 +95,14 @@ def quantize_graph(source: Path, target: Path, block_size: int = DEFAULT_BLOCK_S
 
     `accuracy_level` is MatMulNBits' (0: weights dequantized to fp32; 4: activations quantized to int8); only the
     level benchmark (`bench.int4_levels`) sets anything but `ACCURACY_LEVEL`."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     nbits = _nbits_quantizer()
     kept = excluded_nodes(source, (*keep_fp32, *keep_int8), bias_gathers=False)
     work = target.parent / f".int4-{target.name}"
     (work / "q4").mkdir(parents=True)
-    # int8 first: quantize_dynamic infers the graph's types with onnx, which knows no MatMulNBits (com.microsoft) and
-    # would warn about every tensor after one
+    # the int8 pass first (the embeddings, keep_int8), then the 4-bit pass over its graph
     int8 = _int8_nodes(source, keep_int8)
-    if int8:  # an empty list would tell quantize_dynamic to quantize every node
-        quantize_dynamic(source, work / "int8.onnx", op_types_to_quantize=list(INT8_OPS), weight_type=QuantType.QInt8,
-                         nodes_to_quantize=int8, use_external_data_format=True)
+    if int8:
+        quantize_int8(source, work / "int8.onnx", INT8_OPS, only=int8)
     config = nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=SYMMETRIC,
                                                 accuracy_level=accuracy_level, op_types_to_quantize=OP_TYPES)
     # every MatMul with a constant weight but the kept ones (the int8 ones are MatMulInteger nodes now)

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from export.dynamic_int8 import quantize_graph
 from export.errors import ExportError
-from export.external import move_graph
 from export.layout import GRAPHS, quantized_name
 from export.runtime import OnnxT5
 from export.trace import example_batch
@@ -38,21 +38,13 @@ def quantize(folder: Path, keep_fp32: tuple[str, ...] = ()) -> dict[str, list[st
     TorchScript decoders give `lm_head` its own initializer; on the dynamo export the tied table is shared, and
     quantizing its Gather made `lm_head` dequantize the whole matrix every step. The 32 x heads
     relative-attention-bias Gathers stay fp32. `keep_fp32` names modules whose MatMuls stay fp32 (e.g. lm_head, wo).
-    Each int8 graph gets a data file of its own, as the fp32 ones have.
+    Each int8 graph gets a data file of its own, as the fp32 ones have. The graphs are those onnxruntime's
+    `quantize_dynamic` writes, written a weight at a time (`export.dynamic_int8`).
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     excluded = {}
     for graph in GRAPHS:
         excluded[graph] = excluded_nodes(folder / graph, keep_fp32)
-        # written alone in a folder of its own: the quantizer names its data file after its output
-        # (`.onnx.data`), which `move_graph` renames to the folder's naming
-        work = folder / f".quantize-{graph}"
-        work.mkdir()
-        quantize_dynamic(folder / graph, work / quantized_name(graph), op_types_to_quantize=list(INT8_OPS),
-                         weight_type=QuantType.QInt8, nodes_to_exclude=excluded[graph] or None,
-                         use_external_data_format=True)
-        move_graph(work / quantized_name(graph), folder / quantized_name(graph))
+        quantize_graph(folder / graph, folder / quantized_name(graph), INT8_OPS, exclude=excluded[graph])
     for name in keep_fp32:
         if not any(name in node.split("/") for nodes in excluded.values() for node in nodes):
             raise ExportError(f"--int8-keep-fp32 names {name!r}, but no MatMul node belongs to a module of that name "

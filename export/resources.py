@@ -2,10 +2,11 @@
 
 A t5-3b export needs tens of GB of memory and disk: finding out after twenty minutes of tracing, from the kernel's
 OOM killer or a full disk, is what this avoids. The prediction follows what `export` holds at its peak (see
-docs/architecture.md, "Export memory"): while the graphs are traced and validated, the torch weights plus one
-onnxruntime session (the largest graph's weights); later, the torch weights freed, the quantizer's copies of the
-largest graph (`QUANTIZE_COPIES` of it, fp32, and the int8 result; for --int4 the same int8 pass over the embeddings,
-then `NBITS_COPIES` of its result).
+docs/architecture.md, "Export memory"), one stage at a time: the torch weights while the graphs are traced and
+PyTorch's reference outputs computed (`TORCH_SHARE` of them); then, those freed, one onnxruntime session at a time
+for the validation (`SESSION_SHARE` of the largest graph's weights); the int8 graphs, written a weight at a time
+(`export.dynamic_int8`); the int8 check's OnnxT5 (the fp32 weights served once, `TORCH_SHARE` covers it); for --int4,
+`NBITS_COPIES` of the graph the 4-bit quantizer loads.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 from distill.sizes import weight_counts
 from export.errors import ExportError
 
-# onnxruntime's quantize_dynamic holds its fp32 input about 3.5 times: the graph it loaded, a deep copy saved and
-# re-loaded for shape inference (onnx_quantizer.py, dynamic mode), the weights as numpy while each is quantized
-# (measured: 4.9 GB for mt5-small's 1.1 GB decoder, 8.0 GB for mt5-base's 2.0 GB, with the int8 result)
-QUANTIZE_COPIES = 3.5
+# the torch weights with the trace's and the reference outputs' activations (t5-3b: 2.0 GB over its 11.4 GB of
+# weights, the baseline included), or OnnxT5 serving the fp32 graphs (1.02-1.07x): measured with `python -m bench.sizes`
+TORCH_SHARE = 1.15
+# an onnxruntime session while it loads a graph: the pages of the mapped data file it reads and the MatMul weights it
+# prepacks (measured: 1.5 GB over the torch weights for mt5-small's 1.1 GB first-step decoder)
+SESSION_SHARE = 1.5
 # MatMulNBitsQuantizer holds the fp32 graph it loaded, the 4-bit weights beside it until the end, and one weight at a
 # time as numpy: measured 1.43x on a 200 MB graph of MatMul weights
 NBITS_COPIES = 1.5
@@ -63,12 +66,11 @@ def predict(fields: dict[str, Any], int8: bool, keep_fp32: tuple[str, ...], int4
     weights = 4 * weight_counts(fields).total
     graphs = graph_bytes(fields)
     largest = max(graphs.values())
-    memory = weights + largest
+    memory = int(max(TORCH_SHARE * weights, SESSION_SHARE * largest))
     disk = sum(graphs.values()) + graphs["decoder"] + largest  # the merged decoder holds the decoder's weights once
     if int8:
         kept = _kept_fraction(fields, keep_fp32)
         int8_bytes = {name: int(size * (kept + (1 - kept) / 4)) for name, size in graphs.items()}
-        memory = max(memory, int(QUANTIZE_COPIES * largest) + max(int8_bytes.values()))
         disk += sum(int8_bytes.values()) + int8_bytes["decoder"]
     if int4:
         # shares of the decoder graph's weights (the largest graph): kept fp32, int8 (the embedding, keep_int8), 4-bit
@@ -78,7 +80,7 @@ def predict(fields: dict[str, Any], int8: bool, keep_fp32: tuple[str, ...], int4
         q4_bytes = {name: int(size * (fp32 + int8_share / 4 + rest * q4_bytes_per_weight(block_size) / 4))
                     for name, size in graphs.items()}
         between = int(largest * (1 - 0.75 * int8_share))  # after the int8 pass, before the 4-bit one
-        memory = max(memory, int(QUANTIZE_COPIES * largest) + between, int(NBITS_COPIES * between))
+        memory = max(memory, int(NBITS_COPIES * between))
         # its work file (`between`) is smaller than the largest graph that `disk` counts once more
         disk += sum(q4_bytes.values()) + q4_bytes["decoder"]
     return Needs(memory + BASELINE_BYTES, disk, weights)

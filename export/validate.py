@@ -54,11 +54,21 @@ class Validation:
         return self.atol + self.rtol * scale
 
 
-def _compare(graph: str, names: list[str], got: list[np.ndarray], want: list[torch.Tensor], check: Validation,
+@dataclass
+class Case:
+    """One call of a graph and what PyTorch gives for it: the graph (its spec's name), the inputs, the outputs in the
+    graph's order, and where in the check it is (for the messages)."""
+
+    graph: str
+    feed: dict[str, np.ndarray]
+    want: list[np.ndarray]
+    where: str
+
+
+def _compare(graph: str, names: list[str], got: list[np.ndarray], want: list[np.ndarray], check: Validation,
              diffs: dict[str, dict[str, float]], where: str) -> None:
     """Record the max |diff| of each output of `graph` in `diffs`; ExportError for a shape or a diff out of bounds."""
-    for name, g, w in zip(names, got, want, strict=True):
-        ref = w.detach().float().numpy()
+    for name, g, ref in zip(names, got, want, strict=True):
         if g.shape != ref.shape:
             raise ExportError(f"{graph}: output {name!r} has shape {list(g.shape)} in onnxruntime but "
                               f"{list(ref.shape)} in PyTorch ({where}). The export is wrong; nothing was written.")
@@ -88,34 +98,25 @@ def _session(folder: Path, file: str, specs: dict[str, GraphSpec], graph: str | 
     return sess
 
 
-def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Validation,
-             merged: str | None = None, cross_kv: str | None = None) -> dict[str, dict[str, float]]:
-    """Run each graph in onnxruntime and `model` in PyTorch on the same inputs; the max |diff| per graph and output.
+def _numpy(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    return [t.detach().float().numpy().copy() for t in tensors]
 
-    Every graph gets PyTorch's inputs (the reference cache, not onnxruntime's), so a difference points at one graph.
-    Raises ExportError naming the graph, the output and the difference when one exceeds the tolerance.
-    `merged`: the file of a merged decoder (`export.merge`) to check instead, both branches on the same inputs as the
-    two graphs (the encoder is not checked again). `cross_kv`: the file of a cross-attention K/V graph
-    (`export.cross_kv`) to check instead, the first step alone, through it and the with-past graph as the runtime
-    serves it (`FirstStep`).
-    """
+
+def reference(model: Any, check: Validation) -> list[Case]:
+    """What the graphs must compute, from `model` in PyTorch: the encoder, a first decoder step, then steps on the
+    cache (one token per call, then several at once, then with several beams per input).
+
+    Computed before any graph runs, so that the export can free the torch weights before onnxruntime loads a graph:
+    the two never hold memory together. Every call gets PyTorch's inputs (its encoder output, its cache), so a
+    difference points at one graph."""
     n_layers = model.config.num_decoder_layers
     np_ = example_batch(model.config, check.enc_lengths, check.first_decoder_length + check.past_steps
                        + check.new_tokens, check.seed)
     ids, mask, dec = (torch.from_numpy(np_[k]) for k in ("input_ids", "attention_mask", "decoder_input_ids"))
-    diffs: dict[str, dict[str, float]] = {}
     with torch.no_grad():
         hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        if merged is None and cross_kv is None:
-            got = _session(folder, ENCODER, specs).run(None, {"input_ids": np_["input_ids"],
-                                                              "attention_mask": np_["attention_mask"]})
-            _compare(ENCODER, ["last_hidden_state"], got, [hidden], check, diffs, "on the padded validation batch")
-        one = _session(folder, merged, specs, DECODER_MERGED) if merged else None
-        labels = {g: f"{merged} ({g.removesuffix('.onnx')} branch)" if merged else g for g in (DECODER,
-                                                                                            DECODER_WITH_PAST)}
-        if cross_kv:
-            labels[DECODER] = f"{cross_kv} + {DECODER_WITH_PAST} (first step)"
-
+        cases = [Case(ENCODER, {"input_ids": np_["input_ids"], "attention_mask": np_["attention_mask"]},
+                      _numpy([hidden]), "on the padded validation batch")]
         first = dec[:, :check.first_decoder_length]
         out = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=first, use_cache=True)
         cache = out.cache
@@ -123,46 +124,32 @@ def validate(model: Any, folder: Path, specs: dict[str, GraphSpec], check: Valid
         for i in range(n_layers):
             own, cross = cache.self_attention_cache.layers[i], cache.cross_attention_cache.layers[i]
             want += [own.keys, own.values, cross.keys, cross.values]
-        session: Any
-        if cross_kv:
-            session = FirstStep(_session(folder, cross_kv, specs, CROSS_KV), _session(folder, DECODER_WITH_PAST, specs))
-        else:
-            session = Branch(one, use_cache=False) if one else _session(folder, DECODER, specs)
-        got = session.run(None, {"input_ids": first.numpy(), "encoder_attention_mask": np_["attention_mask"],
-                                 "encoder_hidden_states": hidden.numpy()})
-        _compare(labels[DECODER], list(specs[DECODER].outputs), got, want, check, diffs,
-                f"at the first step with {check.first_decoder_length} decoder tokens")
-        if cross_kv:  # the steps on the cache are the with-past graph's, checked already
-            return diffs
-
+        cases.append(Case(DECODER, {"input_ids": first.numpy(), "encoder_attention_mask": np_["attention_mask"],
+                                    "encoder_hidden_states": hidden.numpy()}, _numpy(want),
+                          f"at the first step with {check.first_decoder_length} decoder tokens"))
         # one token per call (greedy and beam steps), then several at once (a draft's verification: causal among
         # the new tokens and over the past)
         position = check.first_decoder_length
-        with_past = Branch(one, use_cache=True) if one else _session(folder, DECODER_WITH_PAST, specs)
         for count in [1] * check.past_steps + [check.new_tokens]:
             tokens = dec[:, position:position + count]
             position += count
-            cache = _check_with_past(model, with_past, labels[DECODER_WITH_PAST], specs, check, diffs, hidden, mask,
-                                     tokens, cache, beams=1)
-
+            case, cache = _with_past(model, hidden, mask, tokens, cache, beams=1)
+            cases.append(case)
         # beam search's layout: sequences are the beams of each input, the encoder side stays one row per input;
         # PyTorch gets the encoder side repeated per beam, as transformers' beam search does
         rng = np.random.default_rng(check.seed + 1)
         for count in (1, check.new_tokens):
             tokens = torch.from_numpy(rng.integers(2, model.config.vocab_size, (len(check.enc_lengths) * check.beams,
                                                                                   count)))
-            _check_with_past(model, with_past, labels[DECODER_WITH_PAST], specs, check, diffs, hidden, mask, tokens,
-                             cache, beams=check.beams)
-    return diffs
+            cases.append(_with_past(model, hidden, mask, tokens, cache, beams=check.beams)[0])
+    return cases
 
 
-def _check_with_past(model: Any, session: ort.InferenceSession | Branch, label: str, specs: dict[str, GraphSpec],
-                     check: Validation,
-                     diffs: dict[str, dict[str, float]], hidden: torch.Tensor, mask: torch.Tensor,
-                     tokens: torch.Tensor, cache: Any, beams: int) -> Any:
-    """decoder_with_past on `tokens` (rows * beams, n) over PyTorch's `cache` (one row per input) against the model;
-    returns PyTorch's grown cache. With `beams` > 1 the graph gets the encoder side once per input, PyTorch gets
-    everything repeated per beam."""
+def _with_past(model: Any, hidden: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor, cache: Any,
+               beams: int) -> tuple[Case, Any]:
+    """decoder_with_past's call on `tokens` (rows * beams, n) over PyTorch's `cache` (one row per input), and
+    PyTorch's grown cache. With `beams` > 1 the graph gets the encoder side once per input, PyTorch gets everything
+    repeated per beam."""
     n_layers = model.config.num_decoder_layers
     layers = cache.self_attention_cache.layers, cache.cross_attention_cache.layers
     feed = {"input_ids": tokens.numpy(), "encoder_attention_mask": mask.numpy()}
@@ -179,8 +166,44 @@ def _check_with_past(model: Any, session: ort.InferenceSession | Branch, label: 
     want = [out.logits]
     for own in out.cache.self_attention_cache.layers:
         want += [own.keys, own.values]
-    got = session.run(None, feed)
     where = f"with {tokens.shape[1]} new token(s) at past length {past_len}"
-    _compare(label, list(specs[DECODER_WITH_PAST].outputs), got, want, check, diffs,
-             where + (f", {beams} beams per input sharing its cross-attention K/V" if beams > 1 else ""))
-    return out.cache
+    if beams > 1:
+        where += f", {beams} beams per input sharing its cross-attention K/V"
+    return Case(DECODER_WITH_PAST, feed, _numpy(want), where), out.cache
+
+
+def validate(cases: list[Case], folder: Path, specs: dict[str, GraphSpec], check: Validation,
+             merged: str | None = None, cross_kv: str | None = None) -> dict[str, dict[str, float]]:
+    """Run each graph in onnxruntime on the `cases` (`reference`); the max |diff| per graph and output.
+
+    Raises ExportError naming the graph, the output and the difference when one exceeds the tolerance.
+    `merged`: the file of a merged decoder (`export.merge`) to check instead, both branches on the same inputs as the
+    two graphs (the encoder is not checked again). `cross_kv`: the file of a cross-attention K/V graph
+    (`export.cross_kv`) to check instead, the first step alone, through it and the with-past graph as the runtime
+    serves it (`FirstStep`).
+    """
+    diffs: dict[str, dict[str, float]] = {}
+    if merged is None and cross_kv is None:
+        case = next(c for c in cases if c.graph == ENCODER)
+        got = _session(folder, ENCODER, specs).run(None, case.feed)
+        _compare(ENCODER, list(specs[ENCODER].outputs), got, case.want, check, diffs, case.where)
+    one = _session(folder, merged, specs, DECODER_MERGED) if merged else None
+    labels = {g: f"{merged} ({g.removesuffix('.onnx')} branch)" if merged else g for g in (DECODER,
+                                                                                        DECODER_WITH_PAST)}
+    session: Any
+    if cross_kv:
+        labels[DECODER] = f"{cross_kv} + {DECODER_WITH_PAST} (first step)"
+        session = FirstStep(_session(folder, cross_kv, specs, CROSS_KV), _session(folder, DECODER_WITH_PAST, specs))
+    else:
+        session = Branch(one, use_cache=False) if one else _session(folder, DECODER, specs)
+    for case in (c for c in cases if c.graph == DECODER):
+        _compare(labels[DECODER], list(specs[DECODER].outputs), session.run(None, case.feed), case.want, check,
+                 diffs, case.where)
+    if cross_kv:  # the steps on the cache are the with-past graph's, checked already
+        return diffs
+    del session
+    with_past = Branch(one, use_cache=True) if one else _session(folder, DECODER_WITH_PAST, specs)
+    for case in (c for c in cases if c.graph == DECODER_WITH_PAST):
+        _compare(labels[DECODER_WITH_PAST], list(specs[DECODER_WITH_PAST].outputs), with_past.run(None, case.feed),
+                 case.want, check, diffs, case.where)
+    return diffs

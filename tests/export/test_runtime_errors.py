@@ -25,6 +25,7 @@ from export.layout import (
     GRAPH_EXPORT_ID,
     META_FILE,
     MODEL_KEY,
+    data_name,
 )
 
 LENGTHS = [9, 6, 3, 8, 1]
@@ -248,14 +249,15 @@ def test_token_ids_from_config_json_are_checked_at_load(folder):
 
 
 def test_verify_finds_a_changed_file_of_the_same_size(folder):
-    graph = folder / DECODER_WITH_PAST
-    data = bytearray(graph.read_bytes())
+    weights = folder / data_name(DECODER_WITH_PAST)
+    data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF  # a byte of a weight: the graph still loads, with another weight
-    graph.write_bytes(bytes(data))
+    weights.write_bytes(bytes(data))
     model = OnnxT5.from_pretrained(folder)  # the cheap checks cannot see it
-    with pytest.raises(ValueError, match=rf"{DECODER_WITH_PAST} differs from what the export wrote \(sha256\)"):
+    with pytest.raises(ValueError, match=rf"{data_name(DECODER_WITH_PAST)} differs from what the export wrote "
+                                         r"\(sha256\)"):
         model.verify()
-    with pytest.raises(ValueError, match=rf"{DECODER_WITH_PAST} differs.*Copy the folder again whole, or "
+    with pytest.raises(ValueError, match=rf"{data_name(DECODER_WITH_PAST)} differs.*Copy the folder again whole, or "
                                          rf"{REEXPORT}"):
         OnnxT5.from_pretrained(folder, verify=True)
 
