@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from export.layout import data_name
-from export.weights import ALIGN, tensor_blocks
+from export.weights import DataFile, tensor_blocks
 
 BLOCK_BYTES = 64 << 20  # fp32 bytes of a weight read, quantized and written at a time
 
@@ -59,39 +59,10 @@ def _float_rows(folder: Path, tensor: Any) -> Iterator[np.ndarray]:
             yield block
 
 
-class _Writer:
-    """The new graph's initializers: big tensors appended to its data file (page-aligned, as `export.weights`
-    writes them), scalars inline."""
-
-    def __init__(self, data: Path):
-        self.data, self.offset, self.file = data, 0, open(data, "wb")  # noqa: SIM115 - closed by `close`
-        self.initializers: list[Any] = []
-
-    def append(self, name: str, dims: Iterable[int], data_type: int, blocks: Iterable[bytes]) -> None:
-        import onnx
-
-        self.offset = -(-self.offset // ALIGN) * ALIGN
-        self.file.seek(self.offset)
-        length = 0
-        for block in blocks:
-            self.file.write(block)
-            length += len(block)
-        tensor = onnx.TensorProto(name=name, dims=list(dims), data_type=data_type)
-        for key, value in (("location", self.data.name), ("offset", str(self.offset)), ("length", str(length))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        self.initializers.append(tensor)
-        self.offset += length
-
-    def close(self) -> None:
-        self.file.truncate(self.offset)
-        self.file.close()
-
-
-def _quantize_tensor(folder: Path, tensor: Any, qtype: int, symmetric: bool, writer: _Writer) -> tuple[str, str, str]:
-    """Append `tensor` quantized to `qtype` (one scale and zero point) to `writer`: onnxruntime's numbers and names
-    (`{name}_quantized`, `{name}_scale`, `{name}_zero_point`), two passes over the data file (range, then values)."""
+def _quantize_tensor(folder: Path, tensor: Any, qtype: int, symmetric: bool, data: DataFile) -> list[Any]:
+    """`tensor` quantized to `qtype` (one scale and zero point), its values appended to `data`: the initializers
+    `{name}_quantized`, `{name}_scale` and `{name}_zero_point`, onnxruntime's numbers and names; two passes over the
+    source's data file (range, then values)."""
     import onnx
     from onnxruntime.quantization.quant_utils import compute_data_quant_params, quantize_nparray
 
@@ -100,13 +71,10 @@ def _quantize_tensor(folder: Path, tensor: Any, qtype: int, symmetric: bool, wri
         low, high = min(low, block.min()), max(high, block.max())
     # the parameters of the whole tensor depend only on its minimum and maximum, which these two values share
     zero_point, scale = compute_data_quant_params(np.array([low, high], dtype=np.float32), qtype, symmetric)
-    names = (tensor.name + "_quantized", tensor.name + "_scale", tensor.name + "_zero_point")
-    writer.append(names[0], tensor.dims, qtype,
-                  (quantize_nparray(qtype, block, scale, zero_point).tobytes()
-                   for block in _float_rows(folder, tensor)))
-    writer.initializers += [onnx.helper.make_tensor(names[1], tensor.data_type, [], scale.reshape(-1).tolist()),
-                            onnx.helper.make_tensor(names[2], qtype, [], zero_point.reshape(-1).tolist())]
-    return names
+    values = data.append(tensor.name + "_quantized", tensor.dims, qtype,
+                         (quantize_nparray(qtype, block, scale, zero_point) for block in _float_rows(folder, tensor)))
+    return [values, onnx.helper.make_tensor(tensor.name + "_scale", tensor.data_type, [], scale.reshape(-1).tolist()),
+            onnx.helper.make_tensor(tensor.name + "_zero_point", qtype, [], zero_point.reshape(-1).tolist())]
 
 
 def quantize_graph(source: Path, target: Path, op_types: Iterable[str] = ("MatMul", "Gather"),
@@ -123,7 +91,8 @@ def quantize_graph(source: Path, target: Path, op_types: Iterable[str] = ("MatMu
     only = None if only is None else set(only)
     tensors = {t.name: t for t in graph.initializer}
     floats = {name for name, t in tensors.items() if t.data_type == onnx.TensorProto.FLOAT}
-    writer = _Writer(target.with_name(data_name(target.name)))
+    data = DataFile(target.with_name(data_name(target.name)))
+    initializers: list[Any] = []
     quantized: dict[str, tuple[int, tuple[str, str, str]]] = {}  # weight -> its type, (values, scale, zero point)
     activations: dict[str, tuple[str, str, str]] = {}  # tensor -> its DynamicQuantizeLinear outputs
     nodes, done, dequantized = [], [], []
@@ -134,7 +103,9 @@ def quantize_graph(source: Path, target: Path, op_types: Iterable[str] = ("MatMu
                 raise ValueError(f"{source}: {name} is read both by a MatMul and by a Gather; quantize_dynamic would "
                                  "give both the same quantized tensor, which this module does not reproduce")
             return quantized[name][1]
-        quantized[name] = qtype, _quantize_tensor(source.parent, tensors[name], qtype, symmetric, writer)
+        made = _quantize_tensor(source.parent, tensors[name], qtype, symmetric, data)
+        initializers.extend(made)
+        quantized[name] = qtype, (made[0].name, made[1].name, made[2].name)
         return quantized[name][1]
 
     def wanted(node: Any) -> bool:
@@ -183,18 +154,19 @@ def quantize_graph(source: Path, target: Path, op_types: Iterable[str] = ("MatMu
         kept = [t for t in graph.initializer if t.name in read]  # the fp32 tensors something still reads
         for tensor in kept:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                writer.append(tensor.name, tensor.dims, tensor.data_type, tensor_blocks(source.parent, tensor))
+                initializers.append(data.append(tensor.name, tensor.dims, tensor.data_type,
+                                                tensor_blocks(source.parent, tensor)))
             else:
-                writer.initializers.append(tensor)
+                initializers.append(tensor)
     except BaseException:
-        writer.close()
-        writer.data.unlink(missing_ok=True)  # nothing half-written is left beside the graphs
+        data.close()
+        data.path.unlink(missing_ok=True)  # nothing half-written is left beside the graphs
         raise
-    writer.close()
+    data.close()
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.initializer[:]
-    graph.initializer.extend(writer.initializers)
+    graph.initializer.extend(initializers)
     onnx.save_model(model, str(target))
-    os.chmod(writer.data, os.stat(target).st_mode & 0o777)
+    os.chmod(data.path, os.stat(target).st_mode & 0o777)
     return done

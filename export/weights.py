@@ -29,17 +29,35 @@ ALIGN = 4096  # each tensor starts on a page, so that onnxruntime can map it in 
 CHUNK_BYTES = 64 << 20  # a transposed weight is written this much at a time: never a whole copy of lm_head in memory
 
 
-def _tensor_proto(name: str, shape: tuple[int, ...], dtype: torch.dtype, nbytes: int, location: str,
-                  offset: int) -> Any:
-    import onnx
+class DataFile:
+    """A graph's data file, written a tensor at a time: each tensor appended page-aligned, its initializer (pointing
+    at its bytes) returned. `close` cuts the file at its last byte."""
 
-    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
-    tensor = onnx.TensorProto(name=name, dims=list(shape), data_type=onnx.helper.np_dtype_to_tensor_dtype(np_dtype))
-    for key, value in (("location", location), ("offset", str(offset)), ("length", str(nbytes))):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
-    tensor.data_location = onnx.TensorProto.EXTERNAL
-    return tensor
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by `close`
+
+    def append(self, name: str, dims: Any, data_type: int, blocks: Any) -> Any:
+        """Write `blocks` (bytes-like, in order) as tensor `name` (`dims`, onnx `data_type`); its initializer."""
+        import onnx
+
+        self.offset = -(-self.offset // ALIGN) * ALIGN
+        self.file.seek(self.offset)
+        length = 0
+        for block in blocks:
+            self.file.write(block)
+            length += memoryview(block).nbytes
+        tensor = onnx.TensorProto(name=name, dims=list(dims), data_type=data_type)
+        for key, value in (("location", self.path.name), ("offset", str(self.offset)), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        self.offset += length
+        return tensor
+
+    def close(self) -> None:
+        self.file.truncate(self.offset)
+        self.file.close()
 
 
 def _is_plain_transpose(node: Any) -> bool:
@@ -63,25 +81,20 @@ def attach_weights(path: Path, module: torch.nn.Module) -> int:
         for name in node.input:
             if name in consumers:
                 consumers[name].append(node)
-    data = path.with_name(data_name(path.name))
-    offset = 0
+    data = DataFile(path.with_name(data_name(path.name)))
     dropped = []
-    with open(data, "wb") as out:
-        def write(name: str, tensor: torch.Tensor) -> None:
-            """Append `tensor` (a transposed view is copied a block of rows at a time) as initializer `name`."""
-            nonlocal offset
-            tensor = tensor.detach()
-            offset = -(-offset // ALIGN) * ALIGN
-            out.seek(offset)
-            rows = max(1, CHUNK_BYTES // max(1, tensor[0].numel() * tensor.element_size())) if tensor.ndim else 1
-            for start in range(0, max(1, len(tensor)) if tensor.ndim else 1, rows):
-                block = tensor[start:start + rows] if tensor.ndim else tensor
-                block.contiguous().numpy().tofile(out)
-            nbytes = tensor.numel() * tensor.element_size()
-            graph.initializer.append(_tensor_proto(name, tuple(tensor.shape), tensor.dtype, nbytes, data.name,
-                                                   offset))
-            offset += nbytes
 
+    def write(name: str, tensor: torch.Tensor) -> None:
+        """Append `tensor` (a transposed view is copied a block of rows at a time) as initializer `name`."""
+        tensor = tensor.detach()
+        rows = max(1, CHUNK_BYTES // max(1, tensor[0].numel() * tensor.element_size())) if tensor.ndim else 1
+        blocks = ((tensor[start:start + rows] if tensor.ndim else tensor).contiguous().numpy()
+                  for start in range(0, max(1, len(tensor)) if tensor.ndim else 1, rows))
+        np_dtype = torch.empty((), dtype=tensor.dtype).numpy().dtype
+        graph.initializer.append(data.append(name, tuple(tensor.shape),
+                                             onnx.helper.np_dtype_to_tensor_dtype(np_dtype), blocks))
+
+    try:
         for value in used:
             tensor = params[value.name]
             nodes = consumers[value.name]
@@ -94,14 +107,15 @@ def attach_weights(path: Path, module: torch.nn.Module) -> int:
                 for node in transposes[1:]:
                     _rename_input(graph, node.output[0], kept)
                 dropped += transposes
-        out.truncate(offset)
+    finally:
+        data.close()
     for node in dropped:
         graph.node.remove(node)
     for value in used:
         graph.input.remove(value)
     onnx.save_model(model, str(path))
-    os.chmod(data, os.stat(path).st_mode & 0o777)
-    return offset
+    os.chmod(data.path, os.stat(path).st_mode & 0o777)
+    return data.offset
 
 
 def _rename_input(graph: Any, old: str, new: str) -> None:
@@ -145,27 +159,19 @@ def copy_weights(folder: Path, sources: dict[str, Any], data: Path) -> tuple[lis
     import onnx
 
     initializers = []
-    offset = 0
-    with open(data, "wb") as out_file:
+    out = DataFile(data)
+    try:
         for name, tensor in sources.items():
-            copy = onnx.TensorProto()
-            copy.CopyFrom(tensor)
-            copy.name = name
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                offset = -(-offset // ALIGN) * ALIGN
-                out_file.seek(offset)
-                length = 0
-                for block in tensor_blocks(folder, tensor):
-                    out_file.write(block)
-                    length += len(block)
-                del copy.external_data[:]
-                for field, text in (("location", data.name), ("offset", str(offset)), ("length", str(length))):
-                    entry = copy.external_data.add()
-                    entry.key, entry.value = field, text
-                offset += length
-            initializers.append(copy)
-        out_file.truncate(offset)
-    return initializers, offset
+                initializers.append(out.append(name, tensor.dims, tensor.data_type, tensor_blocks(folder, tensor)))
+            else:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(tensor)
+                copy.name = name
+                initializers.append(copy)
+    finally:
+        out.close()
+    return initializers, out.offset
 
 
 def save_derived(base: Any, graph: Any, folder: Path, name: str, like: str) -> None:
