@@ -6,12 +6,13 @@ decoder with past reads for all of that input's beams; only the self-attention c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from export.runtime.columns import first_width, widened
-from export.runtime.processors import log_softmax_, process_logits, softmax
+from export.runtime.processors import process_logits, softmax
 from export.runtime.settings import Resolved
 from export.runtime.steps import DecoderSteps
 from export.runtime.topk import topk
@@ -19,10 +20,12 @@ from export.runtime.topk import topk
 NEG = np.float32(-1.0e9)  # transformers' beam search marks impossible candidates with -1e9, in float32
 
 
-def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolved) -> np.ndarray:
+def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolved,
+                log_softmax: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """`s.num_return_sequences` best beams per input, laid out as transformers returns them; arrays are
     (batch, beams, ...). Beams that end early are filled with pad_token_id, or with the first EOS id when the pad id
-    is 0 (transformers 5.x)."""
+    is 0 (transformers 5.x). `log_softmax`: (rows, vocabulary) float32 logits -> a new array of their log-softmax
+    (onnxruntime's: `log_softmax.py`)."""
     batch, beams, max_length = mask.shape[0], s.num_beams, s.max_length
     rng = np.random.default_rng(s.seed)
     fill = (s.pad or int(s.eos[0])) if s.eos.size else -1  # transformers 5.x: `pad or eos[0]`: EOS when pad is 0
@@ -50,28 +53,9 @@ def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolve
             width = min(max_length, 2 * cur_len)
             running, sequences = widened(running, width, fill), widened(sequences, width, fill)
             running_idx, beam_idx_out = widened(running_idx, width - 1, -1), widened(beam_idx_out, width - 1, -1)
-        flat = running[:, :, :cur_len].reshape(batch * beams, cur_len)
         logits = logits.astype(np.float32, copy=False)
-        if not logits.flags.writeable:
-            logits = logits.copy()
-        log_probs = process_logits(log_softmax_(logits), flat, s, beam=True)  # logits: fresh each step, ours to change
-        vocab = log_probs.shape[-1]
-        log_probs = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
-
-        # top-k continuations over all beams (sampled without replacement with do_sample)
-        if s.do_sample:
-            probs = softmax(log_probs.astype(np.float64))
-            left = int(np.min(np.count_nonzero(probs, axis=1)))
-            if left < keep:  # transformers' torch.multinomial fails here too
-                raise ValueError(f"OnnxT5.generate: beam sampling draws {keep} candidates per step without "
-                                 f"replacement, but top_k/top_p and the other settings left {left} tokens with a "
-                                 "non-zero probability: raise top_p (or top_k), or use fewer beams.")
-            top_idx = np.stack([rng.choice(p.size, size=keep, replace=False, p=p) for p in probs])
-            top_lp = np.take_along_axis(log_probs, top_idx, axis=1)
-            order = np.argsort(-top_lp, axis=1, kind="stable")
-            top_lp, top_idx = np.take_along_axis(top_lp, order, 1), np.take_along_axis(top_idx, order, 1)
-        else:
-            top_lp, top_idx = topk(log_probs, keep)
+        vocab = logits.shape[-1]
+        top_lp, top_idx = _candidates(logits, running[:, :, :cur_len], running_scores, s, keep, rng, log_softmax)
         from_beam = top_idx // vocab
         top_seqs = np.take_along_axis(running, from_beam[:, :, None], axis=1)
         top_seqs[:, :, cur_len] = top_idx % vocab
@@ -122,3 +106,29 @@ def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolve
     returned = sequences[:, :n_ret].reshape(batch * n_ret, -1)
     generated = int(np.max(np.sum(beam_idx_out[:, :n_ret].reshape(batch * n_ret, -1) != -1, axis=1)))
     return returned[:, :1 + generated]
+
+
+def _candidates(logits: np.ndarray, running: np.ndarray, running_scores: np.ndarray, s: Resolved, keep: int,
+                rng: np.random.Generator, log_softmax: Callable[[np.ndarray], np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The `keep` continuations of each input's beams (batch, keep): log-probabilities after processing plus the beam
+    scores, and their indices into beams x vocabulary; the best, or sampled without replacement with do_sample, in
+    descending order. `running`: the (batch, beams, length) sequences so far; `logits` float32."""
+    batch, beams, cur_len = running.shape
+    vocab = logits.shape[-1]
+    log_probs = process_logits(log_softmax(logits), running.reshape(batch * beams, cur_len), s, beam=True)
+    log_probs = log_probs.reshape(batch, beams, vocab)
+    log_probs += running_scores[:, :, None]  # in place: log_softmax's output is a new array
+    log_probs = log_probs.reshape(batch, -1)
+    if not s.do_sample:
+        return topk(log_probs, keep)
+    probs = softmax(log_probs.astype(np.float64))
+    left = int(np.min(np.count_nonzero(probs, axis=1)))
+    if left < keep:  # transformers' torch.multinomial fails here too
+        raise ValueError(f"OnnxT5.generate: beam sampling draws {keep} candidates per step without "
+                         f"replacement, but top_k/top_p and the other settings left {left} tokens with a "
+                         "non-zero probability: raise top_p (or top_k), or use fewer beams.")
+    top_idx = np.stack([rng.choice(p.size, size=keep, replace=False, p=p) for p in probs])
+    top_lp = np.take_along_axis(log_probs, top_idx, axis=1)
+    order = np.argsort(-top_lp, axis=1, kind="stable")
+    return np.take_along_axis(top_lp, order, 1), np.take_along_axis(top_idx, order, 1)

@@ -40,6 +40,7 @@ from export.runtime.folder import (
 )
 from export.runtime.greedy import greedy_search
 from export.runtime.inputs import checked_inputs
+from export.runtime.log_softmax import LogSoftmax
 from export.runtime.merged import Branch
 from export.runtime.sessions import return_freed_heap, session_options, shrink_after_run
 from export.runtime.settings import Settings, read_json_object, resolve, settings_from_file
@@ -161,6 +162,7 @@ class OnnxT5:
         self._once = shrink_after_run()  # for the encoder and the first step, which run once per call
         self.dtype = "fp32"  # set by `_load` from the files it loaded
         self.bound: BoundSteps | None = None  # the IO-binding steps, when loaded with io_binding (`bind`)
+        self._log_softmax: LogSoftmax | None = None  # beam search's, made by the first one
 
     def bind(self, providers: list[Any]) -> None:
         """Run `generate` through IO binding: the cache and the encoder output stay on the providers' device."""
@@ -408,7 +410,9 @@ class OnnxT5:
         steps = self.bound or self  # IO binding: hidden states and K/V stay OrtValues on the provider's device
         hidden = steps.encode(ids, mask)
         if s.num_beams > 1:
-            return beam_search(steps, hidden, mask, s)
+            if self._log_softmax is None:
+                self._log_softmax = LogSoftmax()
+            return beam_search(steps, hidden, mask, s, self._log_softmax)
         if s.num_return_sequences > 1:
             rows = np.repeat(np.arange(mask.shape[0]), s.num_return_sequences)
             hidden, mask = steps.take_rows([hidden], rows)[0], mask[rows]

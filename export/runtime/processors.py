@@ -1,4 +1,4 @@
-"""transformers' logits processors and warpers, in transformers' order, on numpy scores; softmax and log-softmax.
+"""transformers' logits processors and warpers, in transformers' order, on numpy scores; softmax.
 
 Scores are (N, vocabulary) float32, sequences (N, current length) int64.
 """
@@ -56,10 +56,3 @@ def softmax(x: np.ndarray) -> np.ndarray:
     z = np.exp(x - np.max(x, axis=-1, keepdims=True))
     return z / np.sum(z, axis=-1, keepdims=True)
 
-
-def log_softmax_(x: np.ndarray) -> np.ndarray:
-    """log-softmax of float32 `x` over its last axis, written into `x` (the same float32 operations, in the same order,
-    as computing it into new arrays: one temporary instead of three per step)."""
-    x -= np.max(x, axis=-1, keepdims=True)
-    x -= np.log(np.sum(np.exp(x), axis=-1, keepdims=True))
-    return x

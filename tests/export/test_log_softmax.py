@@ -1,0 +1,34 @@
+"""Beam search's log-softmax in onnxruntime: the committed graph is the one its builder makes, and it computes what
+torch computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.log_softmax_graph import GRAPH_FILE, build
+from export.runtime.log_softmax import GRAPH, LogSoftmax
+
+
+def test_the_committed_graph_is_the_one_the_builder_makes():
+    """export/runtime/log_softmax.onnx ships with the runtime (which cannot build it: no onnx there); regenerate it
+    with `python -m export.log_softmax_graph` when this fails."""
+    assert GRAPH == GRAPH_FILE
+    assert onnx.load(str(GRAPH)) == build()
+
+
+@pytest.mark.parametrize("rows, vocab", [(1, 7), (4, 8000), (128, 32128)])
+def test_log_softmax_matches_torch_and_leaves_its_input(rows, vocab):
+    logits = (np.random.default_rng(rows).standard_normal((rows, vocab)) * 4).astype(np.float32)
+    logits[0, 0] = -np.inf  # a token a processor removed before: stays -inf, the rest of its row is unaffected
+    before = logits.copy()
+    got = LogSoftmax()(logits)
+    want = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+    assert got.dtype == np.float32 and got.shape == (rows, vocab)
+    assert np.array_equal(np.isneginf(got), np.isneginf(want))
+    finite = np.isfinite(want)
+    assert np.abs(got[finite] - want[finite]).max() < 1e-5
+    assert np.array_equal(logits, before, equal_nan=True)
+    got[0, 1] = 0.0  # beam search adds the beam scores in place: the output is an array of its own
