@@ -23,9 +23,12 @@ median of at least `--repeats` calls, more until `--min-seconds` of calls. Three
 1. probe: every configuration on two cells, batch 1 greedy and batch 8 beam 4 (input 64);
 2. the rest of the grid for torch fp32 and for each configuration within 1.3x of its family's fastest on a probe cell
    (`--no-prune`: all of them): one 1.3x slower than a sibling at both ends is not its family's best anywhere;
-3. the cells whose verdict (OnnxT5 at its best against the best peer) lies within 1.25x either way are measured again,
-   the two configurations that made it in the reverse order, and each keeps its lower median: a verdict rests on two
-   runs, not on one process that the machine happened to slow.
+3. the cells whose verdict (OnnxT5 at its best against the best peer) lies within 1.25x either way are measured again
+   in `--recheck-rounds` more rounds, the two configurations that made it in alternating order (the reverse of the
+   first stage, then the first order again, ...), each in a fresh process, and each keeps its lowest median: a
+   verdict rests on several runs, not on one process that the machine happened to slow. (On the 2-core development
+   machine one configuration's median moved by up to 2x between processes a minute apart; the machine's slow spells
+   only ever add time.)
 Outputs are compared with torch fp32's, cell by cell (share of equal tokens), so that none wins by decoding something
 else. For each of our exports `bench.floor` measures the time per token at batch 1 greedy against
 the memory-bandwidth floor. Written to bench/results/: results.json, results.md (goals, best per cell, every
@@ -90,7 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="more timed calls until they add up to this (default %(default)s)")
     parser.add_argument("--max-repeats", type=at_least_one, default=30)
     parser.add_argument("--recheck-repeats", type=int, default=5,
-                        help="timed calls of the second round on close verdicts (0: no second round)")
+                        help="timed calls per cell in each further round on close verdicts (0: no further rounds)")
+    parser.add_argument("--recheck-rounds", type=int, default=2,
+                        help="further rounds on close verdicts, alternating the order (default %(default)s)")
     parser.add_argument("--no-floor", action="store_true", help="skip the bandwidth-floor measurement")
     parser.add_argument("--no-prune", dest="prune", action="store_false",
                         help="run every configuration on the whole grid, not only those the probe cells keep")
@@ -101,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--optimum-python", type=Path, default=Path(".venv-optimum/bin/python"),
                         help="python of the optimum venv (make bench creates it)")
     args = parser.parse_args(argv)
+    if args.recheck_repeats < 0 or args.recheck_rounds < 0:
+        parser.error("--recheck-repeats and --recheck-rounds must be 0 or more")
     args.models = [m for m in args.models.split(",") if m]
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
@@ -147,14 +154,18 @@ def measure_model(name: str, folder: Path, args: argparse.Namespace, tmp: Path) 
 
 
 def recheck(results: dict[str, Any], args: argparse.Namespace, tmp: Path) -> None:
-    """The second round: the close verdicts' two configurations again on those cells, in the reverse order."""
-    for name, model in results["models"].items():
-        again = close_calls(model)
-        config = json.loads((Path(model["path"]) / "config.json").read_text())
-        for c in reversed([BY_NAME[n] for n in again]):
-            out = run_config(c, name, model["folders"][c.folder], [list(k) for k in again[c.name]], model["inputs"],
-                             args, config, tmp, repeats=args.recheck_repeats)
-            merge_recheck(model, c.name, out, args.new_tokens)
+    """The further rounds: the close verdicts' two configurations again on those cells, the reverse order first, then
+    alternating; each round asks again which verdicts are close (one that a round settled is not measured again)."""
+    for round_ in range(args.recheck_rounds):
+        for name, model in results["models"].items():
+            again = close_calls(model)
+            config = json.loads((Path(model["path"]) / "config.json").read_text())
+            order = [BY_NAME[n] for n in again]
+            for c in reversed(order) if round_ % 2 == 0 else order:
+                out = run_config(c, name, model["folders"][c.folder], [list(k) for k in again[c.name]],
+                                 model["inputs"], args, config, tmp, repeats=args.recheck_repeats)
+                merge_recheck(model, c.name, out, args.new_tokens)
+        summarize(results)
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -167,6 +178,7 @@ def run(argv: list[str] | None = None) -> None:
         "command": f"{PROG} " + " ".join(argv if argv is not None else sys.argv[1:]),
         "environment": environment(args.threads), "threads": args.threads, "new_tokens": args.new_tokens,
         "repeats": args.repeats, "min_seconds": args.min_seconds, "recheck_repeats": args.recheck_repeats,
+        "recheck_rounds": args.recheck_rounds,
         "grids": GRIDS, "venvs": venvs, "configs": {c.name: asdict(c) for c in args.configs}, "models": {}}
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +188,6 @@ def run(argv: list[str] | None = None) -> None:
         summarize(results)
         if args.recheck_repeats:
             recheck(results, args, Path(tmp))
-            summarize(results)
     results["goals"] = goals(results)
     results["seconds"] = time.perf_counter() - start
     for model in results["models"].values():  # the tokens served their purpose (agreement); keep the file small

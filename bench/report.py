@@ -184,9 +184,9 @@ def render(results: dict[str, Any]) -> str:
     lines = [f"# make bench, {results['created']}", "",
              f"{env['cpu']}, {results['threads']} threads; {results['new_tokens']} new tokens forced (min = max); "
              f"per cell the median of at least {results['repeats']} timed calls (more until {results['min_seconds']} s "
-             f"of calls), after one untimed call; cells whose verdict lay within {CLOSE}x were measured again in a "
-             "second round and keep each configuration's lower median. Ratios: other latency / OnnxT5's (> 1: "
-             "OnnxT5 faster).", ""]
+             f"of calls), after one untimed call; cells whose verdict lay within {CLOSE}x were measured again, in "
+             f"up to {results.get('recheck_rounds', 1)} more rounds in alternating order, and keep each "
+             "configuration's lowest median. Ratios: other latency / OnnxT5's (> 1: OnnxT5 faster).", ""]
     lines += ["## Goals", "", markdown_table(
         ["goal", "measured", "target", "met"],
         [[g["goal"], g["ratio"], g["target"], None if g["met"] is None else ("yes" if g["met"] else "**no**")]

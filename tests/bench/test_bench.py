@@ -118,6 +118,39 @@ def test_close_verdicts_are_measured_again_and_keep_the_lower_median():
     assert model["configs"]["onnx-int8"]["cells"][1]["tokens_per_s"] == pytest.approx(8 * 32 / 0.7)
 
 
+def test_further_rounds_alternate_the_order_and_stop_once_a_verdict_is_settled(monkeypatch, tmp_path):
+    """`recheck`: the reverse order first, then the first order again; a cell the second round settles (OnnxT5 now
+    clearly faster) is not measured a third time."""
+    import bench.__main__ as main
+
+    results = _results()
+    report.summarize(results)
+    for name, model in results["models"].items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+        model.update(path=str(tmp_path / name), folders={"onnx": "o", "ct2-int8": "c", "source": "s"}, inputs="i")
+    del results["models"]["t5-small-6-6"]  # its only peer is torch; one model is enough here
+    calls = []
+    speeds = {"onnx-int8": [700.0, 500.0], "ct2-int8": [850.0, 850.0]}
+
+    def fake_run_config(c, name, folder, cells, inputs, args, config, tmp, repeats=None):
+        calls.append(c.name)
+        ms = speeds[c.name].pop(0)
+        return {"cells": [{"batch_size": b, "num_beams": k, "input_length": n, "latency_ms": {"median": ms}}
+                          for b, k, n in cells]}
+
+    monkeypatch.setattr(main, "run_config", fake_run_config)
+    monkeypatch.setattr(main, "BY_NAME", {n: type("C", (), {"name": n, "folder": "onnx"})() for n in speeds})
+    args = parse_args(["--recheck-rounds", "3"])
+    main.recheck(results, args, tmp_path)
+    # round 1: the reverse of close_calls' order; 800/700 = 1.14 is still close, so round 2 in the first order;
+    # 800/500 = 1.6 is settled, so no round 3
+    assert calls == ["ct2-int8", "onnx-int8", "onnx-int8", "ct2-int8"]
+    beam = results["models"]["t5-small-6-2"]["best"][1]
+    assert beam["vs_best_peer"] == pytest.approx(800 / 500)
+    assert results["models"]["t5-small-6-2"]["configs"]["onnx-int8"]["cells"][1]["rounds_ms"] == [900.0, 700.0, 500.0]
+
+
 def test_goals_follow_from_the_best_per_cell():
     results = _results()
     report.summarize(results)
