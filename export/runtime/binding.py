@@ -6,9 +6,8 @@ device memory and the previous step's `OrtValue`s are bound as the next step's i
 host memory (the search and its processors need the full distribution), and the token ids and the mask go up.
 
 Beam search reorders the self-attention cache by beam each step. On the device that is a gather, which
-onnxruntime's Python API does not offer, so it runs as a tiny ONNX graph of `Gather` nodes (`gather_graph`) in a
-session on the same provider: the cache never leaves the device. The graph is written with the protobuf wire format
-by hand, because the runtime does not depend on the `onnx` package (`OnnxT5` needs only numpy and onnxruntime).
+onnxruntime's Python API does not offer, so it runs as a tiny ONNX graph of `Gather` nodes
+(`small_graphs.gather_graph`) in a session on the same provider: the cache never leaves the device.
 """
 
 from __future__ import annotations
@@ -20,11 +19,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from export.runtime.small_graphs import ELEMENT_TYPES, gather_graph
+
 # providers whose sessions take inputs and give outputs in their own device memory, and the OrtDevice type they use;
 # any other provider (OpenVINO, CoreML, ...) computes from host memory, so binding keeps the cache in host memory
 DEVICE_PROVIDERS = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
-ELEMENT_TYPES = {"tensor(float)": 1, "tensor(float16)": 10, "tensor(bfloat16)": 16, "tensor(int64)": 7}
-GATHER_OPSET = 13  # Gather-13: the version every provider implements for float, float16 and bfloat16
 
 
 @dataclass(frozen=True)
@@ -41,47 +40,6 @@ def device_of(providers: list[Any]) -> Device:
     name, options = first if isinstance(first, tuple) else (first, {})
     kind = DEVICE_PROVIDERS.get(name, "cpu")
     return Device(kind, int(options.get("device_id", 0)) if kind != "cpu" else 0)
-
-
-# ---- a Gather graph, serialized without the onnx package ----------------------------------------------------------
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, value: int | bytes | str) -> bytes:
-    """One protobuf field: a varint for an int, length-delimited bytes for bytes, str and embedded messages."""
-    if isinstance(value, int):
-        return _varint(number << 3) + _varint(value)
-    data = value.encode() if isinstance(value, str) else value
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
-def _tensor_value(name: str, element_type: int, rank: int) -> bytes:
-    """A ValueInfoProto: the name and a tensor type of `rank` named dimensions."""
-    shape = b"".join(_field(1, _field(2, f"{name}_{i}")) for i in range(rank))  # TensorShapeProto.dim.dim_param
-    tensor_type = _field(1, element_type) + _field(2, shape)  # TypeProto.Tensor.elem_type, .shape
-    return _field(1, name) + _field(2, _field(1, tensor_type))  # ValueInfoProto.name, .type (TypeProto.tensor_type)
-
-
-def gather_graph(count: int, element_type: int, rank: int) -> bytes:
-    """An ONNX model: out{i} = Gather(in{i}, rows, axis=0) for i < count; `rows` int64 (n,), the tensors
-    `element_type` of `rank` dimensions."""
-    graph = _field(2, "take_rows")  # GraphProto.name
-    for i in range(count):  # NodeProto: input 1, output 2, name 3, op_type 4 (Gather's axis defaults to 0)
-        graph += _field(1, _field(1, f"in{i}") + _field(1, "rows") + _field(2, f"out{i}") + _field(3, f"gather{i}")
-                        + _field(4, "Gather"))
-    graph += _field(11, _tensor_value("rows", ELEMENT_TYPES["tensor(int64)"], 1))
-    for i in range(count):
-        graph += _field(11, _tensor_value(f"in{i}", element_type, rank))
-    for i in range(count):
-        graph += _field(12, _tensor_value(f"out{i}", element_type, rank))
-    opset = _field(1, "") + _field(2, GATHER_OPSET)  # OperatorSetIdProto: domain, version
-    return _field(1, 8) + _field(8, opset) + _field(7, graph)  # ModelProto: ir_version 8, opset_import, graph
 
 
 # ---- the steps -----------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Beam search's log-softmax over each step's logits, in onnxruntime (the one-node graph `log_softmax.onnx`, built by
-`export.log_softmax_graph`).
+"""Beam search's log-softmax over each step's logits, in onnxruntime (the one-node graph
+`small_graphs.log_softmax_graph`).
 
 numpy's log-softmax passes over the (rows, vocabulary) logits five times with temporaries; at batch 32 x beam 4 with a
 32k vocabulary that was about 6 ms per step, more than half of the int8 decoder step, against 2.4 ms for
@@ -9,22 +9,19 @@ numpy's (97 % against 64 % of a (128, 32,128) array), which matters where two be
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnxruntime as ort
 
 from export.runtime.sessions import session_options
-
-GRAPH = Path(__file__).resolve().parent / "log_softmax.onnx"
+from export.runtime.small_graphs import log_softmax_graph
 
 
 class LogSoftmax:
-    """The session of `log_softmax.onnx`: one thread, the caller's. It runs between two decoder steps, while the
+    """The session of the log-softmax graph: one thread, the caller's. It runs between two decoder steps, while the
     per-step session's pool spins on the other cores; a pool of its own would contend with it (measured slower)."""
 
     def __init__(self) -> None:
-        self.session = ort.InferenceSession(GRAPH.read_bytes(), session_options(1, spin=False),
+        self.session = ort.InferenceSession(log_softmax_graph(), session_options(1, spin=False),
                                             providers=["CPUExecutionProvider"])
 
     def __call__(self, logits: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ import onnxruntime as ort
 import pytest
 
 from export import OnnxT5
-from export.runtime.binding import Device, device_of, gather_graph
+from export.runtime.binding import Device, device_of
+from export.runtime.small_graphs import gather_graph
 
 LENGTHS = [9, 6, 3, 8, 1]  # padded, one row of a single token
 KWARGS = {
