@@ -32,7 +32,8 @@ median of at least `--repeats` calls, more until `--min-seconds` of calls. Three
 Outputs are compared with torch fp32's, cell by cell (share of equal tokens), so that none wins by decoding something
 else. For each of our exports `bench.floor` measures the time per token at batch 1 greedy against
 the memory-bandwidth floor. Written to bench/results/: results.json, results.md (goals, best per cell, every
-configuration, agreement, memory, floor), speedup.png. What `make bench` needs and lacks (a venv, the student) prints
+configuration, agreement, memory, floor), speedup.png, after each model too (a run stopped later keeps the models it
+finished, marked partial). What `make bench` needs and lacks (a venv, the student) prints
 one `python -m bench: error: ...` line and exits with status 2.
 """
 
@@ -179,28 +180,42 @@ def run(argv: list[str] | None = None) -> None:
         "environment": environment(args.threads), "threads": args.threads, "new_tokens": args.new_tokens,
         "repeats": args.repeats, "min_seconds": args.min_seconds, "recheck_repeats": args.recheck_repeats,
         "recheck_rounds": args.recheck_rounds,
-        "grids": GRIDS, "venvs": venvs, "configs": {c.name: asdict(c) for c in args.configs}, "models": {}}
+        "grids": GRIDS, "venvs": venvs, "configs": {c.name: asdict(c) for c in args.configs},
+        "planned": list(models), "models": {}}
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench.") as tmp:
         for name, folder in models.items():
             results["models"][name] = measure_model(name, folder, args, Path(tmp))
-        summarize(results)
+            summarize(results)
+            write_results(results, args.out, time.perf_counter() - start, complete=False)
         if args.recheck_repeats:
             recheck(results, args, Path(tmp))
-    results["goals"] = goals(results)
-    results["seconds"] = time.perf_counter() - start
-    for model in results["models"].values():  # the tokens served their purpose (agreement); keep the file small
-        model.pop("inputs"), model.pop("folders")
-        for out in model["configs"].values():
-            for c in out.get("cells", []):
-                c.pop("tokens", None)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    report = render(results)
-    (args.out / "results.md").write_text(report)
-    plot(results, args.out / "speedup.png")
+    report = write_results(results, args.out, time.perf_counter() - start, complete=True)
     print(report)
-    print(f"bench: {args.out / 'results.md'} ({results['seconds'] / 60:.1f} min)")
+    print(f"bench: {args.out / 'results.md'} ({(time.perf_counter() - start) / 60:.1f} min)")
+
+
+def write_results(results: dict[str, Any], out: Path, seconds: float, complete: bool) -> str:
+    """results.json, results.md and speedup.png in `out` from what is measured so far (`results` summarized); the
+    report's text. Written after each model too, so that a run stopped later keeps the models it finished
+    (`"complete": false` until the end). The tokens served their purpose (agreement) and are left out, as are the
+    worker's input file and folders."""
+    snapshot: dict[str, Any] = {k: v for k, v in results.items() if k != "models"}
+    snapshot["models"] = {}
+    for name, model in results["models"].items():
+        kept = {k: v for k, v in model.items() if k not in ("inputs", "folders", "configs")}
+        kept["configs"] = {config: {**measured, "cells": [{k: v for k, v in c.items() if k != "tokens"}
+                                                           for c in measured["cells"]]} if "cells" in measured
+                           else measured for config, measured in model["configs"].items()}
+        snapshot["models"][name] = kept
+    snapshot["goals"] = goals(snapshot)
+    snapshot["seconds"], snapshot["complete"] = seconds, complete
+    (out / "results.json").write_text(json.dumps(snapshot, indent=2) + "\n")
+    report = render(snapshot)
+    (out / "results.md").write_text(report)
+    plot(snapshot, out / "speedup.png")
+    return report
 
 
 def main(argv: list[str] | None = None) -> None:

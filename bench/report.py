@@ -187,6 +187,10 @@ def render(results: dict[str, Any]) -> str:
              f"of calls), after one untimed call; cells whose verdict lay within {CLOSE}x were measured again, in "
              f"up to {results.get('recheck_rounds', 1)} more rounds in alternating order, and keep each "
              "configuration's lowest median. Ratios: other latency / OnnxT5's (> 1: OnnxT5 faster).", ""]
+    if results.get("complete") is False:
+        done, planned = list(results["models"]), results.get("planned", [])
+        lines += [f"**Partial**: written after each model; measured so far {', '.join(done)} of "
+                  f"{', '.join(planned)} (no further rounds yet).", ""]
     lines += ["## Goals", "", markdown_table(
         ["goal", "measured", "target", "met"],
         [[g["goal"], g["ratio"], g["target"], None if g["met"] is None else ("yes" if g["met"] else "**no**")]

@@ -151,6 +151,30 @@ def test_further_rounds_alternate_the_order_and_stop_once_a_verdict_is_settled(m
     assert results["models"]["t5-small-6-2"]["configs"]["onnx-int8"]["cells"][1]["rounds_ms"] == [900.0, 700.0, 500.0]
 
 
+def test_results_are_written_after_each_model_marked_partial_without_tokens(tmp_path):
+    """A run stopped after its first models keeps them: results.json says it is not complete, results.md says what
+    was measured of what was planned; neither holds the tokens or the worker's files."""
+    from bench.__main__ import write_results
+    from eval.environment import environment
+
+    results = _results()
+    results.update(planned=["t5-small-6-2", "t5-small-6-6", "t5-base-12-12"], environment=environment(2),
+                   created="2026-12-02T00:00:00+00:00",
+                   threads=2, new_tokens=32, repeats=3, min_seconds=2.0)
+    results["models"]["t5-small-6-2"].update(inputs="inputs.npz", folders={"onnx": "x"})
+    report.summarize(results)
+    text = write_results(results, tmp_path, 12.0, complete=False)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["complete"] is False and saved["seconds"] == 12.0
+    assert "inputs" not in saved["models"]["t5-small-6-2"] and "folders" not in saved["models"]["t5-small-6-2"]
+    assert all("tokens" not in c for m in saved["models"].values() for out in m["configs"].values()
+               for c in out.get("cells", []))
+    assert results["models"]["t5-small-6-2"]["configs"]["torch"]["cells"][0]["tokens"]  # the run's own copy keeps them
+    assert "**Partial**" in text and "t5-base-12-12" in text and (tmp_path / "results.md").read_text() == text
+    assert (tmp_path / "speedup.png").is_file()
+    assert "**Partial**" not in write_results(results, tmp_path, 13.0, complete=True)
+
+
 def test_goals_follow_from_the_best_per_cell():
     results = _results()
     report.summarize(results)
@@ -274,6 +298,7 @@ def test_the_whole_bench_runs_on_a_tiny_student(tmp_path, tiny_t5_dir):
          "--new-tokens", "4", "--repeats", "1", "--min-seconds", "0", "--recheck-repeats", "1",
          "--work", str(tmp_path / "work"), "--out", str(out), "--serve-python", sys.executable])
     results = json.loads((out / "results.json").read_text())
+    assert results["complete"] is True
     model = results["models"]["student"]
     assert model["probe"] == [[1, 1, 64], [8, 4, 64]] and "torch" in model["kept"]
     assert {r["ours"]["config"] for r in model["best"]} <= {"onnx-fp32", "onnx-int8", "onnx-int4"}
