@@ -26,9 +26,8 @@ median of at least `--repeats` calls, more until `--min-seconds` of calls. Three
 3. the cells whose verdict (OnnxT5 at its best against the best peer) lies within 1.25x either way are measured again
    in `--recheck-rounds` more rounds, the two configurations that made it in alternating order (the reverse of the
    first stage, then the first order again, ...), each in a fresh process, and each keeps its lowest median: a
-   verdict rests on several runs, not on one process that the machine happened to slow. (On the 2-core development
-   machine one configuration's median moved by up to 2x between processes a minute apart; the machine's slow spells
-   only ever add time.)
+   verdict rests on several runs, not on one process that the machine happened to slow (a slow spell only ever adds
+   time, so the lowest median is the one to keep).
 Outputs are compared with torch fp32's, cell by cell (share of equal tokens), so that none wins by decoding something
 else. For each of our exports `bench.floor` measures the time per token at batch 1 greedy against
 the memory-bandwidth floor. Written to bench/results/: results.json, results.md (goals, best per cell, every

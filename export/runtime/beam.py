@@ -24,8 +24,8 @@ def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolve
                 log_softmax: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """`s.num_return_sequences` best beams per input, laid out as transformers returns them; arrays are
     (batch, beams, ...). Beams that end early are filled with pad_token_id, or with the first EOS id when the pad id
-    is 0 (transformers 5.x). `log_softmax`: (rows, vocabulary) float32 logits -> a new array of their log-softmax
-    (onnxruntime's: `log_softmax.py`)."""
+    is 0 (transformers 5.x). `log_softmax`: (rows, vocabulary) logits -> a new float32 array of their
+    log-softmax (onnxruntime's: `log_softmax.py`)."""
     batch, beams, max_length = mask.shape[0], s.num_beams, s.max_length
     rng = np.random.default_rng(s.seed)
     fill = (s.pad or int(s.eos[0])) if s.eos.size else -1  # transformers 5.x: `pad or eos[0]`: EOS when pad is 0
@@ -53,7 +53,6 @@ def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolve
             width = min(max_length, 2 * cur_len)
             running, sequences = widened(running, width, fill), widened(sequences, width, fill)
             running_idx, beam_idx_out = widened(running_idx, width - 1, -1), widened(beam_idx_out, width - 1, -1)
-        logits = logits.astype(np.float32, copy=False)
         vocab = logits.shape[-1]
         top_lp, top_idx = _candidates(logits, running[:, :, :cur_len], running_scores, s, keep, rng, log_softmax)
         from_beam = top_idx // vocab
@@ -113,7 +112,8 @@ def _candidates(logits: np.ndarray, running: np.ndarray, running_scores: np.ndar
                 ) -> tuple[np.ndarray, np.ndarray]:
     """The `keep` continuations of each input's beams (batch, keep): log-probabilities after processing plus the beam
     scores, and their indices into beams x vocabulary; the best, or sampled without replacement with do_sample, in
-    descending order. `running`: the (batch, beams, length) sequences so far; `logits` float32."""
+    descending order. `running`: the (batch, beams, length) sequences so far; `logits` as the step returned them
+    (`log_softmax` makes float32 of them)."""
     batch, beams, cur_len = running.shape
     vocab = logits.shape[-1]
     log_probs = process_logits(log_softmax(logits), running.reshape(batch * beams, cur_len), s, beam=True)

@@ -15,8 +15,8 @@ def topk(x: np.ndarray, k: int, block: int = 128) -> tuple[np.ndarray, np.ndarra
 
     A group is strided, not contiguous: with n = block * groups (+ a tail, one more group), group j holds the columns
     j, j + groups, j + 2 * groups, ... So the group maxima are an element-wise maximum of `block` contiguous slices of
-    the row, which numpy vectorizes; the maximum of each contiguous run of `block` is a reduction along a short inner
-    axis, 7x slower on a (32, 4 x 32,128) array (7.9 against 1.1 ms).
+    the row, which numpy vectorizes, where the maximum of each contiguous run of `block` is a reduction along a short
+    inner axis, several times slower at batch 32 x beam 4 (docs/architecture.md, "Top-k by strided groups").
     """
     rows, n = x.shape
     groups = n // block

@@ -34,3 +34,15 @@ def test_measure_reports_each_precision_against_its_floor(tiny_export):
     for p in out["precisions"].values():
         assert p["floor_ms"] == pytest.approx(p["step_weight_mb"] * 1e6 / (out["bandwidth_gb_s"] * 1e9) * 1000)
         assert p["vs_floor"] == pytest.approx(p["per_token_ms"] / p["floor_ms"])
+
+
+def test_the_op_profile_counts_every_node_of_a_step_by_type(tiny_export):
+    """`bench.op_profile`, which explains the distance to the floor: its node counts per run add up to the nodes
+    onnxruntime runs, int8 MatMuls among them, and its shares to the kernel time."""
+    from bench.op_profile import profile
+
+    out = profile(tiny_export / quantized_name(DECODER_WITH_PAST), batch=1, past=4, runs=5, warmup=2)
+    assert out["nodes"] == pytest.approx(sum(row["nodes"] for row in out["ops"].values()))
+    assert out["kernel_ms"] == pytest.approx(sum(row["ms"] for row in out["ops"].values()))
+    assert out["nodes"] > 10 and out["run_ms"] > 0
+    assert any(("MatMul" in op and "Integer" in op) or op == "DynamicQuantizeMatMul" for op in out["ops"])

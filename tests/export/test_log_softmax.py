@@ -31,3 +31,5 @@ def test_log_softmax_matches_torch_and_leaves_its_input(rows, vocab):
     assert np.abs(got[finite] - want[finite]).max() < 1e-5
     assert np.array_equal(logits, before, equal_nan=True)
     got[0, 1] = 0.0  # beam search adds the beam scores in place: the output is an array of its own
+    half = LogSoftmax()(logits.astype(np.float16))  # an fp16 export's logits: computed in float32
+    assert half.dtype == np.float32 and half.shape == (rows, vocab)
