@@ -9,9 +9,10 @@ from the decoder-with-past graph itself (fp32, int8 or 4-bit alike): every initi
 only gathered from (the token embedding, of which a step reads one row, and the relative-position bias). The cross-
 attention keys and values are inputs of that graph (computed once per input by the first step), so their projections
 are not counted. The bandwidth is measured in the same run on a 1 GiB fp32 array, by the faster of numpy threads
-summing it and onnxruntime's MatMul of a vector by it (`bandwidth`). The per-token time is measured on the whole
+summing it and onnxruntime's MatMul of a vector by it (`bandwidth_probe`). The per-token time is measured on the whole
 `generate` at batch 1, greedy: (time for 1 + N new tokens - time for 1) / N, so the encoder and the first step drop
-out and the Python of the loop and the argmax stay in.
+out and the Python of the loop and the argmax stay in. Bandwidth and per-token times alternate round by round, and
+each round's ratio uses its own bandwidth (`measure`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +32,16 @@ import numpy as np
 from export.layout import DECODER_WITH_PAST, quantized_name
 
 GATHER_ONLY = ("Gather", "GatherElements")  # ops that read a few rows of a table, not the whole of it
+TRIES = 2  # per round: the best of this many bandwidth reads by each reader, and of this many calls of each generate
 
 
-def bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
-    """Bytes per second of the fastest of two readers of a `gib` fp32 array, best of `repeats` each: `threads` numpy
-    threads summing their share, and onnxruntime's own MatMul of a vector by the array as a matrix (the kernel a
-    decoder step at batch 1 runs). The floor must be a bound no kernel beats, so it takes the faster reader: numpy's
-    sum alone reads markedly slower than onnxruntime's matrix-vector product on some CPUs."""
+@contextmanager
+def bandwidth_probe(threads: int, gib: float = 1.0) -> Iterator[Callable[[int], float]]:
+    """For the duration: a probe whose call (`repeats`) gives the bytes per second of the faster of two readers of a
+    `gib` fp32 array, best of `repeats` each: `threads` numpy threads summing their share, and onnxruntime's own MatMul
+    of a vector by the array as a matrix (the kernel a decoder step at batch 1 runs). The floor must be a bound no
+    kernel beats, so it takes the faster reader: numpy's sum alone reads markedly slower than onnxruntime's
+    matrix-vector product on some CPUs."""
     import onnxruntime
     from onnx import TensorProto, helper
 
@@ -52,14 +57,24 @@ def bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
     session = onnxruntime.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
                                            .SerializeToString(), options, providers=["CPUExecutionProvider"])
     feed = {"x": np.ones((1, side), dtype=np.float32), "w": data}
-    best = float("inf")
     with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL in reductions
-        for read in (lambda: list(pool.map(np.sum, parts)), lambda: session.run(None, feed)):
-            for _ in range(repeats):
-                start = time.perf_counter()
-                read()
-                best = min(best, time.perf_counter() - start)
-    return data.nbytes / best
+
+        def probe(repeats: int) -> float:
+            best = float("inf")
+            for read in (lambda: list(pool.map(np.sum, parts)), lambda: session.run(None, feed)):
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    read()
+                    best = min(best, time.perf_counter() - start)
+            return data.nbytes / best
+
+        yield probe
+
+
+def bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> float:
+    """Bytes per second by `bandwidth_probe`, best of `repeats` reads by each reader."""
+    with bandwidth_probe(threads, gib) as probe:
+        return probe(repeats)
 
 
 def step_weight_bytes(graph: Path) -> int:
@@ -100,46 +115,71 @@ def median_seconds(call: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def per_token_ms(runtime: Any, ids: np.ndarray, new_tokens: int, repeats: int) -> float:
-    """Milliseconds per token of `runtime.generate` at batch 1, greedy: the cost of `new_tokens` more steps over
-    one step, divided by `new_tokens` (encoder and first step drop out)."""
-    mask = np.ones_like(ids)
-
-    def run(n: int) -> Callable[[], Any]:
-        return lambda: runtime.generate(ids, mask, num_beams=1, do_sample=False, min_new_tokens=n, max_new_tokens=n)
-
-    one = median_seconds(run(1), repeats)
-    many = median_seconds(run(1 + new_tokens), repeats)
-    return 1000 * (many - one) / new_tokens
+def best_seconds(call: Callable[[], Any], tries: int) -> float:
+    """The fastest of `tries` calls: within a round, as the bandwidth probe's best read is."""
+    best = float("inf")
+    for _ in range(tries):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def measure(folder: Path, threads: int, input_length: int = 64, new_tokens: int = 32, repeats: int = 7,
             bandwidth_gib: float = 1.0) -> dict[str, Any]:
     """The floor and the measured per-token time of an export's fp32 graphs, and of its int8 and 4-bit graphs when
-    it has them; the bandwidth measured once, first (on an array of `bandwidth_gib`, far larger than any cache)."""
+    it has them, in `repeats` rounds.
+
+    Each round reads the bandwidth (on an array of `bandwidth_gib`, far larger than any cache), then times each
+    precision's generate for 1 and for 1 + `new_tokens` new tokens, at batch 1, greedy, each the best of `TRIES`
+    calls, as the bandwidth is the best of as many reads: its per-token time is the difference over `new_tokens`,
+    its ratio to the floor the one this round's bandwidth gives. A shared machine's
+    bandwidth and speed drift together from one minute to the next (the same step read 2x apart), so the ratio is
+    taken round by round, where both were measured side by side, and the median of the rounds' ratios reported.
+    """
     from export import OnnxT5
 
-    bw = bandwidth(threads, bandwidth_gib)
     config = json.loads((folder / "config.json").read_text())
     rng = np.random.default_rng(0)
     ids = np.concatenate([rng.integers(3, min(config["vocab_size"], 8000), size=(1, input_length - 1)),
                           np.full((1, 1), config["eos_token_id"])], axis=1).astype(np.int64)
-    out: dict[str, Any] = {"bandwidth_gb_s": bw / 1e9, "threads": threads, "input_length": input_length,
-                           "new_tokens": new_tokens, "precisions": {}}
+    mask = np.ones_like(ids)
+    runs: dict[str, tuple[int, Callable[[], Any], Callable[[], Any]]] = {}
     for precision, quantized, graph in (("fp32", False, DECODER_WITH_PAST),
                                         ("int8", "int8", quantized_name(DECODER_WITH_PAST, "int8")),
                                         ("int4", "int4", quantized_name(DECODER_WITH_PAST, "int4"))):
         if not (folder / graph).is_file():
             continue
-        weights = step_weight_bytes(folder / graph)
         runtime = OnnxT5.from_pretrained(folder, quantized=quantized, threads=threads)
-        ms = per_token_ms(runtime, ids, new_tokens, repeats)
-        del runtime
+        one, many = (lambda r=runtime, n=n: r.generate(ids, mask, num_beams=1, do_sample=False, min_new_tokens=n,
+                                                        max_new_tokens=n) for n in (1, 1 + new_tokens))
+        one(), many()  # warm-up: the first calls allocate what the others reuse
+        runs[precision] = (step_weight_bytes(folder / graph), one, many)
+    rounds = []
+    with bandwidth_probe(threads, bandwidth_gib) as probe:
+        order = list(runs)
+        for _ in range(repeats):
+            bw = probe(TRIES)
+            row: dict[str, Any] = {"bandwidth_gb_s": bw / 1e9, "per_token_ms": {}, "vs_floor": {}}
+            for precision in order:
+                weights, one, many = runs[precision]
+                ms = 1000 * (best_seconds(many, TRIES) - best_seconds(one, TRIES)) / new_tokens
+                row["per_token_ms"][precision] = ms
+                row["vs_floor"][precision] = ms / (1000 * weights / bw)
+            rounds.append(row)
+            order.reverse()
+    bw = statistics.median(r["bandwidth_gb_s"] for r in rounds) * 1e9
+    out: dict[str, Any] = {"bandwidth_gb_s": bw / 1e9, "threads": threads, "input_length": input_length,
+                           "new_tokens": new_tokens, "precisions": {}, "rounds": rounds}
+    for precision, (weights, _, _) in runs.items():
+        ms = statistics.median(r["per_token_ms"][precision] for r in rounds)
+        ratio = statistics.median(r["vs_floor"][precision] for r in rounds)
         floor = 1000 * weights / bw
         out["precisions"][precision] = {"step_weight_mb": weights / 1e6, "floor_ms": floor, "per_token_ms": ms,
-                                        "vs_floor": ms / floor}
+                                        "vs_floor": ratio}
         print(f"{folder.name} {precision}: a step reads {weights / 1e6:.1f} MB -> floor {floor:.2f} ms at "
-              f"{bw / 1e9:.1f} GB/s; measured {ms:.2f} ms per token ({ms / floor:.2f}x)", flush=True)
+              f"{bw / 1e9:.1f} GB/s (median of {repeats} rounds); measured {ms:.2f} ms per token; "
+              f"{ratio:.2f}x the floor (median of the rounds' ratios)", flush=True)
     return out
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from export.cross_attention import shared_cross_attention
 from export.graphs import DecoderGraph, DecoderWithPastGraph, EncoderGraph, GraphSpec, graph_specs
 from export.layout import DECODER, DECODER_WITH_PAST, ENCODER
+from export.static_shapes import static_reshapes
 from export.surgery import drop_single_input_concats
 from export.weights import attach_weights
 
@@ -89,6 +90,7 @@ def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], spec: Graph
                               do_constant_folding=False)
     attach_weights(path, module)
     drop_single_input_concats(path)
+    static_reshapes(path)
 
 
 def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> dict[str, GraphSpec]:
