@@ -65,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--int4-keep-int8", default=None, metavar="NAMES",
                         help="comma-separated module names whose MatMuls are int8 instead of 4-bit with --int4, "
                              "e.g. lm_head (default: none)")
+    parser.add_argument("--plain-attention", action="store_true",
+                        help="keep each attention as the traced standard ONNX ops instead of onnxruntime's "
+                             "MultiHeadAttention (com.microsoft), for runtimes without onnxruntime's contrib ops")
     parser.add_argument("--no-resource-check", action="store_true",
                         help="skip the up-front estimate of the memory and disk the export needs")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32",
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
                      check=check, command=" ".join([PROG, *(argv or sys.argv[1:])]), tokenizer=args.tokenizer,
                      require_tokenizer=not args.no_tokenizer, check_resources=not args.no_resource_check,
                      dtype=args.dtype, int4=args.int4, int4_block_size=args.int4_block_size,
-                     int4_keep_fp32=args.int4_keep_fp32, int4_keep_int8=args.int4_keep_int8 or ())
+                     int4_keep_fp32=args.int4_keep_fp32, int4_keep_int8=args.int4_keep_int8 or (),
+                     fused_attention=not args.plain_attention)
     print(f"wrote {out} (graphs validated against PyTorch; see {out / META_FILE})")
 
 

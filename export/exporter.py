@@ -209,7 +209,8 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
            int8_keep_fp32: tuple[str, ...] | None = None, check: Validation | None = None, command: str | None = None,
            tokenizer: str | None = None, require_tokenizer: bool = True, check_resources: bool = True,
            dtype: str = "fp32", int4: bool = False, int4_block_size: int = DEFAULT_BLOCK_SIZE,
-           int4_keep_fp32: tuple[str, ...] | None = None, int4_keep_int8: tuple[str, ...] = ()) -> Path:
+           int4_keep_fp32: tuple[str, ...] | None = None, int4_keep_int8: tuple[str, ...] = (),
+           fused_attention: bool = True) -> Path:
     """Export, validate and (optionally) quantize `model_name_or_dir` into `out`; returns `out`.
 
     `dtype` "fp16" or "bf16" also writes the graphs in that dtype (`export.precision`), checked against the fp32 ones.
@@ -220,6 +221,8 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
     `int4` also writes 4-bit graphs (`export.int4`), blocks of `int4_block_size`; `int4_keep_fp32` (None:
     `default_keep_fp32`, less what `int4_keep_int8` names) and `int4_keep_int8` name the modules whose MatMuls stay
     fp32 or become int8 there instead.
+    `fused_attention`: each attention as onnxruntime's MultiHeadAttention (`export.fuse_attention`); False keeps the
+    traced standard ops, for runtimes without onnxruntime's contrib ops.
     `check_resources`: refuse up front when the memory or the disk the sizes predict is not there (`export.resources`).
 
     `command` is recorded in export_meta.json (the CLI passes its own command line). An existing `out` is replaced
@@ -248,7 +251,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
     model = load_t5(model_name_or_dir).float().eval()
     export_id = uuid.uuid4().hex
     with staged_dir(out) as staged:
-        specs = export_graphs(model, staged, opset)
+        specs = export_graphs(model, staged, opset, fused_attention)
         for graph in GRAPHS:  # before the validation, so that the bytes checked are the bytes kept
             stamp_export_id(staged / graph, export_id)
         cases = reference(model, check)  # PyTorch's outputs, computed before onnxruntime loads any graph
@@ -299,6 +302,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
         meta = _meta(facts, model_name_or_dir, staged, opset, check, diffs, int8_meta, tokenizer_files, command)
         meta["precision"] = precision
         meta["int4"] = int4_meta
+        meta["fused_attention"] = fused_attention
         meta |= {EXPORT_ID_KEY: export_id, FILES_KEY: file_manifest(staged, skip=(META_FILE,))}
         (staged / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         replace_dir(staged, out, manifest=META_FILE, what="an earlier export", files_key=FILES_KEY)

@@ -111,8 +111,13 @@ def merge_decoders(folder: Path, first: str, with_past: str, merged: str) -> int
     graphs = {False: onnx.load(str(folder / first), load_external_data=False),
               True: onnx.load(str(folder / with_past), load_external_data=False)}
     opsets = [{o.domain: o.version for o in g.opset_import} for g in graphs.values()]
-    if opsets[0] != opsets[1]:
+    if any(opsets[0][d] != opsets[1][d] for d in opsets[0].keys() & opsets[1].keys()):
         raise ValueError(f"{first} and {with_past} have different opsets ({opsets}); export them together")
+    # a domain only one branch uses (com.microsoft: the with-past graph's fused attention) is the merged graph's too
+    base = graphs[False]
+    for domain, version in opsets[1].items():
+        if domain not in opsets[0]:
+            base.opset_import.append(onnx.helper.make_opsetid(domain, version))
     top_inputs: dict[str, Any] = {}
     for use_cache in (False, True):
         for value in graphs[use_cache].graph.input:
@@ -176,6 +181,5 @@ def merge_decoders(folder: Path, first: str, with_past: str, merged: str) -> int
 
     initializers, offset = copy_weights(folder, sources, folder / data_name(merged))
     nodes = [if_node] if lm_head is None else [if_node, lm_head]
-    save_derived(graphs[False], onnx.helper.make_graph(nodes, "merged", inputs, outputs, initializers), folder, merged,
-                 first)
+    save_derived(base, onnx.helper.make_graph(nodes, "merged", inputs, outputs, initializers), folder, merged, first)
     return offset

@@ -26,7 +26,9 @@ from export.errors import ExportError
 from export.layout import DTYPES, data_name, dtype_name
 
 FP32_MODULES = ("wo", "layer_norm", "final_layer_norm")  # module names (TorchScript node paths) kept in fp32
-FP32_OPS = ("Softmax",)  # op types kept in fp32 wherever they are
+# op types kept in fp32 wherever they are: the softmax, and the fused attention that holds one (its fp16 kernel
+# exists on CUDA, its bf16 one not in every onnxruntime; T5 attends in fp32 in transformers too)
+FP32_OPS = ("Softmax", "MultiHeadAttention")
 # float arithmetic that ends in a Cast to an integer (the relative-position buckets) is walked back through these ops
 INDEX_MATH_OPS = ("Div", "Log", "Mul", "Add", "Sub", "Min", "Max", "Neg", "Abs", "Where", "Cast", "Constant")
 KEEP_IO = ("input_ids", "attention_mask", "encoder_attention_mask", "logits")  # graph inputs/outputs left as they are

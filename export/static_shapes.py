@@ -27,7 +27,7 @@ Piece = tuple[str, Any]  # ("const", [ints]) or ("dims", (input name, (axes)))
 PREFIX = "static_shapes/"  # the names of what this pass adds
 
 
-def _dims(value: Any) -> list[Dim] | None:
+def value_dims(value: Any) -> list[Dim] | None:
     """A value_info's dims: ints, symbolic names, None where unnamed; None without a shape."""
     tensor = value.type.tensor_type
     if not tensor.HasField("shape"):
@@ -35,7 +35,7 @@ def _dims(value: Any) -> list[Dim] | None:
     return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim]
 
 
-def _inferred_shapes(model: Any) -> dict[str, list[Dim]]:
+def inferred_shapes(model: Any) -> dict[str, list[Dim]]:
     """Every tensor's dims by onnxruntime's symbolic shape inference; {} if it fails.
 
     It reads the values of the initializers it meets; the weights (in the data file, not loaded) are handed to it as
@@ -61,7 +61,7 @@ def _inferred_shapes(model: Any) -> dict[str, list[Dim]]:
     if inferred is None:
         return {}
     graph = inferred.graph
-    shapes = {v.name: _dims(v) for v in (*graph.value_info, *graph.input, *graph.output)}
+    shapes = {v.name: value_dims(v) for v in (*graph.value_info, *graph.input, *graph.output)}
     return {name: dims for name, dims in shapes.items() if dims is not None}
 
 
@@ -94,7 +94,7 @@ def _pieces(source: list[Dim], target: list[Dim], input_dims: dict[str, tuple[st
     return pieces
 
 
-def _remove_dead_nodes(graph: Any) -> int:
+def remove_dead_nodes(graph: Any) -> int:
     """Take out every node none of whose outputs is read by a node or is a graph output; how many."""
     outputs = {o.name for o in graph.output}
     removed = 0
@@ -117,7 +117,7 @@ def static_reshapes(path: Path) -> int:
     graph = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
         return 0  # subgraphs can read outer names; T5's traced graphs have none
-    shapes = _inferred_shapes(model)
+    shapes = inferred_shapes(model)
     if not shapes:
         return 0
     # targets that are constants, or this pass's own (a second run leaves the graph as it is)
@@ -125,7 +125,7 @@ def static_reshapes(path: Path) -> int:
                                                       or n.name.startswith(PREFIX) for o in n.output}
     input_dims: dict[str, tuple[str, int]] = {}  # a dim's name -> the first graph input (and axis) that has it
     for value in graph.input:
-        for axis, dim in enumerate(_dims(value) or []):
+        for axis, dim in enumerate(value_dims(value) or []):
             if isinstance(dim, str):
                 input_dims.setdefault(dim, (value.name, axis))
     made: dict[Any, str] = {}  # what was built once: shapes of inputs, their gathered dims, whole targets
@@ -167,7 +167,7 @@ def static_reshapes(path: Path) -> int:
     nodes = [*new_nodes, *graph.node]
     del graph.node[:]
     graph.node.extend(nodes)
-    _remove_dead_nodes(graph)
+    remove_dead_nodes(graph)
     live = {name for node in graph.node for name in (*node.input, *node.output)}
     for value in [v for v in graph.value_info if v.name not in live]:
         graph.value_info.remove(value)

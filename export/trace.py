@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from export.cross_attention import shared_cross_attention
+from export.fuse_attention import fuse_attention
 from export.graphs import DecoderGraph, DecoderWithPastGraph, EncoderGraph, GraphSpec, graph_specs
 from export.layout import DECODER, DECODER_WITH_PAST, ENCODER
 from export.static_shapes import static_reshapes
@@ -71,8 +72,10 @@ def _weights_as_inputs(module: nn.Module, inputs: int) -> Iterator[tuple[list[st
             owner._parameters[attr] = param
 
 
-def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path, opset: int) -> None:
-    """Trace `module` into the graph at `path`, its weights then written into `path`'s data file (`export.weights`)."""
+def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, path: Path, opset: int,
+                  fused_attention: bool) -> None:
+    """Trace `module` into the graph at `path`, its weights then written into `path`'s data file (`export.weights`);
+    its Reshape targets made static and, with `fused_attention`, its attentions fused (`export.fuse_attention`)."""
     with warnings.catch_warnings():  # scoped to the export; the validation that follows is what judges the graphs
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # one per Python-side shape use in transformers
         # The TorchScript exporter on purpose (the dynamo exporter is the default): its decoders give lm_head an
@@ -91,11 +94,14 @@ def _torch_export(module: nn.Module, args: tuple[torch.Tensor, ...], spec: Graph
     attach_weights(path, module)
     drop_single_input_concats(path)
     static_reshapes(path)
+    if fused_attention:
+        fuse_attention(path)
 
 
-def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> dict[str, GraphSpec]:
+def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET, fused_attention: bool = True
+                  ) -> dict[str, GraphSpec]:
     """Write the three fp32 graphs of `model` into `folder`, each with its data file (no validation; `export`
-    validates)."""
+    validates). `fused_attention`: each attention as onnxruntime's MultiHeadAttention; False keeps standard ops."""
     specs = graph_specs(model.config.num_decoder_layers)
     # Both decoder examples must have more than one decoder token, or the trace bakes in "no causal mask": 3 for the
     # first step, then 3 new ones on its cache for the with-past graph (verifying a draft feeds several).
@@ -105,13 +111,14 @@ def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET) -> dict[
         hidden = model.get_encoder()(input_ids=ex["input_ids"], attention_mask=ex["attention_mask"]).last_hidden_state
         first = DecoderGraph(model).eval()(first_ids, ex["attention_mask"], hidden)
     past = list(first[1:])  # per layer: self keys, self values, cross keys, cross values (the graphs' order)
-    _torch_export(EncoderGraph(model), (ex["input_ids"], ex["attention_mask"]), specs[ENCODER], folder / ENCODER, opset)
+    _torch_export(EncoderGraph(model), (ex["input_ids"], ex["attention_mask"]), specs[ENCODER], folder / ENCODER, opset,
+                  fused_attention)
     _torch_export(DecoderGraph(model), (first_ids, ex["attention_mask"], hidden), specs[DECODER],
-                  folder / DECODER, opset)
+                  folder / DECODER, opset, fused_attention)
     # traced with two beams per input, so that nothing in the graph assumes as many sequences as inputs
     beams = [t if k % 4 >= 2 else t.repeat_interleave(2, dim=0) for k, t in enumerate(past)]  # self K/V per beam
     with shared_cross_attention(model):
         _torch_export(DecoderWithPastGraph(model), (new_ids.repeat_interleave(2, dim=0),
                                                     ex["attention_mask"], *beams),
-                      specs[DECODER_WITH_PAST], folder / DECODER_WITH_PAST, opset)
+                      specs[DECODER_WITH_PAST], folder / DECODER_WITH_PAST, opset, fused_attention)
     return specs
