@@ -54,3 +54,23 @@ def test_the_op_profile_counts_every_node_of_a_step_by_type(tiny_export):
     assert out["kernel_ms"] == pytest.approx(sum(row["ms"] for row in out["ops"].values()))
     assert out["nodes"] > 10 and out["run_ms"] > 0
     assert any(("MatMul" in op and "Integer" in op) or op == "DynamicQuantizeMatMul" for op in out["ops"])
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_the_matmul_share_cuts_a_step_down_to_its_weight_matmuls(tiny_export, kind):
+    """`bench.matmul_share`, which explains the rest of the distance to the floor: the cut graph holds every weight
+    MatMul of the step and reads exactly their weights, and it runs beside the whole step."""
+    import onnx
+
+    from bench import matmul_share
+
+    graph = tiny_export / (DECODER_WITH_PAST if kind == "fp32" else quantized_name(DECODER_WITH_PAST))
+    full = onnx.load(str(graph))
+    inits = {t.name for t in full.graph.initializer}
+    want = [n.output[0] for n in full.graph.node
+            if n.op_type in matmul_share.WEIGHT_MATMULS and len(n.input) > 1 and n.input[1] in inits]
+    cut, _ = matmul_share.matmul_graph(graph)
+    assert [o.name for o in cut.graph.output] == want
+    out = matmul_share.measure(graph, batch=2, past=3, calls=3, threads=1)
+    assert out["matmul_nodes"] == len(want) and out["share"] > 0 and out["step_ms"] > 0
+    assert out["weight_mb"] > 0
