@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from export.static_shapes import inferred_shapes, remove_dead_nodes
+from export.surgery import drop_stale_value_info, has_subgraphs
 
 MS_DOMAIN = "com.microsoft"
 FLOAT, INT32, INT64 = 1, 6, 7  # onnx.TensorProto's element types
@@ -307,7 +308,7 @@ def fuse_attention(path: Path) -> int:
 
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+    if has_subgraphs(graph):
         return 0
     shapes = inferred_shapes(model)
     if not shapes:
@@ -394,8 +395,6 @@ def fuse_attention(path: Path) -> int:
     _toposort(graph)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    live = {name for node in graph.node for name in (*node.input, *node.output)}
-    for value in [v for v in graph.value_info if v.name not in live]:
-        graph.value_info.remove(value)
+    drop_stale_value_info(graph)
     onnx.save(model, str(path))
     return len(plans)

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from export.surgery import drop_stale_value_info, has_subgraphs
+
 Dim = int | str | None
 Piece = tuple[str, Any]  # ("const", [ints]) or ("dims", (input name, (axes)))
 PREFIX = "static_shapes/"  # the names of what this pass adds
@@ -115,8 +117,8 @@ def static_reshapes(path: Path) -> int:
 
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        return 0  # subgraphs can read outer names; T5's traced graphs have none
+    if has_subgraphs(graph):
+        return 0
     shapes = inferred_shapes(model)
     if not shapes:
         return 0
@@ -168,8 +170,6 @@ def static_reshapes(path: Path) -> int:
     del graph.node[:]
     graph.node.extend(nodes)
     remove_dead_nodes(graph)
-    live = {name for node in graph.node for name in (*node.input, *node.output)}
-    for value in [v for v in graph.value_info if v.name not in live]:
-        graph.value_info.remove(value)
+    drop_stale_value_info(graph)
     onnx.save(model, str(path))
     return rewritten

@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+
+def has_subgraphs(graph: Any) -> bool:
+    """Whether a node of `graph` holds a subgraph (If, Loop): those can read outer names, which the passes after the
+    trace do not rename into; T5's traced graphs have none."""
+    from onnx import AttributeProto
+
+    return any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in graph.node for a in n.attribute)
+
+
+def drop_stale_value_info(graph: Any) -> None:
+    """Remove the value_info of tensors no node reads or writes any more."""
+    live = {name for node in graph.node for name in (*node.input, *node.output)}
+    for value in [v for v in graph.value_info if v.name not in live]:
+        graph.value_info.remove(value)
 
 
 def drop_single_input_concats(path: Path) -> int:
@@ -17,8 +33,8 @@ def drop_single_input_concats(path: Path) -> int:
 
     model = onnx.load(str(path), load_external_data=False)  # external weights, if any, stay where they are
     graph = model.graph
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
-        return 0  # subgraphs can read outer names; T5's graphs have none, and this pass does not rename into them
+    if has_subgraphs(graph):
+        return 0
     outputs = {o.name for o in graph.output}
     fixed = {i.name for i in graph.input} | {t.name for t in graph.initializer} | outputs
     dropped = 0
