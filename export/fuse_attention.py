@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from export.static_shapes import inferred_shapes, remove_dead_nodes
-from export.surgery import drop_stale_value_info, has_subgraphs
+from export.static_shapes import inferred_shapes
+from export.surgery import MS_DOMAIN, has_subgraphs, save_rewritten
 
-MS_DOMAIN = "com.microsoft"
 FLOAT, INT32, INT64 = 1, 6, 7  # onnx.TensorProto's element types
 MASK_INPUT = "encoder_attention_mask"
 PREFIX = "fuse_attention/"  # the names of what this pass adds
@@ -391,10 +390,6 @@ def fuse_attention(path: Path) -> int:
     for node in removed:
         graph.node.remove(node)
     graph.node.extend(added)
-    remove_dead_nodes(graph)
     _toposort(graph)
-    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    drop_stale_value_info(graph)
-    onnx.save(model, str(path))
+    save_rewritten(model, path)
     return len(plans)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from export.surgery import drop_stale_value_info, has_subgraphs
+from export.surgery import has_subgraphs, save_rewritten
 
 Dim = int | str | None
 Piece = tuple[str, Any]  # ("const", [ints]) or ("dims", (input name, (axes)))
@@ -96,20 +96,6 @@ def _pieces(source: list[Dim], target: list[Dim], input_dims: dict[str, tuple[st
     return pieces
 
 
-def remove_dead_nodes(graph: Any) -> int:
-    """Take out every node none of whose outputs is read by a node or is a graph output; how many."""
-    outputs = {o.name for o in graph.output}
-    removed = 0
-    while True:
-        read = {name for node in graph.node for name in node.input} | outputs
-        dead = [node for node in graph.node if not any(name in read for name in node.output)]
-        if not dead:
-            return removed
-        for node in dead:
-            graph.node.remove(node)
-        removed += len(dead)
-
-
 def static_reshapes(path: Path) -> int:
     """Rewrite the computed Reshape targets of the graph at `path` (external data stays where it is); how many."""
     import onnx
@@ -169,7 +155,5 @@ def static_reshapes(path: Path) -> int:
     nodes = [*new_nodes, *graph.node]
     del graph.node[:]
     graph.node.extend(nodes)
-    remove_dead_nodes(graph)
-    drop_stale_value_info(graph)
-    onnx.save(model, str(path))
+    save_rewritten(model, path)
     return rewritten

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops
+
 
 def has_subgraphs(graph: Any) -> bool:
     """Whether a node of `graph` holds a subgraph (If, Loop): those can read outer names, which the passes after the
@@ -12,6 +14,34 @@ def has_subgraphs(graph: Any) -> bool:
     from onnx import AttributeProto
 
     return any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in graph.node for a in n.attribute)
+
+
+def remove_dead_nodes(graph: Any) -> int:
+    """Take out every node none of whose outputs is read by a node or is a graph output; how many."""
+    outputs = {o.name for o in graph.output}
+    removed = 0
+    while True:
+        read = {name for node in graph.node for name in node.input} | outputs
+        dead = [node for node in graph.node if not any(name in read for name in node.output)]
+        if not dead:
+            return removed
+        for node in dead:
+            graph.node.remove(node)
+        removed += len(dead)
+
+
+def save_rewritten(model: Any, path: Path) -> None:
+    """Save a model a pass has rewritten at `path`: what no longer feeds an output taken out, com.microsoft's opset
+    declared if a contrib op is in it, and the value_info of the tensors gone dropped."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    remove_dead_nodes(graph)
+    if any(n.domain == MS_DOMAIN for n in graph.node) and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    drop_stale_value_info(graph)
+    onnx.save(model, str(path))
 
 
 def drop_stale_value_info(graph: Any) -> None:

@@ -31,11 +31,12 @@ CHUNK_BYTES = 64 << 20  # a transposed weight is written this much at a time: ne
 
 class DataFile:
     """A graph's data file, written a tensor at a time: each tensor appended page-aligned, its initializer (pointing
-    at its bytes) returned. `close` cuts the file at its last byte."""
+    at its bytes) returned. `close` cuts the file at its last byte. `extend`: after the tensors the file holds already
+    (a pass that adds one to a written graph), instead of a new file."""
 
-    def __init__(self, path: Path):
-        self.path, self.offset = path, 0
-        self.file = open(path, "wb")  # noqa: SIM115 - closed by `close`
+    def __init__(self, path: Path, extend: bool = False):
+        self.path, self.offset = path, path.stat().st_size if extend else 0
+        self.file = open(path, "r+b" if extend else "wb")  # noqa: SIM115 - closed by `close`
 
     def append(self, name: str, dims: Any, data_type: int, blocks: Any) -> Any:
         """Write `blocks` (bytes-like, in order) as tensor `name` (`dims`, onnx `data_type`); its initializer."""

@@ -147,8 +147,8 @@ def test_several_new_tokens_per_call_equal_one_at_a_time(drafts, batch):
     for j in range(2, 6):
         logits, own = model.step(tokens[:, j:j + 1], mask, own, cross)
         np.testing.assert_allclose(together[:, j - 2], logits, atol=1e-4)
-    for a, b in zip(grown, own, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+    for a, b in zip(grown, own, strict=True):  # K/V up to about 5: a few float32 roundings apart at most
+        np.testing.assert_allclose(a, b, atol=3e-5)
 
 
 def _one_token_copy(folder: Path, out: Path) -> Path:
