@@ -76,8 +76,11 @@ def read_bias_from_table(path: Path, table: np.ndarray) -> int:
     def name(part: str) -> str:
         return PREFIX + part
 
-    def ints(part: str, values: Any) -> str:
-        graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name(part)))
+    constants: list[Any] = []
+
+    def ints(part: str, values: Any) -> str:  # Constant nodes, as the trace writes its own: not weights
+        constants.append(helper.make_node("Constant", [], [name(part)],
+                                          value=numpy_helper.from_array(np.asarray(values, dtype=np.int64))))
         return name(part)
 
     # in the graph's data file with its other weights (a few kB: heads x (max_distance + 2) floats)
@@ -99,11 +102,12 @@ def read_bias_from_table(path: Path, table: np.ndarray) -> int:
               helper.make_node("Sub", [name("query_column"), name("keys")], [name("distance")]),
               helper.make_node("Clip", [name("distance"), ints("masked", -1), ints("far", far)], [name("index")]),
               helper.make_node("Gather", [TABLE, name("index")], [name("bias")], axis=2)]
+    nodes = constants + nodes
     for node in nodes:
         node.name = node.output[0]
     # named as the trace names the lookup it replaces, which the int8 and 4-bit passes keep fp32 by that name
     nodes[-1].name = name("relative_attention_bias/Gather")
-    for node in reversed(nodes):  # before every reader: they read only graph inputs and initializers
+    for node in reversed(nodes):  # before every reader: they read only graph inputs, initializers and each other
         graph.node.insert(0, node)
     graph.value_info.append(helper.make_tensor_value_info(name("bias"), TensorProto.FLOAT,
                                                           [1, table.shape[1], None, None]))
