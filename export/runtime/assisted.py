@@ -36,7 +36,7 @@ from export.runtime.acceptance import sample_rows, speculative_choice
 from export.runtime.columns import first_width, widened
 from export.runtime.draft_length import SCHEDULES, DraftLength
 from export.runtime.folder import reexport_hint
-from export.runtime.processors import process_logits, softmax
+from export.runtime.processors import is_eos, process_logits, softmax
 from export.runtime.settings import Resolved
 
 DRAFT_OPTIONS = ("num_assistant_tokens", "num_assistant_tokens_schedule")  # generate's, transformers' names
@@ -240,7 +240,7 @@ def assisted_search(model: Any, draft: Draft, ids: np.ndarray, mask: np.ndarray,
             else:
                 tokens = np.argmax(scores, axis=-1)
             seqs[:, cur + drafted] = tokens
-            done = done | np.isin(tokens, s.eos)
+            done = done | is_eos(tokens, s.eos)
             drafted += 1
         draft_seconds = lap("draft")
 
@@ -268,9 +268,9 @@ def assisted_search(model: Any, draft: Draft, ids: np.ndarray, mask: np.ndarray,
             if not alive.any():
                 break
         # EOS within what a row keeps ends it; the batch keeps what its least successful unfinished row keeps
-        is_eos = np.isin(out, s.eos) & (np.arange(drafted + 1)[None, :] < count[:, None])
-        ends = unfinished & is_eos.any(axis=1)
-        first_eos = np.where(ends, np.argmax(is_eos, axis=1), drafted + 1)
+        ended = is_eos(out, s.eos) & (np.arange(drafted + 1)[None, :] < count[:, None])
+        ends = unfinished & ended.any(axis=1)
+        first_eos = np.where(ends, np.argmax(ended, axis=1), drafted + 1)
         going = unfinished & ~ends
         m = int(count[going].min()) if going.any() else int(first_eos[ends].max()) + 1
         kept = out[:, :m]

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from export.runtime.columns import first_width, widened
-from export.runtime.processors import process_logits, softmax
+from export.runtime.processors import is_eos, process_logits, softmax
 from export.runtime.settings import Resolved
 from export.runtime.steps import DecoderSteps
 from export.runtime.topk import topk
@@ -60,7 +60,7 @@ def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolve
         top_seqs[:, :, cur_len] = top_idx % vocab
 
         # which candidates stop: max length reached, or EOS
-        hits = _is_eos(top_seqs[:, :, cur_len], s.eos) | (cur_len + 1 >= max_length)
+        hits = is_eos(top_seqs[:, :, cur_len], s.eos) | (cur_len + 1 >= max_length)
 
         # the best `beams` unfinished candidates run on
         top_running_lp = (top_lp + hits.astype(np.float32) * NEG).astype(np.float32)
@@ -113,11 +113,6 @@ def rows_of(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     batch, n = x.shape[:2]
     flat = x.reshape(batch * n, *x.shape[2:])
     return flat[(idx + (np.arange(batch) * n)[:, None]).ravel()].reshape(idx.shape + x.shape[2:])
-
-
-def _is_eos(tokens: np.ndarray, eos: np.ndarray) -> np.ndarray:
-    """Whether each token is one of the EOS ids (one comparison for the usual single id)."""
-    return tokens == eos[0] if eos.size == 1 else np.isin(tokens, eos)
 
 
 def _candidates(logits: np.ndarray, running: np.ndarray, running_scores: np.ndarray, s: Resolved, keep: int,

@@ -7,7 +7,7 @@ from typing import Any, cast
 import numpy as np
 
 from export.runtime.columns import first_width, widened
-from export.runtime.processors import process_logits, softmax
+from export.runtime.processors import is_eos, process_logits, softmax
 from export.runtime.settings import Resolved
 from export.runtime.steps import DecoderSteps
 
@@ -39,7 +39,7 @@ def greedy_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resol
             seqs = widened(seqs, min(s.max_length, 2 * cur_len), fill)
         seqs[:, cur_len] = next_tokens
         cur_len += 1
-        unfinished &= ~np.isin(next_tokens, s.eos)
+        unfinished &= ~is_eos(next_tokens, s.eos)
         if cur_len >= s.max_length or not unfinished.any():
             return np.ascontiguousarray(seqs[:, :cur_len])
         logits, own = decoder.step(next_tokens[:, None], mask, own, cross)

@@ -51,6 +51,12 @@ def process_logits(scores: np.ndarray, seqs: np.ndarray, s: Resolved, beam: bool
     return scores
 
 
+def is_eos(tokens: np.ndarray, eos: np.ndarray) -> np.ndarray:
+    """Whether each token is one of the EOS ids: one comparison for the usual single id, where `np.isin` sorts and
+    searches (about 9 us a call, once per step)."""
+    return tokens == eos[0] if eos.size == 1 else np.isin(tokens, eos)
+
+
 def softmax(x: np.ndarray) -> np.ndarray:
     """Softmax over the last axis."""
     z = np.exp(x - np.max(x, axis=-1, keepdims=True))
