@@ -13,6 +13,7 @@ import numpy as np
 
 from export.runtime.columns import first_width, widened
 from export.runtime.processors import is_eos, process_logits, softmax
+from export.runtime.rows import rows_of
 from export.runtime.settings import Resolved
 from export.runtime.steps import DecoderSteps
 from export.runtime.topk import topk
@@ -101,18 +102,6 @@ def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolve
     n_ret = s.num_return_sequences
     returned = sequences[:, :n_ret].reshape(batch * n_ret, -1)
     return returned[:, :1 + int(np.max(lengths[:, :n_ret]))]
-
-
-def rows_of(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """`x[b, idx[b, j]]` for x (batch, n, ...) and idx (batch, k): a new (batch, k, ...) array.
-
-    `np.take_along_axis` does the same, but builds broadcast index arrays each call: at small batch and beams, where
-    beam search's bookkeeping runs a dozen of these per step, it costs several times one indexing of the flattened
-    rows (docs/architecture.md, "Runtime").
-    """
-    batch, n = x.shape[:2]
-    flat = x.reshape(batch * n, *x.shape[2:])
-    return flat[(idx + (np.arange(batch) * n)[:, None]).ravel()].reshape(idx.shape + x.shape[2:])
 
 
 def _candidates(logits: np.ndarray, running: np.ndarray, running_scores: np.ndarray, s: Resolved, keep: int,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from export.runtime.rows import rows_of
+
 
 def topk(x: np.ndarray, k: int, block: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Largest k along the last axis of a 2-D array, in descending order (ties: lowest index first).
@@ -22,7 +24,7 @@ def topk(x: np.ndarray, k: int, block: int = 128) -> tuple[np.ndarray, np.ndarra
     groups = n // block
     if k * 4 > groups:
         idx = np.argsort(-x, axis=-1, kind="stable")[:, :k]
-        return np.take_along_axis(x, idx, axis=-1), idx
+        return rows_of(x, idx), idx
     full = block * groups
     group_max = x[:, :full].reshape(rows, block, groups).max(axis=1)
     if full < n:
@@ -43,4 +45,4 @@ def topk(x: np.ndarray, k: int, block: int = 128) -> tuple[np.ndarray, np.ndarra
             keep = values >= kth
             candidates, values = candidates[keep], values[keep]
         idx[row] = candidates[np.argsort(-values, kind="stable")[:k]]
-    return np.take_along_axis(x, idx, axis=-1), idx
+    return rows_of(x, idx), idx

@@ -245,6 +245,21 @@ def test_topk_is_a_stable_descending_sort_cut_at_k(shape, k):
     assert np.array_equal(idx, want) and np.array_equal(values, np.take_along_axis(x, want, axis=-1))
 
 
+@pytest.mark.parametrize("shape, k", [((1, 8), 4), ((3, 12, 5), 4), ((2, 4, 3, 2), 8)])
+def test_rows_of_picks_what_take_along_axis_picks(shape, k):
+    """Beam search's row picking: x[b, idx[b, j]] with its trailing axes, repeated and reordered indices included."""
+    from export.runtime.rows import rows_of
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape)
+    idx = rng.integers(0, shape[1], (shape[0], k))
+    got = rows_of(x, idx)
+    want = np.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1)
+    assert got.shape == (shape[0], k, *shape[2:]) and np.array_equal(got, want)
+    got[0, 0] = 99.0  # a new array, not a view into x
+    assert not (x == 99.0).any()
+
+
 def test_loading_returns_the_heap_it_freed(tied, monkeypatch):
     """Parsing the graphs frees a copy of their weights that glibc would keep: from_pretrained trims it, once."""
     from export.runtime import model
