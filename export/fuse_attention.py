@@ -32,18 +32,12 @@ from typing import Any
 import numpy as np
 
 from export.static_shapes import inferred_shapes
-from export.surgery import MS_DOMAIN, has_subgraphs, save_rewritten
+from export.surgery import MS_DOMAIN, attribute, constant_value, has_subgraphs, save_rewritten
 
 FLOAT, INT32, INT64 = 1, 6, 7  # onnx.TensorProto's element types
 MASK_INPUT = "encoder_attention_mask"
 PREFIX = "fuse_attention/"  # the names of what this pass adds
 MASKED = -1e4  # a fill value at most this is a mask (T5's is the dtype's minimum)
-
-
-def _attr(node: Any, name: str, default: Any = None) -> Any:
-    from onnx import helper
-
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 class _Graph:
@@ -66,7 +60,7 @@ class _Graph:
 
     def back(self, name: str) -> str:
         """`name` before any Cast to float (the trace's `.float()` and `.type_as`)."""
-        while (cast := self.made_by(name, "Cast")) is not None and _attr(cast, "to") == FLOAT:
+        while (cast := self.made_by(name, "Cast")) is not None and attribute(cast, "to") == FLOAT:
             name = cast.input[0]
         return name
 
@@ -76,28 +70,19 @@ class _Graph:
 
     def forward(self, name: str) -> str:
         """`name` after any Cast to float that is its only reader."""
-        while (node := self.only_reader(name)) is not None and node.op_type == "Cast" and _attr(node, "to") == FLOAT:
+        while ((node := self.only_reader(name)) is not None and node.op_type == "Cast"
+               and attribute(node, "to") == FLOAT):
             name = node.output[0]
         return name
 
     def scalar(self, name: str) -> float | None:
         """The value of a one-element constant (folded through Cast, Sqrt, Identity, Mul and Div), else None."""
-        from onnx import TensorProto, numpy_helper
-
-        if name in self.initializers:
-            tensor = self.initializers[name]
-            if tensor.data_location == TensorProto.EXTERNAL or int(np.prod(tensor.dims)) != 1:
-                return None
-            return float(numpy_helper.to_array(tensor).reshape(-1)[0])
+        constant = constant_value(name, self.producer, self.initializers)
+        if constant is not None:
+            return float(constant.reshape(-1)[0]) if constant.size == 1 else None
         node = self.producer.get(name)
-        if node is None:
+        if node is None or node.op_type == "Constant":
             return None
-        if node.op_type == "Constant":
-            value = _attr(node, "value")
-            if value is None:
-                return _attr(node, "value_float")
-            array = numpy_helper.to_array(value)
-            return float(array.reshape(-1)[0]) if array.size == 1 else None
         ops: dict[str, Callable[..., float]] = {"Cast": lambda x: x, "Identity": lambda x: x,
                                                 "Sqrt": lambda x: float(np.sqrt(x)), "Mul": lambda x, y: x * y,
                                                 "Div": lambda x, y: x / y}
@@ -142,7 +127,7 @@ def _heads(g: _Graph, source: str, transposed: str) -> tuple[int, int] | None:
     """(heads, d_kv) when `transposed` is Transpose(0, 2, 1, 3) of a Reshape of `source` (rows, tokens, d_model) into
     (rows, tokens, heads, d_kv), as `view(...).transpose(1, 2)` traces; else None."""
     transpose = g.made_by(transposed, "Transpose")
-    if transpose is None or list(_attr(transpose, "perm", [])) != [0, 2, 1, 3]:
+    if transpose is None or list(attribute(transpose, "perm", [])) != [0, 2, 1, 3]:
         return None
     reshape = g.made_by(transpose.input[0], "Reshape")
     if reshape is None or reshape.input[0] != source:
@@ -169,7 +154,7 @@ def _split(g: _Graph, reshaped: str) -> str | None:
 def _projection(g: _Graph, transposed: str) -> str | None:
     """The (rows, tokens, d_model) tensor that `transposed` splits into (rows, heads, tokens, d_kv), else None."""
     transpose = g.made_by(transposed, "Transpose")
-    if transpose is None or list(_attr(transpose, "perm", [])) != [0, 2, 1, 3]:
+    if transpose is None or list(attribute(transpose, "perm", [])) != [0, 2, 1, 3]:
         return None
     return _split(g, transpose.input[0])
 
@@ -177,7 +162,7 @@ def _projection(g: _Graph, transposed: str) -> str | None:
 def _cache(g: _Graph, name: str) -> tuple[str, str, str] | None:
     """(past input, new projection, new heads) when `name` is the cache Concat of a past input and new heads."""
     concat = g.made_by(name, "Concat")
-    if concat is None or len(concat.input) != 2 or _attr(concat, "axis") not in (2, -2):
+    if concat is None or len(concat.input) != 2 or attribute(concat, "axis") not in (2, -2):
         return None
     past, new = concat.input
     source = _projection(g, new)
@@ -186,7 +171,7 @@ def _cache(g: _Graph, name: str) -> tuple[str, str, str] | None:
 
 def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
     """What replaces the attention around `softmax`, or None where it is not T5's attention exactly."""
-    if _attr(softmax, "axis", -1) not in (-1, 3):
+    if attribute(softmax, "axis", -1) not in (-1, 3):
         return None
     scores = g.back(softmax.input[0])
     adjust, bias, mask = g.producer.get(scores), None, None
@@ -212,7 +197,7 @@ def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
     transpose_k = g.made_by(key_t[0], "Transpose")
     # the keys transposed for the scores: from the heads (0, 1, 3, 2), or straight from the split projection
     # (0, 2, 3, 1: the trace merges `.transpose(1, 2)` and `.transpose(2, 3)` where the heads are read nowhere else)
-    perm = list(_attr(transpose_k, "perm", [])) if transpose_k is not None else None
+    perm = list(attribute(transpose_k, "perm", [])) if transpose_k is not None else None
     if scale == 0 or perm not in ([0, 1, 3, 2], [0, 2, 3, 1]):
         return None
     probs = g.forward(softmax.output[0])
@@ -226,7 +211,7 @@ def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
         name = node.output[0]
     transposes = [n for n in chain if n.op_type == "Transpose"]
     ctx_dims, end_dims = g.shapes.get(context.output[0]), g.shapes.get(name)
-    if (len(transposes) != 1 or list(_attr(transposes[0], "perm", [])) != [0, 2, 1, 3] or not ctx_dims
+    if (len(transposes) != 1 or list(attribute(transposes[0], "perm", [])) != [0, 2, 1, 3] or not ctx_dims
             or g.shapes.get(transposes[0].input[0]) != ctx_dims or not end_dims or len(end_dims) != 3
             or name in g.outputs):
         return None

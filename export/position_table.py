@@ -4,9 +4,9 @@ T5's decoder adds to its self-attention scores a learned bias that depends only 
 key position, through a bucket (`T5Attention._relative_position_bucket`: exact below 16 positions, logarithmic up to
 `relative_attention_max_distance`, constant beyond), and masks every key after the query (d < 0). The trace computes
 that each step: two ranges, the bucket arithmetic (a Log, Divs, Mins, Where), the causal mask (LessOrEqual, Expand,
-Where) and their shapes, about 45 nodes read once per step, each costing onnxruntime a few microseconds, which at
-batch 1 on a small model is a sixth of the step. Every decoder layer reads the same bias (T5 computes it in the first
-layer and passes it on), so one table of `max_distance + 2` columns holds all of it:
+Where) and their shapes, about 45 nodes run at every step, each a dispatch of its own for a few dozen numbers.
+Every decoder layer reads the same bias (T5 computes it in the first layer and passes it on), so one table of
+`max_distance + 2` columns holds all of it:
 
     column d (0 <= d <= max_distance)    the bias at distance d, which is also the bias at every larger distance
     column -1 (the last)                 the mask's fill value, for every key after the query
@@ -51,8 +51,9 @@ def bias_table(model: Any) -> np.ndarray:
 def read_bias_from_table(path: Path, table: np.ndarray) -> int:
     """Rewrite the decoder-with-past graph at `path` so that its self-attentions (onnxruntime's MultiHeadAttention on
     a cache, as `export.fuse_attention` writes them) read their bias from `table` (`bias_table`); how many attentions
-    were rewired. Nothing changes where they do not share one bias (not T5's decoder). The first-step graph, run once
-    per call, keeps the trace's: its layers each mask their own copy of the bias."""
+    were rewired. Nothing changes where they do not share one bias (not T5's decoder). `decoder_model.onnx`, run once
+    per call, keeps the trace's: its layers each mask their own copy of the bias (OnnxT5 serves the first step from
+    this graph on an empty past)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -98,10 +99,10 @@ def read_bias_from_table(path: Path, table: np.ndarray) -> int:
              helper.make_node("Add", [name("past"), name("new")], [name("total")]),
              helper.make_node("Range", [name("past"), name("total"), name("one")], [name("queries")]),
              helper.make_node("Range", [ints("start", 0), name("total"), name("one")], [name("keys")]),
-              helper.make_node("Unsqueeze", [name("queries"), ints("column", [1])], [name("query_column")]),
-              helper.make_node("Sub", [name("query_column"), name("keys")], [name("distance")]),
-              helper.make_node("Clip", [name("distance"), ints("masked", -1), ints("far", far)], [name("index")]),
-              helper.make_node("Gather", [TABLE, name("index")], [name("bias")], axis=2)]
+             helper.make_node("Unsqueeze", [name("queries"), ints("column", [1])], [name("query_column")]),
+             helper.make_node("Sub", [name("query_column"), name("keys")], [name("distance")]),
+             helper.make_node("Clip", [name("distance"), ints("masked", -1), ints("far", far)], [name("index")]),
+             helper.make_node("Gather", [TABLE, name("index")], [name("bias")], axis=2)]
     nodes = constants + nodes
     for node in nodes:
         node.name = node.output[0]

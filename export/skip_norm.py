@@ -22,26 +22,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from export.static_shapes import inferred_shapes
-from export.surgery import MS_DOMAIN, has_subgraphs, save_rewritten
+from export.surgery import MS_DOMAIN, attribute, constant_value, has_subgraphs, save_rewritten
 
 FLOAT = 1  # onnx.TensorProto.FLOAT
-
-
-def _constant(producer: dict[str, Any], initializers: dict[str, Any], name: str) -> np.ndarray | None:
-    """The value of `name` when a Constant node or an inline initializer holds it, else None."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    if name in initializers:
-        tensor = initializers[name]
-        return None if tensor.data_location == TensorProto.EXTERNAL else numpy_helper.to_array(tensor)
-    node = producer.get(name)
-    if node is None or node.op_type != "Constant":
-        return None
-    value = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "value"), None)
-    return None if value is None else numpy_helper.to_array(value)
 
 
 def fuse_skip_norms(path: Path) -> int:
@@ -67,7 +51,7 @@ def fuse_skip_norms(path: Path) -> int:
         return node if node is not None and node.op_type == op else None
 
     def scalar(name: str) -> float | None:
-        value = _constant(producer, initializers, name)
+        value = constant_value(name, producer, initializers)
         return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
     fused: list[tuple[Any, ...]] = []
@@ -94,7 +78,7 @@ def fuse_skip_norms(path: Path) -> int:
             continue
         # the residual sum, behind an fp32 Cast of it (an identity: the graph is fp32)
         cast = made_by(x, "Cast")
-        total = cast.input[0] if cast is not None and _cast_to(cast) == FLOAT else x
+        total = cast.input[0] if cast is not None and attribute(cast, "to") == FLOAT else x
         residual = made_by(total, "Add")
         if residual is None or any(i in initializers or (i in producer and producer[i].op_type == "Constant")
                                    for i in residual.input):
@@ -137,18 +121,11 @@ def fuse_skip_norms(path: Path) -> int:
     return len(fused)
 
 
-def _cast_to(node: Any) -> int | None:
-    return next((a.i for a in node.attribute if a.name == "to"), None)
-
-
 def _last_axis(mean: Any, scalar: Any) -> bool:
     """Whether the ReduceMean averages over the last axis only, keeping it (axes as attribute, or as input >= 18)."""
-    from onnx import helper
-
-    attrs = {a.name: helper.get_attribute_value(a) for a in mean.attribute}
-    if attrs.get("keepdims", 1) != 1:
+    if attribute(mean, "keepdims", 1) != 1:
         return False
-    axes = attrs.get("axes")
+    axes = attribute(mean, "axes")
     if axes is None and len(mean.input) > 1:
         value = scalar(mean.input[1])
         axes = None if value is None else [int(value)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib ops
 
 
@@ -14,6 +16,31 @@ def has_subgraphs(graph: Any) -> bool:
     from onnx import AttributeProto
 
     return any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for n in graph.node for a in n.attribute)
+
+
+def attribute(node: Any, name: str, default: Any = None) -> Any:
+    """The value of a node's attribute `name`, or `default`."""
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def constant_value(name: str, producer: dict[str, Any], initializers: dict[str, Any]) -> np.ndarray | None:
+    """The value of `name` when an inline initializer or a Constant node (`value` or `value_float`) holds it; None for
+    anything else, weights in a data file included."""
+    from onnx import TensorProto, numpy_helper
+
+    if name in initializers:
+        tensor = initializers[name]
+        return None if tensor.data_location == TensorProto.EXTERNAL else numpy_helper.to_array(tensor)
+    node = producer.get(name)
+    if node is None or node.op_type != "Constant":
+        return None
+    value = attribute(node, "value")
+    if value is not None:
+        return numpy_helper.to_array(value)
+    value_float = attribute(node, "value_float")
+    return None if value_float is None else np.asarray(value_float, dtype=np.float32)
 
 
 def remove_dead_nodes(graph: Any) -> int:

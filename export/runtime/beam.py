@@ -42,6 +42,7 @@ def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolve
     lengths = np.zeros((batch, beams), dtype=np.int64)
     improvable = np.ones((batch, 1), dtype=bool)  # the early-stop heuristic is not yet satisfied
     in_place = np.arange(batch * beams)  # the cache rows when every beam continues itself
+    first_rows = in_place[::beams, None]  # each input's first cache row
 
     logits, own, cross = decoder.first_step(np.full((batch, 1), s.start, dtype=np.int64), mask, hidden)
     # candidates kept per step, so that `beams` unfinished ones remain; at most all of them (transformers' top-k
@@ -94,7 +95,7 @@ def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolve
         open_beam = not (np.all(finished) and s.early_stopping is True)
         if not (np.any(improvable) and open_beam and not np.all(hits)):
             break
-        cache_rows = (order + in_place.reshape(batch, beams)[:, :1]).reshape(-1)
+        cache_rows = (order + first_rows).reshape(-1)
         if not np.array_equal(cache_rows, in_place):  # every beam continuing itself: nothing to move
             own = decoder.take_rows(own, cache_rows)
         logits, own = decoder.step(running[:, :, cur_len - 1].reshape(-1, 1), mask, own, cross)

@@ -25,7 +25,7 @@ def session_options(threads: int | None = None, spin: bool = True) -> ort.Sessio
     options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default, one thread per physical core
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     # The int8 graphs are dynamically quantized: their only DequantizeLinear is the int8 embedding lookup's, which
-    # onnxruntime's QDQ passes copy once per reader (four per step on t5-small shapes), leaving the first layer norm
+    # onnxruntime's QDQ passes copy once per reader (four per step in the committed teacher's), leaving the first norm
     # unfused; without those passes it is one node and the norm fuses (docs/architecture.md, "Runtime")
     options.add_session_config_entry("session.disable_quant_qdq", "1")
     return options
