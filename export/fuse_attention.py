@@ -15,11 +15,14 @@ cache. Three kinds:
   (inputs, beams * new tokens, d_model); key, value = the cached (inputs, heads, encoder length, d_kv) inputs.
 
 What the trace adds to the scores becomes attention_bias when it has the scores' query and key lengths (T5's position
-bias, with the causal or padding mask in it), or key_padding_mask = `encoder_attention_mask` when the encoder's mask is
-the only input whose values it reads (cross-attention, which is checked). T5 does not scale the scores: the scale is
-read from the constants the trace multiplies by (1.0 for T5). Each rewrite is checked against onnxruntime's symbolic
-shapes (`export.static_shapes.inferred_shapes`); an attention that does not match exactly stays as traced, and
-`validate` compares the fused graphs with PyTorch.
+bias, with the causal mask in it), or key_padding_mask = `encoder_attention_mask` when the encoder's mask is the only
+input whose values it reads (cross-attention, which is checked). Where that bias is Where(padding mask, a position
+bias the same for every row, fill), as in the encoder, attention_bias is the position bias and key_padding_mask the
+mask's input, once a probe has shown the mask to be key padding (`export.key_padding`); a zero position bias
+(cross-attention's) is then left out. T5 does not scale the scores: the scale is read from the constants the trace
+multiplies by (1.0 for T5). Each rewrite is checked against onnxruntime's symbolic shapes
+(`export.static_shapes.inferred_shapes`); an attention that does not match exactly stays as traced, and `validate`
+compares the fused graphs with PyTorch.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from export.key_padding import key_padding_source
 from export.static_shapes import inferred_shapes
 from export.surgery import MS_DOMAIN, attribute, constant_value, has_subgraphs, save_rewritten
 
@@ -43,8 +47,9 @@ MASKED = -1e4  # a fill value at most this is a mask (T5's is the dtype's minimu
 class _Graph:
     """Producers, consumers, inputs and shapes of a graph, and the constant scalars it computes."""
 
-    def __init__(self, graph: Any, shapes: dict[str, Any]):
-        self.graph, self.shapes = graph, shapes
+    def __init__(self, model: Any, shapes: dict[str, Any]):
+        self.model, self.graph, self.shapes = model, model.graph, shapes
+        graph = model.graph
         self.producer = {out: node for node in graph.node for out in node.output}
         self.consumers: dict[str, list[Any]] = defaultdict(list)
         for node in graph.node:
@@ -232,8 +237,8 @@ def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
     if added is not None:
         b, s = g.shapes.get(bias) if bias else None, g.shapes.get(scores)
         fits = bool(b and s and len(b) == 4 and b[2:] == s[2:] and b[1] in (1, s[1]) and b[0] in (1, s[0]))
-        if mask is None and fits:
-            pass
+        if mask is None and fits and bias is not None and s is not None:
+            bias, padding = _split_padding(g, bias, s)
         elif MASK_INPUT in g.inputs and g.values_behind(added) == {MASK_INPUT}:
             padding, bias = MASK_INPUT, None
         else:
@@ -258,6 +263,32 @@ def _match(g: _Graph, softmax: Any) -> dict[str, Any] | None:
             return None
     return plan | {"kind": "cache", "query": source, "key": key, "value": value, "own_key": own_key,
                    "own_value": own_value}
+
+
+def _split_padding(g: _Graph, bias: str, scores: list[Any]) -> tuple[str | None, str | None]:
+    """(what stays attention_bias, or None; the key padding input, or None) for an attention bias that is
+    Where(key padding mask, position bias, a fill value) with a position bias the same for every row (the encoder's):
+    MultiHeadAttention then reads the (1, heads, query, key) position bias and a (rows, key) mask instead of a
+    (rows, heads, query, key) tensor made for it (`export.key_padding`); no attention_bias where the position bias is
+    zeros (cross-attention's)."""
+    from onnx import numpy_helper
+
+    where = g.made_by(bias, "Where")
+    if where is None:
+        return bias, None
+    keep, kept, fill = where.input
+    fill_value, dims = g.scalar(fill), g.shapes.get(kept)
+    if (fill_value is None or fill_value > MASKED or not dims or len(dims) != 4 or dims[0] != 1
+            or dims[1] not in (1, scores[1]) or dims[2:] != scores[2:]):
+        return bias, None
+    source = key_padding_source(g.model, g.producer, g.shapes, keep, g.values_behind(keep))
+    if source is None:
+        return bias, None
+    zeros = g.made_by(kept, "ConstantOfShape")  # cross-attention's bias: no position bias, only the mask
+    value = attribute(zeros, "value") if zeros is not None else None
+    if zeros is not None and (value is None or not numpy_helper.to_array(value).any()):
+        return None, source
+    return kept, source
 
 
 def _toposort(graph: Any) -> None:
@@ -297,7 +328,7 @@ def fuse_attention(path: Path) -> int:
     shapes = inferred_shapes(model)
     if not shapes:
         return 0
-    g = _Graph(graph, shapes)
+    g = _Graph(model, shapes)
     plans = [p for p in (_match(g, n) for n in list(graph.node) if n.op_type == "Softmax") if p is not None]
     if not plans:
         return 0
@@ -328,11 +359,12 @@ def fuse_attention(path: Path) -> int:
         attrs = {"num_heads": heads, "scale": float(plan["scale"]), "domain": MS_DOMAIN, "name": plan["name"]}
         mask = ""
         if plan["padding"]:
-            if "mask" not in shared:
-                shared["mask"] = PREFIX + "key_padding_mask"
-                added.append(helper.make_node("Cast", [MASK_INPUT], [shared["mask"]], name=shared["mask"], to=INT32))
-                typed(shared["mask"], INT32, shapes.get(MASK_INPUT))
-            mask = shared["mask"]
+            source = plan["padding"]
+            if source not in shared:
+                shared[source] = PREFIX + "key_padding_mask" + (f"_{len(shared)}" if shared else "")
+                added.append(helper.make_node("Cast", [source], [shared[source]], name=shared[source], to=INT32))
+                typed(shared[source], INT32, shapes.get(source))
+            mask = shared[source]
         if plan["kind"] == "cache":
             (past_k, new_k, heads_k), (past_v, new_v, _) = plan["own_key"], plan["own_value"]
             inputs = [plan["query"], new_k, new_v, "", mask, plan["bias"] or "", past_k, past_v]
