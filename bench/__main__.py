@@ -27,7 +27,9 @@ median of at least `--repeats` calls, more until `--min-seconds` of calls. Three
    in `--recheck-rounds` more rounds, the two configurations that made it in alternating order (the reverse of the
    first stage, then the first order again, ...), each in a fresh process, and each keeps its lowest median: a
    verdict rests on several runs, not on one process that the machine happened to slow (a slow spell only ever adds
-   time, so the lowest median is the one to keep).
+   time, so the lowest median is the one to keep). So is each configuration's cell that took over 1.5x as long as
+   one of its cells with at least as much work (batch, beams and input length alike): a reading a slow spell made,
+   for a peer as for OnnxT5, however far from 1 its verdict.
 Outputs are compared with torch fp32's, cell by cell (share of equal tokens), so that none wins by decoding something
 else. For each of our exports `bench.floor` measures the time per token at batch 1 greedy against
 the memory-bandwidth floor. Written to bench/results/: results.json, results.md (goals, best per cell, every
@@ -52,7 +54,6 @@ from typing import Any
 from bench.configs import BY_NAME, CONFIGS, REFERENCE, select
 from bench.models import MODELS, check_venvs, convert, make_models
 from bench.report import (
-    close_calls,
     goals,
     kept_after_probe,
     merge_cells,
@@ -60,6 +61,7 @@ from bench.report import (
     plot,
     render,
     summarize,
+    to_measure_again,
 )
 from bench.runner import inputs_file, run_config
 from bench.steps import run_step
@@ -154,11 +156,12 @@ def measure_model(name: str, folder: Path, args: argparse.Namespace, tmp: Path) 
 
 
 def recheck(results: dict[str, Any], args: argparse.Namespace, tmp: Path) -> None:
-    """The further rounds: the close verdicts' two configurations again on those cells, the reverse order first, then
-    alternating; each round asks again which verdicts are close (one that a round settled is not measured again)."""
+    """The further rounds: the close verdicts' two configurations again on those cells, and each configuration's
+    outlying cells (`report.to_measure_again`), the reverse order first, then alternating; each round asks again
+    (a cell that a round settled is not measured again)."""
     for round_ in range(args.recheck_rounds):
         for name, model in results["models"].items():
-            again = close_calls(model)
+            again = to_measure_again(model)
             config = json.loads((Path(model["path"]) / "config.json").read_text())
             order = [BY_NAME[n] for n in again]
             for c in reversed(order) if round_ % 2 == 0 else order:

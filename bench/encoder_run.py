@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.encoder_run runs/export/student/encoder_model_quantized.onnx --batch 8 --length 256
 
 The batch is random token ids (below the vocabulary size of the folder's config.json); every other row is padded
-from half its length, so that the mask the encoder applies is not all ones. One graph per process (VmHWM only grows): compare exports by running this once for each.
+from half its length, so that the mask the encoder applies is not all ones. One graph per process (VmHWM only
+grows): compare exports by running this once for each.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from eval.tables import markdown_table
 
 Key = tuple[int, int, int]  # (batch size, beams, input length)
 CLOSE = 1.25  # a verdict within this factor either way is measured again (`close_calls`)
+SLOWER = 1.5  # a cell this much slower than a cell of more work, same configuration, is measured again (`outliers`)
 PRUNE = 1.3  # a configuration this much slower than its family's best on every probe cell skips the rest of the grid
 GOAL_SHAPES = ("t5-small-6-6", "t5-small-6-2", "t5-base-12-12", "t5-base-12-3")  # "every cell" goal's grids
 FLOOR_SHAPES = ("t5-base-12-12", "mt5-small-8-8")  # the bandwidth-floor goal's shapes
@@ -123,6 +124,31 @@ def close_calls(model: dict[str, Any], factor: float = CLOSE) -> dict[str, list[
     return again
 
 
+def outliers(model: dict[str, Any], factor: float = SLOWER) -> dict[str, list[Key]]:
+    """The cells of each configuration that took more than `factor` times as long as one of its cells with at least
+    as much work: a batch as large, as many beams, an input as long (32 new tokens are forced in every cell, so more
+    of any of them is never less work). Such a reading is the machine's, not the engine's: one run had CTranslate2
+    at 1,093 ms for batch 8 beam 4 with 16 input tokens and 96 ms with 64. Measured again like a close verdict, since
+    a slowed peer makes as false a verdict as a slowed OnnxT5."""
+    again: dict[str, list[Key]] = {}
+    for name, by_key in measured(model).items():
+        ms = {k: c["latency_ms"]["median"] for k, c in by_key.items()}
+        for k, t in ms.items():
+            if any(other != k and all(o >= m for o, m in zip(other, k, strict=True)) and t > factor * u
+                   for other, u in ms.items()):
+                again.setdefault(name, []).append(k)
+    return again
+
+
+def to_measure_again(model: dict[str, Any]) -> dict[str, list[Key]]:
+    """What a further round measures: the close verdicts' two configurations (`close_calls`) and each
+    configuration's outlying cells (`outliers`), per configuration in grid order without repeats."""
+    again = close_calls(model)
+    for name, keys in outliers(model).items():
+        again[name] = sorted(set(again.get(name, [])) | set(keys))
+    return again
+
+
 def _rows(results: dict[str, Any], models: tuple[str, ...] | None = None) -> list[tuple[str, dict[str, Any]]]:
     return [(m, row) for m, model in results["models"].items() if models is None or m in models
             for row in model.get("best", []) if row.get("vs_best_peer") is not None]
@@ -184,7 +210,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [f"# make bench, {results['created']}", "",
              f"{env['cpu']}, {results['threads']} threads; {results['new_tokens']} new tokens forced (min = max); "
              f"per cell the median of at least {results['repeats']} timed calls (more until {results['min_seconds']} s "
-             f"of calls), after one untimed call; cells whose verdict lay within {CLOSE}x were measured again, in "
+             f"of calls), after one untimed call; cells whose verdict lay within {CLOSE}x, and cells over {SLOWER}x "
+             "as slow as one of more work in the same configuration, were measured again, in "
              f"up to {results.get('recheck_rounds', 1)} more rounds in alternating order, and keep each "
              "configuration's lowest median. Ratios: other latency / OnnxT5's (> 1: OnnxT5 faster).", ""]
     if results.get("complete") is False:

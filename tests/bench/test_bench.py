@@ -118,6 +118,32 @@ def test_close_verdicts_are_measured_again_and_keep_the_lower_median():
     assert model["configs"]["onnx-int8"]["cells"][1]["tokens_per_s"] == pytest.approx(8 * 32 / 0.7)
 
 
+def test_a_cell_slower_than_one_of_more_work_is_measured_again():
+    """`outliers`: a configuration's cell over 1.5x as slow as one of its cells with at least as much work (batch,
+    beams and input length alike) is a slowed reading, whatever its verdict; `to_measure_again` adds those cells to
+    the close verdicts', once each."""
+    def cells(ms: dict) -> dict:
+        return {"cells": [{"batch_size": b, "num_beams": k, "input_length": n, "latency_ms": {"median": t}}
+                          for (b, k, n), t in ms.items()]}
+
+    model = {"configs": {
+        # the run that made this rule: batch 8 beam 4 with 16 tokens took 11x as long as with 64
+        "ct2-float32": cells({(8, 4, 16): 1093.0, (8, 4, 64): 96.0, (8, 4, 256): 150.0, (8, 1, 16): 20.0,
+                              (1, 1, 16): 10.0}),
+        # 1.4x slower than a cell of more work: this machine's noise, not measured again; a larger batch with a
+        # shorter input is not more work in every respect
+        "onnx-int8": cells({(8, 1, 16): 14.0, (8, 4, 16): 10.0, (32, 1, 16): 40.0, (8, 1, 256): 30.0,
+                            (1, 1, 256): 35.0}),
+        "broken": {"error": "exit 1"}}}
+    assert report.outliers(model) == {"ct2-float32": [(8, 4, 16)]}
+
+    results = _results()
+    report.summarize(results)
+    both = results["models"]["t5-small-6-2"]
+    both["configs"]["ct2-int8"]["cells"][0]["latency_ms"]["median"] = 1300.0  # batch 1 greedy above batch 8 beam 4
+    assert report.to_measure_again(both) == {"onnx-int8": [(8, 4, 64)], "ct2-int8": [(1, 1, 64), (8, 4, 64)]}
+
+
 def test_further_rounds_alternate_the_order_and_stop_once_a_verdict_is_settled(monkeypatch, tmp_path):
     """`recheck`: the reverse order first, then the first order again; a cell the second round settles (OnnxT5 now
     clearly faster) is not measured a third time."""
