@@ -43,6 +43,7 @@ def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolve
     improvable = np.ones((batch, 1), dtype=bool)  # the early-stop heuristic is not yet satisfied
     in_place = np.arange(batch * beams)  # the cache rows when every beam continues itself
     first_rows = in_place[::beams, None]  # each input's first cache row
+    each = np.arange(batch)[:, None]  # x[each, idx]: row idx[b, j] of input b (`rows_of`, its index made once)
 
     logits, own, cross = decoder.first_step(np.full((batch, 1), s.start, dtype=np.int64), mask, hidden)
     # candidates kept per step, so that `beams` unfinished ones remain; at most all of them (transformers' top-k
@@ -58,41 +59,48 @@ def beam_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resolve
         vocab = logits.shape[-1]
         top_lp, top_idx = _candidates(logits, running[:, :, :cur_len], running_scores, s, keep, rng, log_softmax)
         from_beam = top_idx // vocab
-        top_seqs = rows_of(running, from_beam)
+        top_seqs = running[each, from_beam]
         top_seqs[:, :, cur_len] = top_idx % vocab
 
         # which candidates stop: max length reached, or EOS
         hits = is_eos(top_seqs[:, :, cur_len], s.eos) | (cur_len + 1 >= max_length)
 
-        # the best `beams` unfinished candidates run on
-        top_running_lp = (top_lp + hits.astype(np.float32) * NEG).astype(np.float32)
-        _, nxt = topk(top_running_lp, beams)
-        running = rows_of(top_seqs, nxt)
-        running_scores = rows_of(top_running_lp, nxt)
-        order = rows_of(from_beam, nxt)  # the beam each running sequence continues
+        # the best `beams` unfinished candidates run on (a stable sort of 2 x beams scores: topk's own order)
+        top_running_lp = np.where(hits, top_lp + NEG, top_lp).astype(np.float32, copy=False)
+        nxt = np.argsort(-top_running_lp, axis=1, kind="stable")[:, :beams]
+        running = top_seqs[each, nxt]
+        running_scores = top_running_lp[each, nxt]
+        order = from_beam[each, nxt]  # the beam each running sequence continues
 
-        # finished candidates among the top `beams` join the finished set if they beat it
+        # finished candidates among the top `beams` join the finished set if they beat it. A candidate that did not
+        # just finish scores its log-probability + NEG, which float32 rounds to NEG or below (log-probabilities are
+        # <= 0), so it never displaces a member of the set (>= NEG, ahead of it in the stable order): without one
+        # that just finished the set stays as it is, and the step skips the merge.
         just_finished = hits & top_beam_mask[None, :]
-        final_lp = (top_lp / np.float32((cur_len + 1 - 1) ** s.length_penalty)).astype(np.float32)
-        full = np.all(finished, axis=-1, keepdims=True) & (s.early_stopping is True)
-        final_lp = final_lp + full.astype(np.float32) * NEG
-        final_lp = final_lp + (~improvable).astype(np.float32) * NEG
-        final_lp = (final_lp + (~just_finished).astype(np.float32) * NEG).astype(np.float32)
-        merged_scores = np.concatenate([beam_scores, final_lp], axis=1)
-        _, best = topk(merged_scores, beams)
-        sequences = rows_of(np.concatenate([sequences, top_seqs], axis=1), best)
-        beam_scores = rows_of(merged_scores, best)
-        lengths = rows_of(np.concatenate([lengths, np.full_like(top_idx, cur_len)], axis=1), best)
-        finished = rows_of(np.concatenate([finished, just_finished], axis=1), best)
+        if just_finished.any():
+            final_lp = (top_lp / np.float32((cur_len + 1 - 1) ** s.length_penalty)).astype(np.float32)
+            full = np.all(finished, axis=-1, keepdims=True) & (s.early_stopping is True)
+            final_lp = final_lp + full.astype(np.float32) * NEG
+            final_lp = final_lp + (~improvable).astype(np.float32) * NEG
+            final_lp = (final_lp + (~just_finished).astype(np.float32) * NEG).astype(np.float32)
+            merged_scores = np.concatenate([beam_scores, final_lp], axis=1)
+            _, best = topk(merged_scores, beams)
+            sequences = rows_of(np.concatenate([sequences, top_seqs], axis=1), best)
+            beam_scores = rows_of(merged_scores, best)
+            lengths = rows_of(np.concatenate([lengths, np.full_like(top_idx, cur_len)], axis=1), best)
+            finished = rows_of(np.concatenate([finished, just_finished], axis=1), best)
 
         cur_len += 1
         # early-stop heuristic: can a running beam still beat the worst finished one?
         never = s.early_stopping == "never" and s.length_penalty > 0.0  # then assume the longest possible beam
         best_len = max_length - 1 if never else cur_len - 1
         best_possible = running_scores[:, :1] / np.float32(best_len ** s.length_penalty)
-        worst = np.where(finished, np.min(beam_scores, axis=1, keepdims=True), NEG)
-        improvable = improvable & np.any(best_possible > worst, axis=-1, keepdims=True)
-        open_beam = not (np.all(finished) and s.early_stopping is True)
+        if finished.any():
+            worst = np.where(finished, np.min(beam_scores, axis=1, keepdims=True), NEG)
+            improvable = improvable & np.any(best_possible > worst, axis=-1, keepdims=True)
+        else:  # every input's worst finished score is still NEG
+            improvable = improvable & (best_possible > NEG)
+        open_beam = not (s.early_stopping is True and np.all(finished))
         if not (np.any(improvable) and open_beam and not np.all(hits)):
             break
         cache_rows = (order + first_rows).reshape(-1)
