@@ -16,7 +16,7 @@ from export.cross_attention import shared_cross_attention
 from export.fuse_attention import fuse_attention
 from export.graphs import DecoderGraph, DecoderWithPastGraph, EncoderGraph, GraphSpec, graph_specs
 from export.layout import DECODER, DECODER_WITH_PAST, ENCODER
-from export.position_table import bias_table, read_bias_from_table
+from export.position_table import bias_table, encoder_bias_table, read_bias_from_table, read_encoder_bias_from_table
 from export.skip_norm import fuse_skip_norms
 from export.static_shapes import static_reshapes
 from export.surgery import drop_single_input_concats
@@ -124,6 +124,7 @@ def export_graphs(model: Any, folder: Path, opset: int = DEFAULT_OPSET, fused_at
         _torch_export(DecoderWithPastGraph(model), (new_ids.repeat_interleave(2, dim=0),
                                                     ex["attention_mask"], *beams),
                       specs[DECODER_WITH_PAST], folder / DECODER_WITH_PAST, opset, fused_attention)
-    if fused_attention:  # its self-attention bias read from a table (`export.position_table`)
+    if fused_attention:  # the self-attention biases read from tables (`export.position_table`)
         read_bias_from_table(folder / DECODER_WITH_PAST, bias_table(model))
+        read_encoder_bias_from_table(folder / ENCODER, encoder_bias_table(model))
     return specs

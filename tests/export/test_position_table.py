@@ -1,6 +1,7 @@
-"""The decoder-with-past graph's self-attention bias read from a table (`export.position_table`): the same outputs as
-the traced bias bit for bit, at every distance (past the last bucket too), with beams and several new tokens; the
-table fp32 in the int8 graph; a graph that is not T5's decoder left alone."""
+"""The self-attention biases read from tables (`export.position_table`): the decoder-with-past graph's and the
+encoder's outputs equal to the traced bias's bit for bit, at every distance (past the last bucket too, on both sides
+for the encoder), with beams, several new tokens and padding; the tables fp32 in the int8 graphs; a graph that is not
+T5's left alone."""
 
 from __future__ import annotations
 
@@ -13,8 +14,14 @@ from onnx import TensorProto, helper
 
 import export.trace
 from export.graphs import graph_specs
-from export.layout import DECODER_WITH_PAST
-from export.position_table import TABLE, bias_table, read_bias_from_table
+from export.layout import DECODER_WITH_PAST, ENCODER
+from export.position_table import (
+    TABLE,
+    bias_table,
+    encoder_bias_table,
+    read_bias_from_table,
+    read_encoder_bias_from_table,
+)
 
 FAR = 6  # relative_attention_max_distance of the test model: a short past already reaches the last bucket
 
@@ -42,8 +49,9 @@ def both(tmp_path_factory, tiny_t5):
     for folder in folders:
         folder.mkdir()
     export.trace.export_graphs(model, folders[0])
-    with pytest.MonkeyPatch.context() as patch:  # the same export with the pass left out
+    with pytest.MonkeyPatch.context() as patch:  # the same export with the passes left out
         patch.setattr(export.trace, "read_bias_from_table", lambda path, table: 0)
+        patch.setattr(export.trace, "read_encoder_bias_from_table", lambda path, table: 0)
         export.trace.export_graphs(model, folders[1])
     return model, *folders
 
@@ -81,15 +89,55 @@ def test_each_column_is_the_bias_at_that_distance(both):
     assert np.all(values[0, :, -1] == np.finfo(np.float32).min)
 
 
+def test_the_encoder_table_gives_the_traced_states_bit_for_bit(both):
+    """Inputs shorter and longer than max_distance on both sides (up to 3x), padded rows among them: the encoder's
+    states equal to the last bit; its bucket arithmetic is gone and one Gather reads the table."""
+    model, table, traced = both
+    nodes = onnx.load(str(table / ENCODER), load_external_data=False).graph.node
+    assert not [n for n in nodes if n.op_type in ("Log", "Where", "Abs")]
+    assert len([n for n in nodes if n.op_type == "Gather" and n.input[0] == TABLE]) == 1
+    sessions = [ort.InferenceSession(str(folder / ENCODER), providers=["CPUExecutionProvider"])
+                for folder in (table, traced)]
+    rng = np.random.default_rng(1)
+    for rows, length in ((1, 1), (2, 3), (3, FAR), (2, FAR + 1), (2, 3 * FAR + 2)):
+        ids = rng.integers(2, model.config.vocab_size, (rows, length))
+        mask = (np.arange(length)[None, :] < rng.integers(1, length + 1, (rows, 1))).astype(np.int64)
+        ours, theirs = (s.run(None, {"input_ids": ids, "attention_mask": mask})[0] for s in sessions)
+        assert np.array_equal(ours, theirs), (rows, length)
+
+
+def test_each_encoder_row_is_the_bias_at_that_distance(both):
+    """Row d + max_distance of the encoder's table is the model's own bias for a key d positions after its query
+    (before it for d < 0), at every distance up to twice max_distance either way (clipped to the first or last row)."""
+    model = both[0]
+    values = encoder_bias_table(model)
+    assert values.shape == (2 * FAR + 1, model.config.num_heads) and values.dtype == np.float32
+    attention = model.get_encoder().block[0].layer[0].SelfAttention
+    with torch.no_grad():
+        bias = attention.compute_bias(1, 4 * FAR + 1, past_seen_tokens=2 * FAR)[0, :, 0].numpy()  # keys 0..4 FAR
+    for key in range(4 * FAR + 1):
+        distance = key - 2 * FAR
+        assert np.array_equal(values[min(max(distance, -FAR), FAR) + FAR], bias[:, key])
+
+
+def test_an_encoder_whose_bias_keeps_changing_is_refused(tiny_t5, tmp_path):
+    """Buckets that still grow past max_distance (more buckets than distances) cannot come from a table."""
+    model = tiny_t5(tmp_path / "model", "t5-relu-tied", relative_attention_max_distance=4,
+                    relative_attention_num_buckets=64)
+    with pytest.raises(ValueError, match="relative_attention_max_distance=4"):
+        encoder_bias_table(model)
+
+
 def test_the_int8_graph_keeps_the_table_fp32(tmp_path, tiny_t5):
-    """The int8 pass quantizes the token embeddings' Gather, not the table's: the table stays a float initializer."""
+    """The int8 pass quantizes the token embeddings' Gather, not the tables': each stays a float initializer."""
     from export.exporter import export
 
     tiny_t5(tmp_path / "model", "t5-relu-tied")
     export(str(tmp_path / "model"), tmp_path / "onnx", int8=True, require_tokenizer=False)
-    graph = onnx.load(str(tmp_path / "onnx" / "decoder_with_past_model_quantized.onnx"), load_external_data=False).graph
-    tables = [t for t in graph.initializer if t.name == TABLE]
-    assert len(tables) == 1 and tables[0].data_type == TensorProto.FLOAT
+    for name in ("decoder_with_past_model_quantized.onnx", "encoder_model_quantized.onnx"):
+        graph = onnx.load(str(tmp_path / "onnx" / name), load_external_data=False).graph
+        tables = [t for t in graph.initializer if t.name == TABLE]
+        assert len(tables) == 1 and tables[0].data_type == TensorProto.FLOAT, name
 
 
 def test_a_graph_that_is_not_a_t5_decoder_is_left_alone(tmp_path):
@@ -101,4 +149,5 @@ def test_a_graph_that_is_not_a_t5_decoder_is_left_alone(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     before = path.read_bytes()
     assert read_bias_from_table(path, np.zeros((1, 2, 4), np.float32)) == 0
+    assert read_encoder_bias_from_table(path, np.zeros((5, 2), np.float32)) == 0
     assert path.read_bytes() == before
