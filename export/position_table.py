@@ -15,10 +15,11 @@ and the graph gathers the (heads, new tokens, keys) bias with index clip(d, -1, 
 trace computed, bit for bit. The table comes from the model's own `compute_bias`, not from a copy of the bucketing.
 
 The encoder computes its bias once a call, but over every (query, key) pair: the same bucket arithmetic on length x
-length numbers, then a transpose (about 14 % of the default student's int8 encoder at 256 tokens, in onnxruntime's
-profile). Its buckets are bidirectional, so its table has a row of heads for each distance key - query from
--max_distance to max_distance; the graph gathers rows with index clip(key - query, -max_distance, max_distance) +
-max_distance and puts the heads first, as the trace does after its own lookup.
+length numbers, then a transpose, a cost that grows with the square of the input's length (measured in
+docs/results.md, "The encoder's position bias from a table"). Its buckets are bidirectional, so its table has a row
+of heads for each distance key - query from -max_distance to max_distance; the graph gathers rows with index
+clip(key - query, -max_distance, max_distance) + max_distance and puts the heads first, as the trace does after its
+own lookup.
 """
 
 from __future__ import annotations
@@ -48,9 +49,7 @@ def bias_table(model: Any) -> np.ndarray:
     with torch.no_grad():
         # one query at position 2 * far over keys 0..2 * far: distances 2 * far .. 0, the model's own buckets
         values = attention.compute_bias(1, 2 * far + 1, past_seen_tokens=2 * far)[0, :, 0].flip(-1).float().numpy()
-    if not np.array_equal(values[:, far:], np.repeat(values[:, far:far + 1], far + 1, axis=1)):
-        raise ValueError(f"the decoder's position bias still changes past relative_attention_max_distance={far}: "
-                         "its buckets are not T5's, so the bias cannot be read from a table")
+    _check_constant_beyond("decoder", far, values[:, far:])
     fill = np.full((values.shape[0], 1), torch.finfo(torch.float32).min, dtype=np.float32)
     return np.concatenate([values[:, :far + 1], fill], axis=1)[None]
 
@@ -67,12 +66,16 @@ def encoder_bias_table(model: Any) -> np.ndarray:
     with torch.no_grad():
         # one query at position 2 * far over keys 0..4 * far: distances -2 * far .. 2 * far, the model's own buckets
         values = attention.compute_bias(1, 4 * far + 1, past_seen_tokens=2 * far)[0, :, 0].float().numpy()
-    low, high = values[:, :far + 1], values[:, 3 * far:]
-    if not (np.array_equal(low, np.repeat(low[:, -1:], far + 1, axis=1))
-            and np.array_equal(high, np.repeat(high[:, :1], far + 1, axis=1))):
-        raise ValueError(f"the encoder's position bias still changes past relative_attention_max_distance={far}: "
-                         "its buckets are not T5's, so the bias cannot be read from a table")
+    _check_constant_beyond("encoder", far, values[:, :far + 1], values[:, 3 * far:])
     return np.ascontiguousarray(values[:, far:3 * far + 1].T)
+
+
+def _check_constant_beyond(stack: str, far: int, *blocks: np.ndarray) -> None:
+    """Raise unless each (heads, distances) block of bias, the distances from max_distance outwards, holds one value
+    per head: a table clipped at max_distance then reads what the buckets would give."""
+    if not all(np.all(block == block[:, :1]) for block in blocks):
+        raise ValueError(f"the {stack}'s position bias still changes past relative_attention_max_distance={far}: "
+                         "its buckets are not T5's, so the bias cannot be read from a table")
 
 
 def read_bias_from_table(path: Path, table: np.ndarray) -> int:
@@ -118,8 +121,8 @@ def read_encoder_bias_from_table(path: Path, table: np.ndarray) -> int:
                 _node("Unsqueeze", [_name("queries"), ints("column", [1])], "query_column"),
                 _node("Sub", [_name("keys"), _name("query_column")], "distance"),
                 _node("Clip", [_name("distance"), ints("nearest", 0), ints("widest", 2 * far)], "index"),
-                # (length, length, heads), then heads first: a Gather along the table's last axis instead copies
-                # one float at a time, 2.0x the time of both (the default student at 256 tokens)
+                # (length, length, heads), then heads first: a Gather along the table's last axis would give that
+                # layout directly but copies one float at a time, slower than both (docs/architecture.md)
                 _table_gather("index", 0, "rows"),
                 _node("Transpose", [_name("rows")], "heads_first", perm=[2, 0, 1]),
                 _node("Unsqueeze", [_name("heads_first"), ints("batch_axis", [0])], "bias")]
