@@ -24,7 +24,7 @@ RESULTS ?= runs/eval/default/results.json
 GRID ?= default
 LIMIT ?=
 
-.PHONY: help setup data tokenizer teacher teacher-score distill distill-best distill-best-6-2 distill-matrix distill-profile pseudo-labels pseudo-labels-mixed export bench-export eval publish bench bench-spec bench-gpu demo test test-fast lint
+.PHONY: help setup data tokenizer teacher teacher-score distill distill-best distill-best-6-2 distill-matrix distill-profile pseudo-labels pseudo-labels-mixed export bench-export eval publish bench bench-paired bench-spec bench-gpu demo test test-fast lint
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -143,6 +143,12 @@ bench-gpu: setup data  ## on a GPU machine: OnnxT5 fp16 on CUDA vs torch bf16 an
 
 bench: .venv-serve/.installed .venv-optimum/.installed data  ## OnnxT5 at its best vs every peer at its best, every shape (GRID=quick|full)
 	$(PY) -m bench --grid $(GRID)
+
+# two configurations of make bench in the same minutes: each in its own process, kept loaded, alternated in blocks
+PAIR ?= onnx-int8,ct2-float32-onednn
+PAIR_MODEL ?= student
+bench-paired: .venv-serve/.installed data  ## two bench configurations alternated in their own processes (PAIR=a,b PAIR_MODEL=...)
+	$(PY) -m bench.paired --model $(PAIR_MODEL) --engines $(PAIR)
 
 demo: data  ## the whole chain on the embedded default: distill, export (student, teacher), eval (runs/eval/default)
 	$(MAKE) --no-print-directory distill

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ from typing import Any
 
 from bench.configs import BY_NAME, CONFIGS, REFERENCE, select
 from bench.models import MODELS, check_venvs, convert, make_models
+from bench.options import add_model_options
 from bench.report import (
     goals,
     kept_after_probe,
@@ -77,19 +77,12 @@ PROBE = {(1, 1, 64), (8, 4, 64)}  # the cells every configuration runs; the rest
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options of the module docstring; `--models` and `--engines` as lists, checked."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--student", type=Path, default=Path("runs/distill/student"),
-                        help="the default student (default %(default)s; made by make distill)")
-    parser.add_argument("--data", type=Path, default=Path("data/bible"), help="test sources for the inputs")
-    parser.add_argument("--tokenizer", type=Path, default=Path("models/teacher"),
-                        help="folder whose tokenizer.json makes the input ids (default: the committed teacher's, which "
-                             "the default student shares; its 8,000 ids are valid in every shape's vocabulary)")
+    add_model_options(parser)
     parser.add_argument("--grid", choices=("default", "quick", "full"), default="default",
                         help="default: the full grid for the small shapes, the quick one for the larger")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ", ".join(MODELS))
     parser.add_argument("--engines", default="all",
                         help="comma-separated configurations or families (default all: " + ", ".join(BY_NAME) + ")")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="for every engine (default %(default)s)")
-    parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=at_least_one, default=3, help="timed calls per cell at least")
     parser.add_argument("--min-seconds", type=float, default=2.0,
                         help="more timed calls until they add up to this (default %(default)s)")
@@ -101,12 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-floor", action="store_true", help="skip the bandwidth-floor measurement")
     parser.add_argument("--no-prune", dest="prune", action="store_false",
                         help="run every configuration on the whole grid, not only those the probe cells keep")
-    parser.add_argument("--work", type=Path, default=Path("bench/work"), help="models and conversions (cached)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--serve-python", type=Path, default=Path(".venv-serve/bin/python"),
-                        help="python of the venv holding only what OnnxT5 needs (make bench creates it)")
-    parser.add_argument("--optimum-python", type=Path, default=Path(".venv-optimum/bin/python"),
-                        help="python of the optimum venv (make bench creates it)")
     args = parser.parse_args(argv)
     if args.recheck_repeats < 0 or args.recheck_rounds < 0:
         parser.error("--recheck-repeats and --recheck-rounds must be 0 or more")

@@ -31,23 +31,34 @@ def inputs_file(args: argparse.Namespace, grid: dict[str, list[int]], folder: Pa
     return path
 
 
+def python_for(config: Config, args: argparse.Namespace) -> str:
+    """The python of the venv `config` runs in."""
+    pythons = {"project": sys.executable, "serve": str(args.serve_python), "optimum": str(args.optimum_python)}
+    return pythons[config.venv]
+
+
+def worker_job(config: Config, model: str, folder: Path, cells: list[list[int]], inputs: Path,
+               args: argparse.Namespace, model_config: dict[str, Any], repeats: int | None = None) -> dict[str, Any]:
+    """What `bench.worker` (or `bench.served`) is told to load and run: `config` on `model`'s converted `folder`."""
+    return {"name": f"{model}/{config.name}", "engine": config.worker, "path": str(folder), "threads": args.threads,
+            "inputs": str(inputs), "cells": cells, "new_tokens": args.new_tokens, "warmup": 1,
+            "repeats": repeats or args.repeats, "min_seconds": args.min_seconds, "max_repeats": args.max_repeats,
+            "start_id": model_config["decoder_start_token_id"], "eos_id": model_config["eos_token_id"],
+            "pad_id": model_config["pad_token_id"], **config.job}
+
+
 def run_config(config: Config, model: str, folder: Path, cells: list[list[int]], inputs: Path,
                args: argparse.Namespace, model_config: dict[str, Any], tmp: Path, repeats: int | None = None
                ) -> dict[str, Any]:
     """`config` on `model` (its converted `folder`) over `cells`, in `python -m bench.worker` with the configuration's
     venv and environment: the worker's OUT.json, or {"error": ...} when the worker fails (a peer configuration that
     cannot run a shape is reported, not fatal; ours failing is)."""
-    python = {"project": sys.executable, "serve": str(args.serve_python), "optimum": str(args.optimum_python)}
-    job = {"name": f"{model}/{config.name}", "engine": config.worker, "path": str(folder), "threads": args.threads,
-           "inputs": str(inputs), "cells": cells, "new_tokens": args.new_tokens, "warmup": 1,
-           "repeats": repeats or args.repeats, "min_seconds": args.min_seconds, "max_repeats": args.max_repeats,
-           "start_id": model_config["decoder_start_token_id"], "eos_id": model_config["eos_token_id"],
-           "pad_id": model_config["pad_token_id"], **config.job}
+    job = worker_job(config, model, folder, cells, inputs, args, model_config, repeats)
     job_file, out_file = tmp / f"{model}-{config.name}.job.json", tmp / f"{model}-{config.name}.json"
     job_file.write_text(json.dumps(job))
     out_file.unlink(missing_ok=True)
     try:
-        run_step([python[config.venv], "-m", WORKER, str(job_file), str(out_file)], f"{model}/{config.name}",
+        run_step([python_for(config, args), "-m", WORKER, str(job_file), str(out_file)], f"{model}/{config.name}",
                  {**worker_env(), **config.env})
     except BenchError as err:
         if config.family == "onnx":
