@@ -12,7 +12,8 @@ from bench.configs import BY_NAME, OURS, REFERENCE
 from eval.tables import markdown_table
 
 Key = tuple[int, int, int]  # (batch size, beams, input length)
-CLOSE = 1.25  # a verdict within this factor either way is measured again (`close_calls`)
+CLOSE = 1.25  # a verdict within this factor of a target, either way, is measured again (`close_calls`)
+GREEDY_GOAL = 1.5  # OnnxT5 at its best against the best peer at batch 1 greedy, every shape (`goals`)
 SLOWER = 1.5  # a cell this much slower than a cell of more work, same configuration, is measured again (`outliers`)
 PRUNE = 1.3  # a configuration this much slower than its family's best on every probe cell skips the rest of the grid
 GOAL_SHAPES = ("t5-small-6-6", "t5-small-6-2", "t5-base-12-12", "t5-base-12-3")  # "every cell" goal's grids
@@ -112,12 +113,15 @@ def summarize(results: dict[str, Any]) -> None:
 
 
 def close_calls(model: dict[str, Any], factor: float = CLOSE) -> dict[str, list[Key]]:
-    """The cells whose verdict (OnnxT5's best against the best peer) lies within `factor` either way, grouped by the
-    two configurations that made it: what a second round measures again."""
+    """The cells whose verdict (OnnxT5's best against the best peer) lies within `factor` either way of a target it
+    is judged by (1: who wins; for batch 1 greedy also `GREEDY_GOAL`), grouped by the two configurations that made
+    it: what a further round measures again. A batch 1 greedy verdict read at 1.26x in one run, by an OnnxT5 process
+    a slow spell had caught, read 2.27x with the two alternated (docs/results.md)."""
     again: dict[str, list[Key]] = {}
     for row in model.get("best", []):
         ratio = row.get("vs_best_peer")
-        if ratio is not None and 1 / factor <= ratio <= factor:
+        targets = (1.0, GREEDY_GOAL) if (row["batch_size"], row["num_beams"]) == (1, 1) else (1.0,)
+        if ratio is not None and any(t / factor <= ratio <= t * factor for t in targets):
             k = (row["batch_size"], row["num_beams"], row["input_length"])
             for config in (row["ours"]["config"], row["best_peer"]["config"]):
                 again.setdefault(config, []).append(k)
@@ -166,8 +170,8 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     greedy = [(m, r) for m, r in _rows(results) if r["batch_size"] == 1 and r["num_beams"] == 1]
     low = min(greedy, key=lambda mr: mr[1]["vs_best_peer"], default=None)
     out.append({"goal": "batch 1 greedy, every shape: OnnxT5 at its best vs the best peer (lowest)",
-                "ratio": None if low is None else low[1]["vs_best_peer"], "target": 1.5,
-                "met": None if low is None else low[1]["vs_best_peer"] >= 1.5,
+                "ratio": None if low is None else low[1]["vs_best_peer"], "target": GREEDY_GOAL,
+                "met": None if low is None else low[1]["vs_best_peer"] >= GREEDY_GOAL,
                 "where": None if low is None else [low[0], low[1]["input_length"], low[1]["best_peer"]["config"]]})
     slower = []
     for m, model in results["models"].items():
@@ -210,8 +214,9 @@ def render(results: dict[str, Any]) -> str:
     lines = [f"# make bench, {results['created']}", "",
              f"{env['cpu']}, {results['threads']} threads; {results['new_tokens']} new tokens forced (min = max); "
              f"per cell the median of at least {results['repeats']} timed calls (more until {results['min_seconds']} s "
-             f"of calls), after one untimed call; cells whose verdict lay within {CLOSE}x, and cells over {SLOWER}x "
-             "as slow as one of more work in the same configuration, were measured again, in "
+             f"of calls), after one untimed call; cells whose verdict lay within {CLOSE}x of 1 (at batch 1 greedy, "
+             f"also of the {GREEDY_GOAL}x goal), and cells over {SLOWER}x as slow as one of more work in the same "
+             "configuration, were measured again, in "
              f"up to {results.get('recheck_rounds', 1)} more rounds in alternating order, and keep each "
              "configuration's lowest median. Ratios: other latency / OnnxT5's (> 1: OnnxT5 faster).", ""]
     if results.get("complete") is False:
