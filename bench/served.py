@@ -19,20 +19,16 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from bench.worker import ENGINES, BenchEngine
+from bench.worker import ENGINES, BenchEngine, timed_calls
 
 
 def answer(engine: BenchEngine, inputs: Any, new_tokens: int, request: dict[str, Any]) -> dict[str, Any]:
     """The seconds of each of the request's calls, one after the other, and the last call's tokens."""
     batch, beams, length = request["cell"]
     ids = inputs[f"ids_{batch}_{length}"]
-    seconds = []
-    out = None
-    for _ in range(int(request["calls"])):
-        start = time.perf_counter()
-        out = engine.generate(ids, beams, new_tokens)
-        seconds.append(time.perf_counter() - start)
-    return {"seconds": seconds, "tokens": out.tolist() if out is not None else []}
+    calls = int(request["calls"])
+    seconds, out = timed_calls(lambda: engine.generate(ids, beams, new_tokens), calls, 0.0, calls)
+    return {"seconds": seconds, "tokens": out.tolist()}
 
 
 def serve(job: dict[str, Any], requests: TextIO, replies: TextIO) -> None:

@@ -300,14 +300,15 @@ def test_missing_venvs_and_students_are_named(tmp_path):
 
 
 def test_the_worker_imports_nothing_a_serving_venv_lacks():
-    """`python -m bench.worker` runs in a venv of numpy, onnxruntime and tokenizers: importing it (and the evaluation
-    engines it shares) must not load any other library; each engine loads its own when it starts."""
+    """`python -m bench.worker` and `bench.served` run in a venv of numpy, onnxruntime and tokenizers: importing them
+    (and the evaluation engines they share) must not load any other library; each engine loads its own when it
+    starts."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    code = ("import sys, bench.worker; "
+    code = ("import sys, bench.worker, bench.served; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'onnxruntime', "
             "'tokenizers', 'yaml', 'datasets', 'lightning', 'export', 'distill'}))")
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
