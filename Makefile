@@ -141,8 +141,8 @@ publish: setup  ## stage, check and (PUSH=1) upload a student to the hub (REPO_I
 bench-gpu: setup data  ## on a GPU machine: OnnxT5 fp16 on CUDA vs torch bf16 and CTranslate2, distillation steps/s
 	PY=$(PY) bench/gpu.sh
 
-bench: .venv-serve/.installed .venv-optimum/.installed data  ## OnnxT5 at its best vs every peer at its best, every shape (GRID=quick|full)
-	$(PY) -m bench --grid $(GRID)
+bench: .venv-serve/.installed .venv-optimum/.installed data  ## OnnxT5 at its best vs every peer at its best, every shape (GRID=quick|full, RESUME=1)
+	$(PY) -m bench --grid $(GRID) $(if $(RESUME),--resume)
 
 # two configurations of make bench in the same minutes: each in its own process, kept loaded, alternated in blocks
 PAIR ?= onnx-int8,ct2-float32-onednn

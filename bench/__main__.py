@@ -35,8 +35,8 @@ Outputs are compared with torch fp32's, cell by cell (share of equal tokens), so
 else. For each of our exports `bench.floor` measures the time per token at batch 1 greedy against
 the memory-bandwidth floor. Written to bench/results/: results.json, results.md (goals, best per cell, every
 configuration, agreement, memory, floor), speedup.png, after each model too (a run stopped later keeps the models it
-finished, marked partial). What `make bench` needs and lacks (a venv, the student) prints
-one `python -m bench: error: ...` line and exits with status 2.
+finished, marked partial; `--resume` keeps them and goes on with the next model, `bench.resume`). What `make bench`
+needs and lacks (a venv, the student) prints one `python -m bench: error: ...` line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ from bench.report import (
     summarize,
     to_measure_again,
 )
+from bench.resume import export_id, settings, stopped_run
 from bench.runner import inputs_file, run_config
 from bench.steps import run_step
 from distill.errors import at_least_one, cli_errors
@@ -96,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-prune", dest="prune", action="store_false",
                         help="run every configuration on the whole grid, not only those the probe cells keep")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the models a stopped run with the same options finished in --out, and go on")
     args = parser.parse_args(argv)
     if args.recheck_repeats < 0 or args.recheck_rounds < 0:
         parser.error("--recheck-repeats and --recheck-rounds must be 0 or more")
@@ -112,6 +115,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def model_inputs(name: str, folder: Path, grid_name: str, args: argparse.Namespace, tmp: Path) -> Path:
+    """The input ids of every cell of `name`'s grid, in a folder of its own under `tmp`."""
+    config = json.loads((folder / "config.json").read_text())
+    (tmp / name).mkdir()
+    return inputs_file(args, GRIDS[grid_name], tmp / name, config["eos_token_id"])
+
+
 def measure_model(name: str, folder: Path, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Every configuration on one model, and the bandwidth floor of our export."""
     grid_name = args.grid if args.grid != "default" else MODELS[name].grid
@@ -119,12 +129,12 @@ def measure_model(name: str, folder: Path, args: argparse.Namespace, tmp: Path) 
     cells = [[b, k, n] for b in grid["batch_sizes"] for k in grid["num_beams"] for n in grid["input_lengths"]]
     folders, failed = convert(name, folder, args.configs, args)
     config = json.loads((folder / "config.json").read_text())
-    (tmp / name).mkdir()
-    inputs = inputs_file(args, grid, tmp / name, config["eos_token_id"])
+    inputs = model_inputs(name, folder, grid_name, args, tmp)
     probe = [c for c in cells if tuple(c) in PROBE] or [cells[0], cells[-1]]
     rest = [c for c in cells if c not in probe]
     entry: dict[str, Any] = {"path": str(folder), "grid": grid_name, "cells": cells, "probe": probe,
-                             "failed_folders": failed, "configs": {}}
+                             "failed_folders": failed, "configs": {},
+                             "export_id": export_id(folders["onnx"]) if "onnx" in folders else None}
     for c in args.configs:
         if c.folder not in folders:
             entry["configs"][c.name] = {"error": f"its {c.folder} folder could not be made: {failed[c.folder]}"}
@@ -172,30 +182,41 @@ def run(argv: list[str] | None = None) -> None:
         "repeats": args.repeats, "min_seconds": args.min_seconds, "recheck_repeats": args.recheck_repeats,
         "recheck_rounds": args.recheck_rounds,
         "grids": GRIDS, "venvs": venvs, "configs": {c.name: asdict(c) for c in args.configs},
-        "planned": list(models), "models": {}}
+        "planned": list(models), "settings": settings(args), "models": {}}
+    earlier = 0.0  # the stopped run's seconds, when this one resumes it
+    if args.resume:
+        stopped = stopped_run(args.out, results["settings"], results["environment"]["cpu"])
+        results["models"], earlier = stopped["models"], stopped["seconds"]
+        results["created"] = stopped["created"]
+        results["resumed"] = [*stopped.get("resumed", []), datetime.now(UTC).isoformat(timespec="seconds")]
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench.") as tmp:
         for name, folder in models.items():
+            if name in results["models"]:  # kept from the stopped run: its inputs again, for the further rounds
+                model = results["models"][name]
+                model["inputs"] = model_inputs(name, folder, model["grid"], args, Path(tmp))
+                continue
             results["models"][name] = measure_model(name, folder, args, Path(tmp))
             summarize(results)
-            write_results(results, args.out, time.perf_counter() - start, complete=False)
+            write_results(results, args.out, earlier + time.perf_counter() - start, complete=False)
         if args.recheck_repeats:
             recheck(results, args, Path(tmp))
-    report = write_results(results, args.out, time.perf_counter() - start, complete=True)
+    report = write_results(results, args.out, earlier + time.perf_counter() - start, complete=True)
     print(report)
-    print(f"bench: {args.out / 'results.md'} ({(time.perf_counter() - start) / 60:.1f} min)")
+    print(f"bench: {args.out / 'results.md'} ({(earlier + time.perf_counter() - start) / 60:.1f} min)")
 
 
 def write_results(results: dict[str, Any], out: Path, seconds: float, complete: bool) -> str:
     """results.json, results.md and speedup.png in `out` from what is measured so far (`results` summarized); the
     report's text. Written after each model too, so that a run stopped later keeps the models it finished
-    (`"complete": false` until the end). The tokens served their purpose (agreement) and are left out, as are the
-    worker's input file and folders."""
+    (`"complete": false` until the end). The tokens served their purpose (agreement) and are left out, as is the
+    worker's input file (made again on --resume); the folders measured stay, for --resume to check."""
     snapshot: dict[str, Any] = {k: v for k, v in results.items() if k != "models"}
     snapshot["models"] = {}
     for name, model in results["models"].items():
         kept = {k: v for k, v in model.items() if k not in ("inputs", "folders", "configs")}
+        kept["folders"] = {kind: str(folder) for kind, folder in model.get("folders", {}).items()}
         kept["configs"] = {config: {**measured, "cells": [{k: v for k, v in c.items() if k != "tokens"}
                                                            for c in measured["cells"]]} if "cells" in measured
                            else measured for config, measured in model["configs"].items()}

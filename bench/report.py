@@ -219,6 +219,9 @@ def render(results: dict[str, Any]) -> str:
              "configuration, were measured again, in "
              f"up to {results.get('recheck_rounds', 1)} more rounds in alternating order, and keep each "
              "configuration's lowest median. Ratios: other latency / OnnxT5's (> 1: OnnxT5 faster).", ""]
+    if results.get("resumed"):
+        lines += [f"Resumed ({', '.join(results['resumed'])}; `--resume`): each model measured within one run, the "
+                  "further rounds over every model in the last.", ""]
     if results.get("complete") is False:
         done, planned = list(results["models"]), results.get("planned", [])
         lines += [f"**Partial**: written after each model; measured so far {', '.join(done)} of "

@@ -186,7 +186,7 @@ def test_further_rounds_alternate_the_order_and_stop_once_a_verdict_is_settled(m
 
 def test_results_are_written_after_each_model_marked_partial_without_tokens(tmp_path):
     """A run stopped after its first models keeps them: results.json says it is not complete, results.md says what
-    was measured of what was planned; neither holds the tokens or the worker's files."""
+    was measured of what was planned; neither holds the tokens or the worker's input file."""
     from bench.__main__ import write_results
     from eval.environment import environment
 
@@ -199,7 +199,8 @@ def test_results_are_written_after_each_model_marked_partial_without_tokens(tmp_
     text = write_results(results, tmp_path, 12.0, complete=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["complete"] is False and saved["seconds"] == 12.0
-    assert "inputs" not in saved["models"]["t5-small-6-2"] and "folders" not in saved["models"]["t5-small-6-2"]
+    assert "inputs" not in saved["models"]["t5-small-6-2"]
+    assert saved["models"]["t5-small-6-2"]["folders"] == {"onnx": "x"}  # for --resume to check
     assert all("tokens" not in c for m in saved["models"].values() for out in m["configs"].values()
                for c in out.get("cells", []))
     assert results["models"]["t5-small-6-2"]["configs"]["torch"]["cells"][0]["tokens"]  # the run's own copy keeps them
@@ -341,6 +342,9 @@ def test_the_whole_bench_runs_on_a_tiny_student(tmp_path, tiny_t5_dir):
         assert len(model["configs"][name]["cells"]) == 4, name
     assert set(model["floor"]["precisions"]) == {"fp32", "int8", "int4"}
     assert model["configs"]["onnx-fp32"]["cells"][0]["agreement_with_torch"] == 1.0
+    # what --resume checks: the export measured, by its id
+    meta = json.loads((tmp_path / "work" / "converted" / "student" / "onnx" / "export_meta.json").read_text())
+    assert model["export_id"] == meta["export_id"] and model["folders"]["onnx"].endswith("student/onnx")
     text = (out / "results.md").read_text()
     assert "Best per cell:" in text and "## Goals" in text and (out / "speedup.png").is_file()
 
