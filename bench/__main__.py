@@ -64,11 +64,12 @@ from bench.report import (
     summarize,
     to_measure_again,
 )
-from bench.resume import export_id, settings, stopped_run
+from bench.resume import settings, stopped_run
 from bench.runner import inputs_file, run_config
 from bench.steps import run_step
 from distill.errors import at_least_one, cli_errors
 from eval.environment import environment
+from export.runtime.folder import read_meta
 
 PROG = "python -m bench"
 GRIDS = {"full": {"batch_sizes": [1, 8, 32], "num_beams": [1, 4], "input_lengths": [16, 64, 256]},
@@ -134,7 +135,7 @@ def measure_model(name: str, folder: Path, args: argparse.Namespace, tmp: Path) 
     rest = [c for c in cells if c not in probe]
     entry: dict[str, Any] = {"path": str(folder), "grid": grid_name, "cells": cells, "probe": probe,
                              "failed_folders": failed, "configs": {},
-                             "export_id": export_id(folders["onnx"]) if "onnx" in folders else None}
+                             "export_id": read_meta(folders["onnx"]).export_id if "onnx" in folders else None}
     for c in args.configs:
         if c.folder not in folders:
             entry["configs"][c.name] = {"error": f"its {c.folder} folder could not be made: {failed[c.folder]}"}

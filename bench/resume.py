@@ -34,12 +34,6 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
             "work": str(args.work)}
 
 
-def export_id(folder: Path) -> str | None:
-    """The id of the export in `folder` (export_meta.json's), None when there is none."""
-    meta = folder / META_FILE
-    return json.loads(meta.read_text()).get(EXPORT_ID_KEY) if meta.is_file() else None
-
-
 def _stale(name: str, model: dict[str, Any]) -> str | None:
     """Why the stopped run's `model` cannot be kept, None when it can."""
     folders = model.get("folders")
@@ -50,9 +44,9 @@ def _stale(name: str, model: dict[str, Any]) -> str | None:
         return f"its {', '.join(sorted(missing))} folder is gone"
     if "onnx" in folders:
         onnx = Path(folders["onnx"])
-        if export_id(onnx) != model.get("export_id"):
+        meta = json.loads((onnx / META_FILE).read_text()) if (onnx / META_FILE).is_file() else {}
+        if meta.get(EXPORT_ID_KEY) != model.get("export_id"):
             return f"{onnx} holds another export than the one measured"
-        meta = json.loads((onnx / META_FILE).read_text())
         if meta.get("source_fingerprint") != source_fingerprint(model["path"]):
             return f"{model['path']} changed since {name} was measured"
     return None
