@@ -11,6 +11,9 @@ The folder follows optimum's layout and input/output names (so `ORTModelForSeq2S
                                    transformers.js and optimum load
     decoder_cross_kv_model.onnx    the first step's cross-attention K/V alone (`export.cross_kv`): OnnxT5 serves
                                    both steps with it and the with-past graph, each decoder weight once
+    search_model.onnx              the whole greedy search in one graph: onnxruntime's BeamSearch op around the
+                                   encoder, cross-attention K/V and with-past graphs, their weights not copied
+                                   (`export.search_graph`); kept only if its tokens are the Python loop's
     *_quantized.onnx               with --int8: dynamic int8 MatMuls and embeddings (`export.quantize`)
     *_q4.onnx                      with --int4: 4-bit block-wise MatMul weights, int8 embeddings (`export.int4`)
     *_fp16.onnx / *_bf16.onnx      with --dtype: converted from fp32, overflow-prone ops kept fp32 (`export.precision`)
@@ -38,6 +41,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +82,7 @@ from export.quantize import INT8_OPS, agreement, quantize
 from export.resources import predict, require
 from export.runtime import OnnxT5
 from export.runtime.model import quantized_kind
+from export.search_graph import CHECK_NEW_TOKENS, search_agreement, token_ids, write_search_graph
 from export.trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graphs
 from export.validate import Validation, reference, validate
 
@@ -153,6 +158,27 @@ def _meta(model: ModelFacts, model_name_or_dir: str, staged: Path, opset: int, c
         "file_bytes": {p.name: p.stat().st_size for p in sorted(staged.iterdir())
                        if p.suffix in (".onnx", ".onnx_data")},
     }
+
+
+def _search_graphs(staged: Path, kinds: list[str | None], check: Validation, config: Any) -> dict[str, Any]:
+    """The search graph of each kind's graphs (`export.search_graph`), kept where its greedy tokens are the Python
+    loop's on the validation batch; what export_meta.json records of them."""
+    ids = token_ids(config)
+    if isinstance(ids, str):
+        return {"written": [], "not_written": ids}
+    written, dropped = [], {}
+    for kind in kinds:
+        name = write_search_graph(staged, kind, *ids)
+        differ = search_agreement(staged, kind, check, config)
+        if differ:  # the tokens are the bar: a graph that gives others is not kept
+            (staged / name).unlink()
+            dropped[name] = differ
+            print(f"export: {name} not kept: its greedy tokens differ from the Python loop's ({differ[0][:200]})",
+                  file=sys.stderr)
+        else:
+            written.append(name)
+    return {"written": written, "tokens": dict(zip(("start", "eos"), ids, strict=True)),
+            "not_kept": dropped, "checked_new_tokens": CHECK_NEW_TOKENS}
 
 
 def stamp_export_id(path: Path, export_id: str) -> None:
@@ -293,6 +319,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
             write_cross_kv(staged, quantized_name(DECODER, "int4"), quantized_name(CROSS_KV, "int4"))
             int4_meta |= {"kept_is_default": int4_keep_fp32 is None and not int4_keep_int8,
                           **agreement(staged, check, facts.config, "int4")}
+        search_meta = _search_graphs(staged, [None] + ["int8"] * int8 + ["int4"] * int4, check, facts.config)
         precision = None
         if dtype != "fp32":
             converted = convert_folder(staged, dtype, GRAPHS)
@@ -303,6 +330,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
         meta["precision"] = precision
         meta["int4"] = int4_meta
         meta["fused_attention"] = fused_attention
+        meta["search_graph"] = search_meta
         meta |= {EXPORT_ID_KEY: export_id, FILES_KEY: file_manifest(staged, skip=(META_FILE,))}
         (staged / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         replace_dir(staged, out, manifest=META_FILE, what="an earlier export", files_key=FILES_KEY)

@@ -17,6 +17,14 @@ USE_CACHE_BRANCH = "use_cache_branch"  # its bool input of shape [1]: False the 
 # with-past graph serves the first step too (a past of length 0), so OnnxT5 holds each decoder weight in one
 # session and one graph, whose fused kernels it keeps (neither holds for the merged graph's branches)
 CROSS_KV = "decoder_cross_kv_model.onnx"
+# the whole greedy search in one graph: onnxruntime's BeamSearch op around the encoder, cross-attention K/V and
+# with-past graphs (`export.search_graph`); the weights stay in those graphs' data files
+SEARCH = "search_model.onnx"
+SEARCH_HIDDEN = "encoder_hidden_states"  # its input of the encoder's states, which the runtime computes beforehand
+SEARCH_TOKENS_KEY = "t5fast.search_tokens"  # its metadata: "start,eos", the token ids the op holds
+# its op's pad id: the op fills a row after its end with it and leaves the row's EOS out (it keeps hypotheses without
+# it, as transformers' beam scorer does), so the end must be told apart from a real token: no token is -1
+NO_TOKEN = -1
 META_FILE = "export_meta.json"  # written last: a folder without it is not an export
 # export_meta.json keys the runtime checks a folder against:
 FILES_KEY = "files"  # {file name: {"bytes": int, "sha256": str}} of every other file the export wrote

@@ -6,6 +6,8 @@
     onnx/decoder_model_merged.onnx     both decoders, each weight once: what transformers.js loads
     onnx/decoder_cross_kv_model.onnx   the first step's cross-attention K/V: OnnxT5 serves both steps with it and
                                        decoder_with_past_model.onnx, each weight once
+    onnx/search_model*.onnx            one-row greedy search in one graph (onnxruntime's BeamSearch op around the
+                                       graphs above, reading their weight files), when the export kept it
     onnx/*.onnx_data                   each graph's weights (external data)
     onnx/*_quantized.onnx              int8 (transformers.js picks these with `dtype: "q8"`)
     onnx/*_q4.onnx                     4-bit weights, when the export has them (--int4; transformers.js `dtype: "q4"`)
@@ -35,6 +37,7 @@ from export.layout import (
     GRAPHS,
     META_FILE,
     QUANTIZED,
+    SEARCH,
     TOKENIZER_FILES,
     data_name,
     quantized_name,
@@ -147,6 +150,8 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
     graphs = (*GRAPHS, DECODER_MERGED, CROSS_KV)
     quantized = tuple(quantized_name(g) for g in graphs)
     q4 = tuple(quantized_name(g, "int4") for g in graphs)  # published when the export has them, not required
+    # the one-row greedy search in one graph, per kind, when the export kept it; its weights are the graphs' files
+    search = (SEARCH, *(quantized_name(SEARCH, kind) for kind in ("int8", "int4")))
     weights = tuple(data_name(g) for g in graphs + quantized + q4)  # each graph's external data, when it has one
     base_model = base_model or (meta.get("teacher") if is_hub_id(meta.get("teacher")) else None)
     out = out.expanduser().resolve()
@@ -154,7 +159,7 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
     with staged_dir(out) as staged:
         _copy(model, staged, MODEL_FILES + TOKENIZER_FILES, (*MODEL_FILES, "tokenizer.json"), "the student",
               "It must be a save_pretrained folder with safetensors weights and a fast tokenizer.")
-        _copy(onnx, staged / "onnx", graphs + quantized + q4 + weights + ONNX_SIDE_FILES, graphs + quantized,
+        _copy(onnx, staged / "onnx", graphs + quantized + q4 + search + weights + ONNX_SIDE_FILES, graphs + quantized,
               "fp32 and int8 graphs", f"Export with int8 (this version writes {DECODER_MERGED} and {CROSS_KV}): "
               f"make export MODEL={model} OUT={onnx}")
         _transformers_js_config(staged)

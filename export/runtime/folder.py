@@ -176,6 +176,18 @@ def check_graphs(folder: Path, meta: ExportMeta, sessions: dict[str, ort.Inferen
 
     `sessions` and `files` are keyed by graph (ENCODER, ...); `files` gives the file each session was loaded from.
     """
+    check_export_ids(folder, meta, sessions, files)
+    for graph, session in sessions.items():
+        shape = _shape_problems(graph, session, meta.model)
+        if shape:
+            model = ", ".join(f"{k} {v}" for k, v in meta.model.items())
+            raise ValueError(f"OnnxT5: {folder / files[graph]} does not fit {META_FILE}'s model ({model}): "
+                             f"{'; '.join(shape)}; {meta.fix()}.")
+
+
+def check_export_ids(folder: Path, meta: ExportMeta, sessions: dict[str, ort.InferenceSession],
+                     files: dict[str, str]) -> None:
+    """Each of `sessions` carries the folder's export id (keys and `files` as `check_graphs`'s)."""
     problems = []
     for graph, session in sessions.items():
         carried = session.get_modelmeta().custom_metadata_map.get(GRAPH_EXPORT_ID)
@@ -188,12 +200,6 @@ def check_graphs(folder: Path, meta: ExportMeta, sessions: dict[str, ort.Inferen
     if problems:
         raise ValueError(f"OnnxT5: {folder}: {'; '.join(problems)}. The folder mixes files of different exports; "
                          f"{meta.fix()}.")
-    for graph, session in sessions.items():
-        shape = _shape_problems(graph, session, meta.model)
-        if shape:
-            model = ", ".join(f"{k} {v}" for k, v in meta.model.items())
-            raise ValueError(f"OnnxT5: {folder / files[graph]} does not fit {META_FILE}'s model ({model}): "
-                             f"{'; '.join(shape)}; {meta.fix()}.")
 
 
 def check_config(folder: Path, config: dict[str, Any], meta: ExportMeta) -> None:

@@ -19,6 +19,7 @@ from export.layout import (
     ENCODER,
     GRAPHS,
     QUANTIZED,
+    SEARCH,
     dtype_name,
     graph_files,
     quantized_name,
@@ -31,6 +32,7 @@ from export.runtime.first_step import FirstStep
 from export.runtime.folder import (
     ExportMeta,
     check_config,
+    check_export_ids,
     check_graphs,
     check_sizes,
     open_session,
@@ -42,12 +44,21 @@ from export.runtime.greedy import greedy_search
 from export.runtime.inputs import checked_inputs
 from export.runtime.log_softmax import LogSoftmax
 from export.runtime.merged import Branch
+from export.runtime.search import InGraphSearch
 from export.runtime.sessions import return_freed_heap, session_options, shrink_after_run
 from export.runtime.settings import Settings, read_json_object, resolve, settings_from_file
 
 # The encoder runs on this many input tokens at a time at most (`OnnxT5.encode`): its activations grow with
 # batch * length^2 (the attention scores), and smaller runs also ran faster (docs/architecture.md, "Runtime").
 ENCODER_CHUNK_TOKENS = 2048
+# The search graph (`export.search_graph`) runs on the caller's thread alone, and only for decoders whose with-past
+# graph holds at most this many bytes. Alternated with the Python loop on two threads, one-row greedy, 32 tokens, the
+# encoder then inside the graph: 0.59x the loop's time on the default student's int8 graphs (4.5 MB), 0.77x on its
+# 4-bit ones (3.4 MB), 0.91x on its fp32 ones (17.9 MB), but 1.49x on t5-small 6-2's int8 (40.3 MB) and 1.37x on
+# 6-6's (55.0 MB), whose MatMuls need both cores. On two threads the graph's pool must spin to be fast (without:
+# 0.96x on the student), and a pool left spinning after its run took a core from the next call's sessions (a beam
+# search just after it 1.4x slower).
+SEARCH_MAX_STEP_BYTES = 20 * 2**20
 MAX_THREADS = 1024  # each session starts this many OS threads; far more fail inside onnxruntime (std::bad_alloc)
 
 
@@ -163,6 +174,7 @@ class OnnxT5:
         self.dtype = "fp32"  # set by `_load` from the files it loaded
         self.bound: BoundSteps | None = None  # the IO-binding steps, when loaded with io_binding (`bind`)
         self._log_softmax: LogSoftmax | None = None  # beam search's, made by the first one
+        self.search: InGraphSearch | None = None  # greedy search in one graph, when the folder has it (`_load`)
 
     def bind(self, providers: list[Any]) -> None:
         """Run `generate` through IO binding: the cache and the encoder output stay on the providers' device."""
@@ -175,7 +187,7 @@ class OnnxT5:
     @classmethod
     def from_pretrained(cls, folder: str | Path, quantized: bool | str = False, threads: int | None = None,
                         providers: list[Any] | None = None, verify: bool = False, io_binding: bool | None = None,
-                        dtype: str = "fp32") -> OnnxT5:
+                        dtype: str = "fp32", search_graph: bool = True) -> OnnxT5:
         """Load a folder written by `python -m export`; `threads`: intra-op threads per session (None: one per core).
 
         `providers`: onnxruntime execution providers, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"].
@@ -183,6 +195,9 @@ class OnnxT5:
         a device provider such as CUDA, off on the CPU, where it measured no faster). `dtype`: "fp16" or "bf16"
         loads the graphs `python -m export --dtype` wrote (`*_fp16.onnx`). `quantized`: True or "int8" loads the int8
         graphs (`python -m export --int8`, `*_quantized.onnx`), "int4" the 4-bit ones (`--int4`, `*_q4.onnx`).
+        `search_graph`: let one-row greedy calls on a small decoder run their decoding loop inside onnxruntime, on
+        the folder's search graph (`export.search_graph`; on the CPU; `InGraphSearch` and SEARCH_MAX_STEP_BYTES say
+        which calls), the same tokens; False: always the Python loop.
 
         The folder is checked against its export_meta.json first: each graph's size, the export id it carries and its
         shapes (`verify=True` also compares every file's sha256, as `verify()` does). generation_config.json is
@@ -193,20 +208,34 @@ class OnnxT5:
             raise TypeError(f"OnnxT5.from_pretrained: verify must be True or False, got {verify!r}.")
         folder, files = cls._graph_files(folder, quantized, threads, dtype, _weights_once_ok(providers, io_binding))
         meta = read_meta(folder)
+        search = cls._search_file(folder, files, search_graph)
         names = [name for graph in files.values() for name in graph_files(folder, graph)]  # with external data
-        check_sizes(folder, meta, names)
+        check_sizes(folder, meta, names + ([search] if search else []))
         if verify:
-            verify_checksums(folder, meta, names)
-        return cls._load(folder, files, threads, providers, meta, io_binding)
+            verify_checksums(folder, meta, names + ([search] if search else []))
+        return cls._load(folder, files, threads, providers, meta, io_binding, search)
 
     @classmethod
     def from_staged(cls, folder: str | Path, quantized: bool | str = False, threads: int | None = None,
                     providers: list[Any] | None = None, io_binding: bool | None = None,
-                    dtype: str = "fp32") -> OnnxT5:
+                    dtype: str = "fp32", search_graph: bool = True) -> OnnxT5:
         """Load graphs without export_meta.json's checks: for the exporter, which runs the graphs it has just written
         (its int8 and int4 checks) before it writes export_meta.json. Anything else loads with `from_pretrained`."""
         folder, files = cls._graph_files(folder, quantized, threads, dtype, _weights_once_ok(providers, io_binding))
-        return cls._load(folder, files, threads, providers, None, io_binding)
+        return cls._load(folder, files, threads, providers, None, io_binding,
+                         cls._search_file(folder, files, search_graph))
+
+    @staticmethod
+    def _search_file(folder: Path, files: dict[str, str], wanted: bool) -> str | None:
+        """The search graph of the loaded graphs' kind, where the folder has it and the decoder serves from the
+        with-past graph and the cross-attention K/V graph (the CPU, no IO binding), which the search graph holds."""
+        if not isinstance(wanted, bool | np.bool_):
+            raise TypeError(f"OnnxT5.from_pretrained: search_graph must be True or False, got {wanted!r}.")
+        if not wanted or CROSS_KV not in files:
+            return None
+        kind = next((k for k in QUANTIZED if files[ENCODER] == quantized_name(ENCODER, k)), None)
+        name = quantized_name(SEARCH, kind) if kind else SEARCH
+        return name if (folder / name).is_file() else None
 
     @staticmethod
     def _graph_files(folder: str | Path, quantized: bool | str, threads: int | None,
@@ -258,7 +287,7 @@ class OnnxT5:
 
     @classmethod
     def _load(cls, folder: Path, files: dict[str, str], threads: int | None, providers: list[Any] | None,
-              meta: ExportMeta | None, io_binding: bool | None = None) -> OnnxT5:
+              meta: ExportMeta | None, io_binding: bool | None = None, search: str | None = None) -> OnnxT5:
         if io_binding is not None and not isinstance(io_binding, bool | np.bool_):
             raise TypeError(f"OnnxT5.from_pretrained: io_binding must be True, False or None (on for a device "
                             f"provider such as CUDA), got {io_binding!r}.")
@@ -284,6 +313,12 @@ class OnnxT5:
         active = [p for p in providers if (p[0] if isinstance(p, tuple) else p) in running]
         if io_binding or (io_binding is None and device_of(active).kind != "cpu"):
             model.bind(active)
+        elif search and sum((folder / f).stat().st_size
+                            for f in graph_files(folder, files[DECODER_WITH_PAST])) <= SEARCH_MAX_STEP_BYTES:
+            check = (lambda session: check_export_ids(folder, meta, {SEARCH: session}, {SEARCH: search})) if meta \
+                else (lambda session: None)
+            # one thread, the caller's: see SEARCH_MAX_STEP_BYTES
+            model.search = InGraphSearch(folder / search, session_options(1), providers, check)
         # the defaults alone must make a valid call: a bad generation_config.json fails here, not at every generate
         try:
             resolve(settings, {}, model.vocab_size, caller=f"OnnxT5: {folder}: generation_config.json and "
@@ -407,6 +442,8 @@ class OnnxT5:
                                   drafting.get("num_assistant_tokens_schedule", default_schedule(s.do_sample, s.seed)))
             self.assisted_stats = AssistedStats()
             return assisted_search(self, draft, ids, mask, s, self.assisted_stats)
+        if self.search is not None and ids.shape[0] == 1 and self.search.serves(s):
+            return self.search.generate(ids, mask, self.encode(ids, mask), s)  # the encoder on its own threads
         steps = self.bound or self  # IO binding: hidden states and K/V stay OrtValues on the provider's device
         hidden = steps.encode(ids, mask)
         if s.num_beams > 1:

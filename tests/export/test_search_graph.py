@@ -1,0 +1,106 @@
+"""The search graph (`export.search_graph`): onnxruntime's BeamSearch op around the export's graphs gives the Python
+loop's greedy tokens, serves only the calls it gives them for, and shares the folder's weights and checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from export import OnnxT5
+from export.exporter import export
+from export.layout import SEARCH, quantized_name
+from export.runtime.settings import resolve
+
+GREEDY = {"num_beams": 1, "do_sample": False}
+
+
+def both(folder, quantized=False):
+    """The folder loaded twice: the Python loop alone, and with the search graph."""
+    return (OnnxT5.from_pretrained(folder, quantized=quantized, search_graph=False),
+            OnnxT5.from_pretrained(folder, quantized=quantized))
+
+
+def rows(batch, n=6):
+    """Single-row inputs of several lengths (what the graph serves)."""
+    ids, mask = batch([3, 7, 12, 5, 9, 16][:n], seed=4)
+    return [(ids[i:i + 1, :mask[i].sum()], mask[i:i + 1, :mask[i].sum()]) for i in range(n)]
+
+
+def test_greedy_tokens_are_the_loops(exported, batch):
+    loop, graph = both(exported.onnx_dir)
+    assert graph.search is not None and graph.search.session is None  # opened by the first call it serves
+    ended = 0
+    for ids, mask in rows(batch):
+        for least in (0, 12):
+            kwargs = {**GREEDY, "max_new_tokens": 16, "min_new_tokens": least}
+            want, got = loop.generate(ids, mask, **kwargs), graph.generate(ids, mask, **kwargs)
+            assert got.dtype == np.int64 and got.shape == want.shape, (exported.name, least)
+            np.testing.assert_array_equal(got, want, err_msg=f"{exported.name} min_new_tokens={least}")
+            ended += int(least == 0 and want.shape[1] < 17)
+    assert graph.search.session is not None  # the graph ran, not the loop
+    assert ended, "no row ended before max_new_tokens: the EOS path went unchecked"
+
+
+def test_other_calls_run_the_loop(tied, batch):
+    loop, graph = both(tied.onnx_dir)
+    ids, mask = batch([6, 9], seed=2)
+    for kwargs in ({"num_beams": 2}, {"do_sample": True, "seed": 3}, {"repetition_penalty": 1.3},
+                   {"no_repeat_ngram_size": 2}, {"eos_token_id": [1, 5]}):
+        assert not graph.search.serves(resolve(graph.settings, {"max_new_tokens": 8, **kwargs}, graph.vocab_size))
+        np.testing.assert_array_equal(graph.generate(ids[:1], mask[:1], max_new_tokens=8, **kwargs),
+                                      loop.generate(ids[:1], mask[:1], max_new_tokens=8, **kwargs))
+    # two rows: the loop (the graph was slower than the loop at batch 8 and 32, docs/results.md)
+    fresh = OnnxT5.from_pretrained(tied.onnx_dir)
+    np.testing.assert_array_equal(fresh.generate(ids, mask, max_new_tokens=8),
+                                  loop.generate(ids, mask, max_new_tokens=8))
+    assert fresh.search.session is None
+
+
+def test_graph_holds_no_weights_and_is_checked(tied, tmp_path, batch):
+    meta = json.loads((tied.onnx_dir / "export_meta.json").read_text())
+    assert meta["search_graph"]["written"] == [SEARCH] and not meta["search_graph"]["not_kept"]
+    assert SEARCH in meta["files"]
+    model = onnx.load(str(tied.onnx_dir / SEARCH), load_external_data=False)
+    weights = [t for a in model.graph.node[0].attribute if a.g.name for t in a.g.initializer if len(t.dims) == 2]
+    assert weights and all(t.data_location == onnx.TensorProto.EXTERNAL for t in weights)
+    places = {e.value for t in weights for e in t.external_data if e.key == "location"}
+    assert places <= {f.name for f in tied.onnx_dir.iterdir() if f.name.endswith(".onnx_data")} and places
+    # a search graph from another export is refused, naming the file, at the first call it would serve
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in tied.onnx_dir.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    model.metadata_props[[p.key for p in model.metadata_props].index("t5fast.export_id")].value = "0" * 32
+    onnx.save(model, str(copy / SEARCH))
+    listed = json.loads((copy / "export_meta.json").read_text())
+    listed["files"][SEARCH]["bytes"] = (copy / SEARCH).stat().st_size
+    (copy / "export_meta.json").write_text(json.dumps(listed))
+    ids, mask = batch([5], seed=1)
+    with pytest.raises(ValueError, match=f"{SEARCH} belongs to another export"):
+        OnnxT5.from_pretrained(copy).generate(ids, mask, max_new_tokens=4)
+    with pytest.raises(TypeError, match="search_graph must be True or False"):
+        OnnxT5.from_pretrained(tied.onnx_dir, search_graph="yes")
+
+
+def test_int8_search_graph(tied, tmp_path, batch):
+    out = export(str(tied.model_dir), tmp_path / "onnx", int8=True, require_tokenizer=False)
+    meta = json.loads((out / "export_meta.json").read_text())
+    assert quantized_name(SEARCH) in meta["search_graph"]["written"]
+    loop, graph = both(out, quantized="int8")
+    for ids, mask in rows(batch, 3):
+        kwargs = {**GREEDY, "max_new_tokens": 16}
+        np.testing.assert_array_equal(graph.generate(ids, mask, **kwargs), loop.generate(ids, mask, **kwargs))
+    assert graph.search.path.name == quantized_name(SEARCH) and graph.search.session is not None
+
+
+def test_large_decoders_run_the_loop(tied, monkeypatch):
+    """One thread serves small decoders only (`SEARCH_MAX_STEP_BYTES`): a larger one is left to the loop."""
+    from export.runtime import model as runtime_model
+
+    monkeypatch.setattr(runtime_model, "SEARCH_MAX_STEP_BYTES", 1000)
+    assert OnnxT5.from_pretrained(tied.onnx_dir).search is None
+    monkeypatch.undo()
+    assert OnnxT5.from_pretrained(tied.onnx_dir).search is not None
