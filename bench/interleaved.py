@@ -5,7 +5,8 @@ median moved 2x from one minute to the next; alternated calls still rank candida
     python -m bench.interleaved step A.onnx B.onnx [--batch 1] [--past 16] [--calls 300]
         decoder-with-past graphs, one call each in turn (`bench.decoder_step`'s inputs)
     python -m bench.interleaved generate FOLDER_A FOLDER_B [--quantized int8] [--batch 1] [--input 16] [--beams 1]
-        OnnxT5 exports, one whole generate each in turn (random ids, EOS last, 32 new tokens forced)
+        OnnxT5 exports, one whole generate each in turn (random ids, EOS last, 32 new tokens forced);
+        --search-graph both: each folder with and without its one-row greedy search graph
 
 Each round reverses the order of the one before. Prints each candidate's median, 25th percentile and minimum, its
 median against the first candidate's, and whether its outputs equal the first's.
@@ -69,11 +70,13 @@ def step_candidates(graphs: list[Path], batch: int, past: int, threads: int) -> 
 
 
 def generate_candidates(folders: list[Path], quantized: str | bool, batch: int, length: int, beams: int,
-                        threads: int) -> Candidates:
-    """One whole generate per export on the same ids; whether each export's tokens equal the first's."""
+                        threads: int, search: list[bool]) -> Candidates:
+    """One whole generate per export and `search` setting (`search_graph=`) on the same ids; whether each one's
+    tokens equal the first's."""
     from export import OnnxT5
 
-    models = [OnnxT5.from_pretrained(f, quantized=quantized, threads=threads) for f in folders]
+    models = [OnnxT5.from_pretrained(f, quantized=quantized, threads=threads, search_graph=on)
+              for f in folders for on in search]
     ids = np.random.default_rng(0).integers(2, models[0].vocab_size, (batch, length))
     ids[:, -1] = models[0].settings.eos_token_id
     kwargs = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False, "num_beams": beams}
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--quantized", default="int8", help="int8, int4 or none (the fp32 graphs)")
     gen.add_argument("--input", type=int, default=16, help="input tokens per row")
     gen.add_argument("--beams", type=int, default=1)
+    gen.add_argument("--search-graph", choices=("on", "off", "both"), default="on",
+                     help="OnnxT5's one-row greedy search graph; both: each folder loaded with it and without")
     for p in (step, gen):
         p.add_argument("--batch", type=int, default=1)
         p.add_argument("--calls", type=int, default=300, help="timed calls of each candidate")
@@ -102,9 +107,11 @@ def main(argv: list[str] | None = None) -> None:
         names = [str(g) for g in args.graphs]
         calls, same = step_candidates(args.graphs, args.batch, args.past, args.threads)
     else:
-        names = [str(f) for f in args.folders]
+        search = {"on": [True], "off": [False], "both": [False, True]}[args.search_graph]
+        names = [f"{f}{' (search graph)' if on else ''}" for f in args.folders for on in search]
         quantized = False if args.quantized == "none" else args.quantized
-        calls, same = generate_candidates(args.folders, quantized, args.batch, args.input, args.beams, args.threads)
+        calls, same = generate_candidates(args.folders, quantized, args.batch, args.input, args.beams, args.threads,
+                                          search)
     for row in summary(names, alternate(calls, args.calls), same):
         print(f"{row['name']}: median {row['median_ms']:.3f} ms ({row['vs_first']:.2f}x the first), "
               f"p25 {row['p25_ms']:.3f}, min {row['min_ms']:.3f}, outputs {'as' if row['same_outputs'] else 'NOT as'}"

@@ -36,8 +36,13 @@ def test_candidates_report_whether_their_outputs_are_the_first_ones(tiny_export,
     assert same[:2] == [True, True] and not same[2]  # int8 rounds differently
     assert len(calls) == 3
     calls, same = interleaved.generate_candidates([tiny_export, tiny_export], "int8", batch=2, length=5, beams=2,
-                                                  threads=1)
+                                                  threads=1, search=[True])
     assert same == [True, True]
     interleaved.main(["generate", str(tiny_export), str(tiny_export), "--calls", "2", "--threads", "1"])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and "(1.00x the first" in out[0] and "outputs as the first's" in out[1]
+    # one row, greedy: the Python loop against the search graph, the same tokens
+    interleaved.main(["generate", str(tiny_export), "--batch", "1", "--calls", "2", "--threads", "1",
+                      "--search-graph", "both"])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "(search graph)" in out[1] and "outputs as the first's" in out[1]
