@@ -169,7 +169,7 @@ def _search_graphs(staged: Path, kinds: list[str | None], check: Validation, con
     written, dropped = [], {}
     for kind in kinds:
         name = write_search_graph(staged, kind, *ids)
-        differ = search_agreement(staged, kind, check, config)
+        differ = search_agreement(staged, kind, name, check, config)
         if differ:  # the tokens are the bar: a graph that gives others is not kept
             (staged / name).unlink()
             dropped[name] = differ

@@ -104,3 +104,26 @@ def test_large_decoders_run_the_loop(tied, monkeypatch):
     assert OnnxT5.from_pretrained(tied.onnx_dir).search is None
     monkeypatch.undo()
     assert OnnxT5.from_pretrained(tied.onnx_dir).search is not None
+
+
+def test_export_drops_a_graph_whose_tokens_differ(tied, tmp_path, monkeypatch, capsys):
+    """The export's check compares each validation row alone: a graph that gives other tokens is not kept."""
+    from export.runtime.search import InGraphSearch
+
+    served = []
+    honest = InGraphSearch.generate
+
+    def off_by_one(self, ids, mask, hidden, s):
+        served.append(mask.shape)
+        tokens = honest(self, ids, mask, hidden, s)
+        tokens[0, -1] += 1
+        return tokens
+
+    monkeypatch.setattr(InGraphSearch, "generate", off_by_one)
+    out = export(str(tied.model_dir), tmp_path / "onnx", require_tokenizer=False)
+    meta = json.loads((out / "export_meta.json").read_text())["search_graph"]
+    assert meta["written"] == [] and list(meta["not_kept"]) == [SEARCH] and not (out / SEARCH).exists()
+    assert f"{SEARCH} not kept" in capsys.readouterr().err
+    assert all(shape[0] == 1 for shape in served) and len(served) >= 3  # row by row, both settings
+    monkeypatch.undo()
+    assert OnnxT5.from_pretrained(out).search is None
