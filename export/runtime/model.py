@@ -196,8 +196,8 @@ class OnnxT5:
         loads the graphs `python -m export --dtype` wrote (`*_fp16.onnx`). `quantized`: True or "int8" loads the int8
         graphs (`python -m export --int8`, `*_quantized.onnx`), "int4" the 4-bit ones (`--int4`, `*_q4.onnx`).
         `search_graph`: let one-row greedy calls on a small decoder run their decoding loop inside onnxruntime, on
-        the folder's search graph (`export.search_graph`; on the CPU; `InGraphSearch` and SEARCH_MAX_STEP_BYTES say
-        which calls), the same tokens; False: always the Python loop.
+        the folder's search graph (`export.search_graph`; on the CPU, on one thread; `InGraphSearch` and
+        SEARCH_MAX_STEP_BYTES say which calls), the same tokens; False: always the Python loop.
 
         The folder is checked against its export_meta.json first: each graph's size, the export id it carries and its
         shapes (`verify=True` also compares every file's sha256, as `verify()` does). generation_config.json is

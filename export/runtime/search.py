@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.layout import NO_TOKEN, SEARCH_HIDDEN, SEARCH_TOKENS_KEY
+from export.runtime.folder import open_session, reexport_hint
 from export.runtime.settings import Resolved
 
 INT32_MAX = np.iinfo(np.int32).max  # the op's ids and lengths are int32
@@ -35,7 +36,7 @@ class InGraphSearch:
 
     def open(self) -> ort.InferenceSession:
         if self.session is None:
-            session = ort.InferenceSession(str(self.path), self.options, providers=self.providers)
+            session = open_session(self.path, self.options, self.providers, reexport_hint(self.path.parent))
             self.check(session)
             held = session.get_modelmeta().custom_metadata_map.get(SEARCH_TOKENS_KEY, "")
             try:

@@ -127,3 +127,16 @@ def test_export_drops_a_graph_whose_tokens_differ(tied, tmp_path, monkeypatch, c
     assert all(shape[0] == 1 for shape in served) and len(served) >= 3  # row by row, both settings
     monkeypatch.undo()
     assert OnnxT5.from_pretrained(out).search is None
+
+
+def test_a_damaged_search_graph_is_named(tied, tmp_path, batch):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in tied.onnx_dir.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    size = (copy / SEARCH).stat().st_size
+    (copy / SEARCH).write_bytes(b"\0" * size)  # the size export_meta.json lists, other bytes
+    ids, mask = batch([5], seed=1)
+    model = OnnxT5.from_pretrained(copy)
+    with pytest.raises(ValueError, match=f"cannot load .*{SEARCH}.*re-export"):
+        model.generate(ids, mask, max_new_tokens=4)
