@@ -11,8 +11,8 @@ The folder follows optimum's layout and input/output names (so `ORTModelForSeq2S
                                    transformers.js and optimum load
     decoder_cross_kv_model.onnx    the first step's cross-attention K/V alone (`export.cross_kv`): OnnxT5 serves
                                    both steps with it and the with-past graph, each decoder weight once
-    search_model.onnx              the whole greedy search in one graph: onnxruntime's BeamSearch op around the
-                                   encoder, cross-attention K/V and with-past graphs, their weights not copied
+    search_model.onnx              one row's greedy decoding loop in one graph: onnxruntime's BeamSearch op around
+                                   the cross-attention K/V and with-past graphs, their weights not copied
                                    (`export.search_graph`); kept only if its tokens are the Python loop's
     *_quantized.onnx               with --int8: dynamic int8 MatMuls and embeddings (`export.quantize`)
     *_q4.onnx                      with --int4: 4-bit block-wise MatMul weights, int8 embeddings (`export.int4`)
@@ -41,8 +41,8 @@ import json
 import os
 import platform
 import shutil
-import sys
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,8 +173,8 @@ def _search_graphs(staged: Path, kinds: list[str | None], check: Validation, con
         if differ:  # the tokens are the bar: a graph that gives others is not kept
             (staged / name).unlink()
             dropped[name] = differ
-            print(f"export: {name} not kept: its greedy tokens differ from the Python loop's ({differ[0][:200]})",
-                  file=sys.stderr)
+            warnings.warn(f"export: {name} not kept: its greedy tokens differ from the Python loop's "
+                          f"({differ[0][:200]})", RuntimeWarning, stacklevel=2)
         else:
             written.append(name)
     return {"written": written, "tokens": dict(zip(("start", "eos"), ids, strict=True)),

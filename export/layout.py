@@ -17,7 +17,7 @@ USE_CACHE_BRANCH = "use_cache_branch"  # its bool input of shape [1]: False the 
 # with-past graph serves the first step too (a past of length 0), so OnnxT5 holds each decoder weight in one
 # session and one graph, whose fused kernels it keeps (neither holds for the merged graph's branches)
 CROSS_KV = "decoder_cross_kv_model.onnx"
-# the whole greedy search in one graph: onnxruntime's BeamSearch op around the encoder, cross-attention K/V and
+# one row's greedy decoding loop in one graph: onnxruntime's BeamSearch op around the cross-attention K/V and
 # with-past graphs (`export.search_graph`); the weights stay in those graphs' data files
 SEARCH = "search_model.onnx"
 SEARCH_HIDDEN = "encoder_hidden_states"  # its input of the encoder's states, which the runtime computes beforehand

@@ -46,7 +46,7 @@ from export.runtime import OnnxT5
 from export.runtime.search import InGraphSearch
 from export.runtime.sessions import session_options
 from export.runtime.settings import resolve
-from export.surgery import MS_DOMAIN
+from export.surgery import MS_DOMAIN, rename_value
 from export.trace import example_batch
 from export.validate import Validation
 
@@ -57,24 +57,12 @@ INPUTS = ("input_ids", "max_length", "min_length", "num_beams", "num_return_sequ
           "repetition_penalty", "", "", "attention_mask")
 
 
-def _rename(graph: Any, old: str, new: str) -> None:
-    """Rename the value `old` to `new` wherever `graph` names it."""
-    for node in graph.node:
-        for names in (node.input, node.output):
-            for k, name in enumerate(names):
-                if name == old:
-                    names[k] = new
-    for value in (*graph.input, *graph.output, *graph.value_info):
-        if value.name == old:
-            value.name = new
-
-
 def _int32_input(graph: Any, name: str) -> None:
     """Make the int64 input `name` an int32 input (the op feeds int32 ids and masks) cast back to int64 inside."""
     from onnx import TensorProto, helper
 
     inside = name + "_int64"
-    _rename(graph, name, inside)
+    rename_value(graph, name, inside)
     value = next(v for v in graph.input if v.name == inside)
     value.name = name
     value.type.tensor_type.elem_type = TensorProto.INT32
@@ -91,7 +79,7 @@ def _encoder(folder: Path, kind: str | None, layers: int) -> Any:
                       load_external_data=False).graph
     for i in range(layers):
         for kv in ("key", "value"):
-            _rename(graph, f"present.{i}.encoder.{kv}", f"present_{kv}_cross_{i}")
+            rename_value(graph, f"present.{i}.encoder.{kv}", f"present_{kv}_cross_{i}")
     hidden = [v for v in graph.input if v.name == SEARCH_HIDDEN]
     if len(graph.input) != 1 or not hidden:
         raise ValueError(f"{CROSS_KV}: inputs {[v.name for v in graph.input]}, not {SEARCH_HIDDEN} alone")
@@ -107,9 +95,9 @@ def _decoder(model: Any, layers: int) -> Any:
     graph = model.graph
     for i in range(layers):
         for kv in ("key", "value"):
-            _rename(graph, f"past_key_values.{i}.decoder.{kv}", f"past_{kv}_self_{i}")
-            _rename(graph, f"past_key_values.{i}.encoder.{kv}", f"past_{kv}_cross_{i}")
-            _rename(graph, f"present.{i}.decoder.{kv}", f"present_{kv}_self_{i}")
+            rename_value(graph, f"past_key_values.{i}.decoder.{kv}", f"past_{kv}_self_{i}")
+            rename_value(graph, f"past_key_values.{i}.encoder.{kv}", f"past_{kv}_cross_{i}")
+            rename_value(graph, f"present.{i}.decoder.{kv}", f"present_{kv}_self_{i}")
     order = ["input_ids", "encoder_attention_mask",
              *(f"past_{kv}_self_{i}" for i in range(layers) for kv in ("key", "value")),
              *(f"past_{kv}_cross_{i}" for i in range(layers) for kv in ("key", "value"))]

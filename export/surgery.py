@@ -43,6 +43,19 @@ def constant_value(name: str, producer: dict[str, Any], initializers: dict[str, 
     return None if value_float is None else np.asarray(value_float, dtype=np.float32)
 
 
+def rename_value(graph: Any, old: str, new: str) -> None:
+    """Rename the value `old` to `new` wherever `graph` names it: node inputs and outputs, graph inputs, outputs and
+    value_info."""
+    for node in graph.node:
+        for names in (node.input, node.output):
+            for k, name in enumerate(names):
+                if name == old:
+                    names[k] = new
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        if value.name == old:
+            value.name = new
+
+
 def remove_dead_nodes(graph: Any) -> int:
     """Take out every node none of whose outputs is read by a node or is a graph output; how many."""
     outputs = {o.name for o in graph.output}

@@ -52,12 +52,10 @@ from export.runtime.settings import Settings, read_json_object, resolve, setting
 # batch * length^2 (the attention scores), and smaller runs also ran faster (docs/architecture.md, "Runtime").
 ENCODER_CHUNK_TOKENS = 2048
 # The search graph (`export.search_graph`) runs on the caller's thread alone, and only for decoders whose with-past
-# graph holds at most this many bytes. Alternated with the Python loop on two threads, one-row greedy, 32 tokens, the
-# encoder then inside the graph: 0.59x the loop's time on the default student's int8 graphs (4.5 MB), 0.77x on its
-# 4-bit ones (3.4 MB), 0.91x on its fp32 ones (17.9 MB), but 1.49x on t5-small 6-2's int8 (40.3 MB) and 1.37x on
-# 6-6's (55.0 MB), whose MatMuls need both cores. On two threads the graph's pool must spin to be fast (without:
-# 0.96x on the student), and a pool left spinning after its run took a core from the next call's sessions (a beam
-# search just after it 1.4x slower).
+# graph holds at most this many bytes: on two threads its pool must spin to be fast, and a pool left spinning takes
+# a core from the next call's sessions; on one thread it beat the two-thread loop on the default student's decoder
+# (3-18 MB) and lost on t5-small's (40-55 MB), whose MatMuls need both cores (docs/results.md, "One-row greedy
+# search in one graph").
 SEARCH_MAX_STEP_BYTES = 20 * 2**20
 MAX_THREADS = 1024  # each session starts this many OS threads; far more fail inside onnxruntime (std::bad_alloc)
 
@@ -118,6 +116,11 @@ def _requantize_hint(folder: Path, kind: str) -> str:
     over them is refused)."""
     flags = [f"--{k}" for k in QUANTIZED if k == kind or (folder / quantized_name(ENCODER, k)).is_file()]
     return f"Export with `python -m export --model MODEL --out {folder} {' '.join(flags)}`"
+
+
+def _kind_of(files: dict[str, str]) -> str | None:
+    """The quantized kind ("int8", "int4") of the graph files loaded, None for fp32 (or fp16, bf16)."""
+    return next((k for k in QUANTIZED if files[ENCODER] == quantized_name(ENCODER, k)), None)
 
 
 def _weights_once_ok(providers: Any, io_binding: bool | None) -> bool:
@@ -233,7 +236,7 @@ class OnnxT5:
             raise TypeError(f"OnnxT5.from_pretrained: search_graph must be True or False, got {wanted!r}.")
         if not wanted or CROSS_KV not in files:
             return None
-        kind = next((k for k in QUANTIZED if files[ENCODER] == quantized_name(ENCODER, k)), None)
+        kind = _kind_of(files)
         name = quantized_name(SEARCH, kind) if kind else SEARCH
         return name if (folder / name).is_file() else None
 
@@ -306,7 +309,7 @@ class OnnxT5:
         if meta:
             check_graphs(folder, meta, sessions, files)
             check_config(folder, config, meta)
-        kind = next((k for k in QUANTIZED if files[ENCODER] == quantized_name(ENCODER, k)), False)
+        kind = _kind_of(files) or False
         model = cls(folder, sessions, settings, config, meta, quantized=kind, files=files)
         model.dtype = next((d for d in DTYPES if files[ENCODER] == dtype_name(ENCODER, d)), "fp32")  # int8/4: fp32
         running = sessions[ENCODER].get_providers()  # what onnxruntime started, with the options that were asked

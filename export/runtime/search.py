@@ -3,11 +3,11 @@
 
 `OnnxT5.generate` hands it the calls of one input row whose tokens it gives exactly as `greedy_search` does: greedy
 (no sampling, one sequence per input), no repetition penalty or n-gram ban (the op's own would be another
-implementation to trust), one EOS id, and the token ids the graph holds. Any other call runs the Python loop. One row
-only: on two threads the graph was slower than the loop at batch 8 (1.11x) and 32 (1.10x) on the default student
-(docs/results.md). It runs on the caller's thread alone, for small decoders only (`model.SEARCH_MAX_STEP_BYTES`). The
-session opens at the first call it serves, so that a process that never decodes one row greedily does not hold the
-weights twice.
+implementation to trust), one EOS id, and the token ids the graph holds. Any other call runs the Python loop. One
+row only: on two threads the graph was slower than the loop at batch 8 and 32 on the default student
+(docs/results.md). It runs on the caller's thread alone, for small decoders only (`model.SEARCH_MAX_STEP_BYTES`).
+The session opens at the first call it serves, so that a process that never decodes one row greedily does not hold
+the weights twice.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ INT32_MAX = np.iinfo(np.int32).max  # the op's ids and lengths are int32
 
 class InGraphSearch:
     """The search graph at `path`, opened when first needed with `options` and `providers`; `check(session)` is run
-    on it then (the folder's export id and shapes)."""
+    on it then (the folder's export id)."""
 
     def __init__(self, path: Path, options: ort.SessionOptions, providers: list[Any], check: Any):
         self.path, self.options, self.providers, self.check = path, options, providers, check
