@@ -230,19 +230,22 @@ def test_load_or_export_exports_once_then_reuses(tmp_path, monkeypatch, batch, t
 
 
 @pytest.mark.parametrize("shape, k", [((3, 4 * 2000 + 37), 8), ((2, 5000), 4), ((3, 4 * 500), 8), ((2, 40), 4),
-                                      ((1, 6), 6)])
+                                      ((1, 6), 6), ((2, 4 * 8000 + 3), 8), ((2, 4 * 32128), 16), ((1, 4 * 250112), 8)])
 def test_topk_is_a_stable_descending_sort_cut_at_k(shape, k):
-    """Beam search's top-k: selection by strided groups (long rows) or a sort, same order as a full stable sort (ties:
-    lowest index first), -inf included, the largest value in the columns past the last whole group included."""
-    from export.runtime.topk import topk
+    """Beam search's top-k: selection by strided groups (long rows, of `group_size` columns or any other) or a sort,
+    same order as a full stable sort (ties: lowest index first), -inf included, the largest value in the columns past
+    the last whole group included."""
+    from export.runtime.topk import group_size, topk
 
     x = np.round(np.random.default_rng(0).standard_normal(shape), 1).astype(np.float32)  # many ties
     x[:, 3] = x[:, 1] = x.max() + 1  # a tie at the very top
     x[0, -2] = -np.inf
     x[-1, -1] = x.max() + 2  # in the tail group when the row is not a multiple of the group size
-    values, idx = topk(x, k)
     want = np.argsort(-x, axis=-1, kind="stable")[:, :k]
-    assert np.array_equal(idx, want) and np.array_equal(values, np.take_along_axis(x, want, axis=-1))
+    for block in (None, 32, 128, 512):
+        values, idx = topk(x, k, block)
+        assert np.array_equal(idx, want) and np.array_equal(values, np.take_along_axis(x, want, axis=-1)), block
+    assert [group_size(n) for n in (6, 8000, 32000, 4 * 32128, 4 * 250112)] == [32, 32, 64, 128, 256]
 
 
 @pytest.mark.parametrize("shape, k", [((1, 8), 4), ((3, 12, 5), 4), ((2, 4, 3, 2), 8)])
