@@ -11,10 +11,9 @@ from export.runtime.rows import rows_of
 
 def group_size(n: int) -> int:
     """Columns per group for rows of n scores: sqrt(n) / 3 rounded to a power of two, at least 32. The group maxima
-    run faster over fewer, longer groups, the search inside the chosen groups over shorter ones; this put the size at
-    or next to the fastest of 32-512 for 4 beams over vocabularies of 2,000 to 250,112 and 1-32 rows (64 for the
-    default student's 8,000: 25.7 against 33.7 us at 1 row, 620 against 861 us at 32, where 128 was the size for
-    all; docs/results.md)."""
+    run faster over fewer, longer groups, the search inside the chosen groups over shorter ones; this rule picked
+    the fastest size of 32-512, or the next to it, for 4 beams over vocabularies of 2,000 to 250,112 at 1-32 rows
+    (docs/results.md, "Beam search's top-k: the group size by the row's length")."""
     return 1 << max(5, round(math.log2(math.sqrt(n) / 3))) if n > 0 else 32
 
 
