@@ -23,12 +23,12 @@ median of at least `--repeats` calls, more until `--min-seconds` of calls. Three
 1. probe: every configuration on two cells, batch 1 greedy and batch 8 beam 4 (input 64);
 2. the rest of the grid for torch fp32 and for each configuration within 1.3x of its family's fastest on a probe cell
    (`--no-prune`: all of them): one 1.3x slower than a sibling at both ends is not its family's best anywhere;
-3. the cells whose verdict (OnnxT5 at its best against the best peer) lies within 1.25x either way of 1 (at batch 1
-   greedy, also of the 1.5x goal) are measured again in `--recheck-rounds` more rounds, the two configurations that
-   made it in alternating order (the reverse of the first stage, then the first order again, ...), each in a fresh
-   process, and each keeps its lowest median: a
-   verdict rests on several runs, not on one process that the machine happened to slow (a slow spell only ever adds
-   time, so the lowest median is the one to keep). So is each configuration's cell that took over 1.5x as long as
+3. the cells whose verdict (OnnxT5 at its best against the best peer) is a loss, however far, or a win by less than
+   1.25x (at batch 1 greedy: below 1.25 x the 1.5x goal) are measured again in `--recheck-rounds` more rounds,
+   the two configurations that made it in alternating order (the reverse of the first stage, then the first order
+   again, ...), each in a fresh process, and each keeps its lowest median: a verdict rests on several runs, not on
+   one process that the machine happened to slow (a slow spell only ever adds time, so the lowest median is the one
+   to keep). So is each configuration's cell that took over 1.5x as long as
    one of its cells with at least as much work (batch, beams and input length alike): a reading a slow spell made,
    for a peer as for OnnxT5, however far from 1 its verdict.
 Outputs are compared with torch fp32's, cell by cell (share of equal tokens), so that none wins by decoding something
