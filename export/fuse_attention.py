@@ -41,6 +41,8 @@ from export.surgery import MS_DOMAIN, attribute, constant_value, has_subgraphs, 
 FLOAT, INT32, INT64 = 1, 6, 7  # onnx.TensorProto's element types
 MASK_INPUT = "encoder_attention_mask"
 PREFIX = "fuse_attention/"  # the names of what this pass adds
+# grouped cross-attention's two Reshapes, into the queries per input and back to rows, are named PREFIX{n}_{these}
+GROUP_QUERY, GROUP_ROWS = "query", "rows"
 MASKED = -1e4  # a fill value at most this is a mask (T5's is the dtype's minimum)
 
 
@@ -392,7 +394,7 @@ def fuse_attention(path: Path) -> int:
             typed(out, FLOAT, shapes.get(plan["end"]))
             rewire(plan["end"], out)
         else:
-            query = tag + "query"
+            query = tag + GROUP_QUERY
             added.append(helper.make_node("Reshape", [plan["query"], const([0, 0, width], tag + "query_shape")],
                                           [query], name=query))
             added.append(helper.make_node("MultiHeadAttention", [query, plan["key"], plan["value"], "", mask], [out],
@@ -400,7 +402,7 @@ def fuse_attention(path: Path) -> int:
             grouped = [*(shapes.get(plan["query"]) or [None, None])[:2], width]
             typed(query, FLOAT, grouped)
             typed(out, FLOAT, grouped)
-            back = tag + "rows"  # (inputs, beams * tokens, d_model) back to (rows, tokens, d_model)
+            back = tag + GROUP_ROWS  # (inputs, beams * tokens, d_model) back to (rows, tokens, d_model)
             added.append(helper.make_node("Reshape", [out, plan["chain"][-1].input[1]], [back], name=back))
             typed(back, FLOAT, shapes.get(plan["end"]))
             rewire(plan["end"], back)

@@ -4,12 +4,13 @@ export's own graphs.
 `OnnxT5.generate` runs its search loop in Python: one session call per token, the logits back to numpy each time.
 On a small model that loop is a fifth of a call (docs/results.md). Here the loop runs inside onnxruntime: the
 com.microsoft `BeamSearch` op (model_type 1, T5) runs an encoder subgraph once and a decoder subgraph per token, with
-its own top-k and bookkeeping in C++. Its subgraphs are the export's graphs as they are, fused attention and all:
+its own top-k and bookkeeping in C++. Its subgraphs are the export's graphs, fused attention and all:
 
     encoder  decoder_cross_kv_model.onnx on encoder_hidden_states, an input of the search graph: the runtime runs
              the encoder on its own session (with its threads), the op's subgraph reads the states from outside
              -> present_key_cross_{i}, present_value_cross_{i}
-    decoder  decoder_with_past_model.onnx, its inputs renamed and reordered as the op wants them:
+    decoder  decoder_with_past_model.onnx, its inputs renamed and reordered as the op wants them, and its
+             cross-attention's queries no longer grouped per input (`_ungroup`):
              input_ids (B, 1), encoder_attention_mask (int32), past_key_self_{i}, past_value_self_{i} (every layer),
              then past_key_cross_{i}, past_value_cross_{i} -> logits, present_key_self_{i}, present_value_self_{i}
 
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from export.fuse_attention import GROUP_QUERY, GROUP_ROWS, PREFIX
 from export.layout import (
     CROSS_KV,
     DECODER_WITH_PAST,
@@ -46,7 +48,7 @@ from export.runtime import OnnxT5
 from export.runtime.search import InGraphSearch
 from export.runtime.sessions import session_options
 from export.runtime.settings import resolve
-from export.surgery import MS_DOMAIN, rename_value
+from export.surgery import MS_DOMAIN, attribute, drop_stale_value_info, remove_dead_nodes, rename_value
 from export.trace import example_batch
 from export.validate import Validation
 
@@ -58,7 +60,8 @@ INPUTS = ("input_ids", "max_length", "min_length", "num_beams", "num_return_sequ
 
 
 def _int32_input(graph: Any, name: str) -> None:
-    """Make the int64 input `name` an int32 input (the op feeds int32 ids and masks) cast back to int64 inside."""
+    """Make the int64 input `name` an int32 input (the op feeds int32 ids and masks), cast back to int64 for the
+    readers that need it: Shape, Gather's indices and a Cast to int32 (the attention's mask) read it as it comes."""
     from onnx import TensorProto, helper
 
     inside = name + "_int64"
@@ -67,6 +70,14 @@ def _int32_input(graph: Any, name: str) -> None:
     value.name = name
     value.type.tensor_type.elem_type = TensorProto.INT32
     graph.node.insert(0, helper.make_node("Cast", [name], [inside], name=inside, to=TensorProto.INT64))
+    casts = {node.output[0] for node in graph.node
+             if node.op_type == "Cast" and node.input[0] == inside and attribute(node, "to") == TensorProto.INT32}
+    for node in graph.node:
+        if node.op_type == "Shape" and node.input[0] == inside:
+            node.input[0] = name
+        elif node.op_type == "Gather" and node.input[1] == inside:
+            node.input[1] = name
+        node.input[:] = [name if i in casts else i for i in node.input]
 
 
 def _encoder(folder: Path, kind: str | None, layers: int) -> Any:
@@ -90,8 +101,30 @@ def _encoder(folder: Path, kind: str | None, layers: int) -> Any:
     return graph, hidden[0]
 
 
+def _ungroup(graph: Any) -> None:
+    """Route the decoder subgraph around the grouped cross-attention's Reshapes (`export.fuse_attention`).
+
+    The with-past graph keeps one row of encoder K/V and mask per input and groups each input's beams as the queries
+    of that row. The op instead repeats the K/V and the mask for every beam, so that its rows and the inputs are the
+    same, and both Reshapes leave their tensor as it is."""
+    producer = {out: node for node in graph.node for out in node.output}
+    removed = []
+    for node in graph.node:
+        kind = node.name.rsplit("_", 1)[-1] if node.name.startswith(PREFIX) and node.op_type == "Reshape" else None
+        if kind == GROUP_QUERY:  # the projection's (rows, 1, d_model) is already the queries of each row
+            heads = producer.get(node.input[0])
+            if heads is None or heads.op_type != "Reshape":
+                raise ValueError(f"{DECODER_WITH_PAST}: {node.name} does not read a Reshape of the projection")
+            removed.append((node.output[0], heads.input[0]))
+        elif kind == GROUP_ROWS:
+            removed.append((node.output[0], node.input[0]))
+    for old, new in removed:
+        for reader in graph.node:
+            reader.input[:] = [new if name == old else name for name in reader.input]
+
+
 def _decoder(model: Any, layers: int) -> Any:
-    """The op's decoder subgraph: the with-past graph under the op's names and input order."""
+    """The op's decoder subgraph: the with-past graph under the op's names and input order, ungrouped (`_ungroup`)."""
     graph = model.graph
     for i in range(layers):
         for kv in ("key", "value"):
@@ -112,6 +145,9 @@ def _decoder(model: Any, layers: int) -> Any:
     tokens.dim_value = 1  # one new token per step: see the module's docstring
     for name in ("input_ids", "encoder_attention_mask"):
         _int32_input(graph, name)
+    _ungroup(graph)
+    remove_dead_nodes(graph)  # the casts and shape arithmetic no node reads any more
+    drop_stale_value_info(graph)
     graph.name = "decoder"
     return graph
 

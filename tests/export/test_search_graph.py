@@ -11,7 +11,8 @@ import pytest
 
 from export import OnnxT5
 from export.exporter import export
-from export.layout import SEARCH, quantized_name
+from export.fuse_attention import GROUP_QUERY, GROUP_ROWS, PREFIX
+from export.layout import DECODER_WITH_PAST, SEARCH, quantized_name
 from export.runtime.settings import resolve
 
 GREEDY = {"num_beams": 1, "do_sample": False}
@@ -83,6 +84,21 @@ def test_graph_holds_no_weights_and_is_checked(tied, tmp_path, batch):
         OnnxT5.from_pretrained(copy).generate(ids, mask, max_new_tokens=4)
     with pytest.raises(TypeError, match="search_graph must be True or False"):
         OnnxT5.from_pretrained(tied.onnx_dir, search_graph="yes")
+
+
+def test_decoder_subgraph_is_trimmed(tied):
+    """Inside the op every beam's row has its own encoder K/V, so the with-past graph's grouping Reshapes go; the
+    op's int32 ids and mask are read as they come, not cast to int64 and back."""
+    with_past = onnx.load(str(tied.onnx_dir / DECODER_WITH_PAST), load_external_data=False).graph
+    search = onnx.load(str(tied.onnx_dir / SEARCH), load_external_data=False).graph.node[0]
+    decoder = next(a.g for a in search.attribute if a.name == "decoder")
+    grouping = [n.name for n in with_past.node if n.name.startswith(PREFIX) and n.op_type == "Reshape"
+                and n.name.rsplit("_", 1)[-1] in (GROUP_QUERY, GROUP_ROWS)]
+    assert len(grouping) == 2 * sum(1 for v in with_past.input if v.name.endswith(".encoder.key"))
+    assert not {n.name for n in decoder.node} & set(grouping)
+    assert len(decoder.node) < len(with_past.node) - len(grouping)  # their shape arithmetic went too
+    casts = [n for n in decoder.node if n.op_type == "Cast" and n.input[0] in ("input_ids", "encoder_attention_mask")]
+    assert not casts, [n.name for n in casts]
 
 
 def test_int8_search_graph(tied, tmp_path, batch):
