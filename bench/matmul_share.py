@@ -60,12 +60,11 @@ def measure(graph: Path, batch: int, past: int, calls: int, threads: int) -> dic
     import onnxruntime as ort
 
     from bench.decoder_step import step_feed
-    from bench.interleaved import alternate
-    from export.runtime.sessions import session_options
+    from bench.interleaved import alternate, alternated_options
 
-    step = ort.InferenceSession(str(graph), session_options(threads), providers=["CPUExecutionProvider"])
+    step = ort.InferenceSession(str(graph), alternated_options(threads), providers=["CPUExecutionProvider"])
     cut, weight_bytes = matmul_graph(graph)
-    matmuls = ort.InferenceSession(cut.SerializeToString(), session_options(threads),
+    matmuls = ort.InferenceSession(cut.SerializeToString(), alternated_options(threads),
                                    providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     step_inputs = step_feed(step, batch, past)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 
+import numpy as np
 import pytest
 
 from bench import floor
@@ -74,3 +75,25 @@ def test_the_matmul_share_cuts_a_step_down_to_its_weight_matmuls(tiny_export, ki
     out = matmul_share.measure(graph, batch=2, past=3, calls=3, threads=1)
     assert out["matmul_nodes"] == len(want) and out["share"] > 0 and out["step_ms"] > 0
     assert out["weight_mb"] > 0
+
+
+def test_the_kernel_rate_times_the_exports_formats_of_one_matmul(tmp_path):
+    """`bench.kernel_rate`, which explains what `bench.floor` cannot: the one MatMul in the export's three formats
+    (made by its own passes) computes the fp32 product within each format's rounding, reads fewer bytes as the
+    format shrinks, and is timed beside the probe."""
+    import onnx
+    import onnxruntime as ort
+
+    from bench import kernel_rate
+
+    paths = kernel_rate.write_graphs(tmp_path, 64, 96)
+    ops = {name: {n.op_type for n in onnx.load(str(p)).graph.node} for name, p in paths.items()}
+    assert ops["fp32"] == {"MatMul"} and "MatMulInteger" in ops["int8"] and "MatMulNBits" in ops["4-bit"]
+    x = {"x": np.random.default_rng(2).standard_normal((1, 1, 64)).astype(np.float32)}
+    y = {name: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, x)[0]
+         for name, p in paths.items()}
+    scale = np.abs(y["fp32"]).max()
+    assert np.abs(y["int8"] - y["fp32"]).max() < 0.05 * scale and np.abs(y["4-bit"] - y["fp32"]).max() < 0.2 * scale
+    out = kernel_rate.measure(paths, threads=1, calls=2, rounds=1, gib=0.01)
+    assert out["bytes"]["fp32"] == 64 * 96 * 4 and out["bytes"]["4-bit"] < out["bytes"]["int8"] < out["bytes"]["fp32"]
+    assert all(len(v) == 1 and v[0] > 0 for v in out["seconds"].values()) and out["probe"][0] > 0
