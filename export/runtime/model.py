@@ -57,7 +57,18 @@ ENCODER_CHUNK_TOKENS = 2048
 # (3-18 MB) and lost on t5-small's (40-55 MB), whose MatMuls need both cores (docs/results.md, "One-row greedy
 # search in one graph").
 SEARCH_MAX_STEP_BYTES = 20 * 2**20
+# Before the search graph, an input whose tokens times the encoder's weight bytes come to at most this runs the encoder
+# on the caller's thread too (a session of its own): waking a second thread for each of the encoder's nodes costs
+# more than it gives on so little work. On the default student's one-row greedy calls: 0.92-0.95x the time with 16-128
+# input tokens on its int8 encoder (4 MB), 1.05x with 192 and 1.11x with 256; 0.98x with 16 on the fp32 one (16 MB),
+# 1.04x with 64 (docs/results.md, "The search graph's decoder trimmed").
+SEARCH_ENCODER_WORK = 400 * 10**6
 MAX_THREADS = 1024  # each session starts this many OS threads; far more fail inside onnxruntime (std::bad_alloc)
+
+
+def _bytes(folder: Path, graph: str) -> int:
+    """The bytes of `graph` in `folder` with its external data."""
+    return sum((folder / f).stat().st_size for f in graph_files(folder, graph))
 
 
 def encoder_rows(length: int) -> int:
@@ -316,12 +327,13 @@ class OnnxT5:
         active = [p for p in providers if (p[0] if isinstance(p, tuple) else p) in running]
         if io_binding or (io_binding is None and device_of(active).kind != "cpu"):
             model.bind(active)
-        elif search and sum((folder / f).stat().st_size
-                            for f in graph_files(folder, files[DECODER_WITH_PAST])) <= SEARCH_MAX_STEP_BYTES:
+        elif search and _bytes(folder, files[DECODER_WITH_PAST]) <= SEARCH_MAX_STEP_BYTES:
             check = (lambda session: check_export_ids(folder, meta, {SEARCH: session}, {SEARCH: search})) if meta \
                 else (lambda session: None)
-            # one thread, the caller's: see SEARCH_MAX_STEP_BYTES
-            model.search = InGraphSearch(folder / search, session_options(1), providers, check)
+            # one thread, the caller's: see SEARCH_MAX_STEP_BYTES; so is the encoder for short inputs
+            tokens = SEARCH_ENCODER_WORK // _bytes(folder, files[ENCODER]) if threads != 1 else 0
+            model.search = InGraphSearch(folder / search, session_options(1), providers, check,
+                                         (folder / files[ENCODER], tokens))
         # the defaults alone must make a valid call: a bad generation_config.json fails here, not at every generate
         try:
             resolve(settings, {}, model.vocab_size, caller=f"OnnxT5: {folder}: generation_config.json and "
@@ -446,7 +458,9 @@ class OnnxT5:
             self.assisted_stats = AssistedStats()
             return assisted_search(self, draft, ids, mask, s, self.assisted_stats)
         if self.search is not None and ids.shape[0] == 1 and self.search.serves(s):
-            return self.search.generate(ids, mask, self.encode(ids, mask), s)  # the encoder on its own threads
+            short = self.search.encodes(ids.shape[1])  # else the encoder on its own threads
+            return self.search.generate(ids, mask, self.search.encode(ids, mask, self._once) if short
+                                        else self.encode(ids, mask), s)
         steps = self.bound or self  # IO binding: hidden states and K/V stay OrtValues on the provider's device
         hidden = steps.encode(ids, mask)
         if s.num_beams > 1:

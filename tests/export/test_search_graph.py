@@ -45,6 +45,35 @@ def test_greedy_tokens_are_the_loops(exported, batch):
     assert ended, "no row ended before max_new_tokens: the EOS path went unchecked"
 
 
+def test_short_inputs_encode_on_the_callers_thread(tied, batch):
+    """Served calls whose input is short for the encoder's size run it on a one-thread session of their own, with the
+    same states; longer ones, and every call of a one-thread model, on the model's encoder session."""
+    from export.layout import ENCODER, graph_files
+    from export.runtime.model import SEARCH_ENCODER_WORK
+
+    model = OnnxT5.from_pretrained(tied.onnx_dir, threads=2)
+    assert model.search.encoder is None  # opened with the search graph, at the first call it serves
+    ids, mask = batch([7], seed=3)
+    want = OnnxT5.from_pretrained(tied.onnx_dir, search_graph=False).generate(ids, mask, max_new_tokens=6)
+    np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=6), want)
+    size = sum((tied.onnx_dir / f).stat().st_size for f in graph_files(tied.onnx_dir, ENCODER))
+    assert model.search.encoder_tokens == SEARCH_ENCODER_WORK // size and model.search.encodes(7)
+    assert model.search.encoder.get_session_options().intra_op_num_threads == 1
+    assert model.encoder.get_session_options().intra_op_num_threads == 2
+    np.testing.assert_array_equal(model.search.encode(ids, mask), model.encode(ids, mask))
+    calls = []
+    own = model.search.encode
+    model.search.encode = lambda *a: calls.append(a[0].shape[1]) or own(*a)
+    model.search.encoder_tokens = 6  # a 7-token row is too long for it now
+    np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=6), want)
+    model.search.encoder_tokens = 7
+    np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=6), want)
+    assert calls == [7]
+    alone = OnnxT5.from_pretrained(tied.onnx_dir, threads=1)
+    np.testing.assert_array_equal(alone.generate(ids, mask, max_new_tokens=6), want)
+    assert alone.search.encoder is None and not alone.search.encodes(7)
+
+
 def test_other_calls_run_the_loop(tied, batch):
     loop, graph = both(tied.onnx_dir)
     ids, mask = batch([6, 9], seed=2)
