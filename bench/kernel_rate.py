@@ -7,9 +7,9 @@ alone at batch 1 and alternated call by call, against the bandwidth probe of `be
 `bench.floor` puts a step's time against its weight bytes at the probe's rate; a kernel that reads its weights more
 slowly than the probe sets a floor of its own, which no change of the graph around it removes. The weights must be
 larger than the CPU's last-level cache for the rate to be the memory's: a matrix that stays cached between calls
-reads faster than the probe. The int8 and 4-bit
-graphs are made by the export's own passes (`export.dynamic_int8`, `export.int4`) from the fp32 one, and run with
-the runtime's session options, so the kernels are the ones an exported step runs.
+reads faster than the probe. The int8 and 4-bit graphs are made by the export's own passes (`export.dynamic_int8`,
+`export.int4`) from the fp32 one, and run with the runtime's session options, so the kernels are the ones an
+exported step runs.
 """
 
 from __future__ import annotations

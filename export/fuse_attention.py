@@ -46,6 +46,13 @@ GROUP_QUERY, GROUP_ROWS = "query", "rows"
 MASKED = -1e4  # a fill value at most this is a mask (T5's is the dtype's minimum)
 
 
+def grouping(node: Any) -> str | None:
+    """GROUP_QUERY or GROUP_ROWS when `node` is one of the Reshapes this pass adds around a grouped cross-attention,
+    else None."""
+    kind = node.name.rsplit("_", 1)[-1] if node.op_type == "Reshape" and node.name.startswith(PREFIX) else None
+    return kind if kind in (GROUP_QUERY, GROUP_ROWS) else None
+
+
 class _Graph:
     """Producers, consumers, inputs and shapes of a graph, and the constant scalars it computes."""
 

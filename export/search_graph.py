@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from export.fuse_attention import GROUP_QUERY, GROUP_ROWS, PREFIX
+from export.fuse_attention import GROUP_QUERY, GROUP_ROWS, grouping
 from export.layout import (
     CROSS_KV,
     DECODER_WITH_PAST,
@@ -110,7 +110,7 @@ def _ungroup(graph: Any) -> None:
     producer = {out: node for node in graph.node for out in node.output}
     removed = []
     for node in graph.node:
-        kind = node.name.rsplit("_", 1)[-1] if node.name.startswith(PREFIX) and node.op_type == "Reshape" else None
+        kind = grouping(node)
         if kind == GROUP_QUERY:  # the projection's (rows, 1, d_model) is already the queries of each row
             heads = producer.get(node.input[0])
             if heads is None or heads.op_type != "Reshape":

@@ -11,7 +11,7 @@ import pytest
 
 from export import OnnxT5
 from export.exporter import export
-from export.fuse_attention import GROUP_QUERY, GROUP_ROWS, PREFIX
+from export.fuse_attention import grouping
 from export.layout import DECODER_WITH_PAST, SEARCH, quantized_name
 from export.runtime.settings import resolve
 
@@ -121,11 +121,10 @@ def test_decoder_subgraph_is_trimmed(tied):
     with_past = onnx.load(str(tied.onnx_dir / DECODER_WITH_PAST), load_external_data=False).graph
     search = onnx.load(str(tied.onnx_dir / SEARCH), load_external_data=False).graph.node[0]
     decoder = next(a.g for a in search.attribute if a.name == "decoder")
-    grouping = [n.name for n in with_past.node if n.name.startswith(PREFIX) and n.op_type == "Reshape"
-                and n.name.rsplit("_", 1)[-1] in (GROUP_QUERY, GROUP_ROWS)]
-    assert len(grouping) == 2 * sum(1 for v in with_past.input if v.name.endswith(".encoder.key"))
-    assert not {n.name for n in decoder.node} & set(grouping)
-    assert len(decoder.node) < len(with_past.node) - len(grouping)  # their shape arithmetic went too
+    grouped = [n.name for n in with_past.node if grouping(n)]
+    assert len(grouped) == 2 * sum(1 for v in with_past.input if v.name.endswith(".encoder.key"))
+    assert not {n.name for n in decoder.node} & set(grouped)
+    assert len(decoder.node) < len(with_past.node) - len(grouped)  # their shape arithmetic went too
     casts = [n for n in decoder.node if n.op_type == "Cast" and n.input[0] in ("input_ids", "encoder_attention_mask")]
     assert not casts, [n.name for n in casts]
 
