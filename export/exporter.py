@@ -15,6 +15,8 @@ The folder follows optimum's layout and input/output names (so `ORTModelForSeq2S
                                    the cross-attention K/V and with-past graphs, their weights not copied
                                    (`export.search_graph`); kept only if its tokens are the Python loop's
     *_quantized.onnx               with --int8: dynamic int8 MatMuls and embeddings (`export.quantize`)
+    decoder_with_past_one_row_quantized.onnx   with --int8: the with-past graph as 8-bit blocks, what OnnxT5 steps
+                                   one-row calls on (`export.one_row`)
     *_q4.onnx                      with --int4: 4-bit block-wise MatMul weights, int8 embeddings (`export.int4`)
     *_fp16.onnx / *_bf16.onnx      with --dtype: converted from fp32, overflow-prone ops kept fp32 (`export.precision`)
     config.json generation_config.json tokenizer files    what `OnnxT5` and transformers read
@@ -69,6 +71,7 @@ from export.layout import (
     GRAPH_EXPORT_ID,
     GRAPHS,
     META_FILE,
+    ONE_ROW,
     QUANTIZED,
     TOKENIZER_FILES,
     dtype_name,
@@ -77,6 +80,7 @@ from export.layout import (
     source_id,
 )
 from export.merge import merge_decoders
+from export.one_row import one_row_agreement, write_one_row
 from export.precision import check_providers_for, convert_folder, dtype_agreement
 from export.quantize import INT8_OPS, agreement, quantize
 from export.resources import predict, require
@@ -309,6 +313,9 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
                          "keep_fp32_is_default": int8_keep_fp32 is None,
                          "excluded_nodes": excluded,
                          **agreement(staged, check, facts.config, "int8")}
+            one_row = write_one_row(staged, keep)  # what OnnxT5 steps one-row calls on (`export.one_row`)
+            stamp_export_id(staged / ONE_ROW, export_id)
+            int8_meta["one_row"] = one_row | one_row_agreement(staged, check, facts.config)
         int4_meta = None
         if int4:
             int4_meta = quantize_int4(staged, int4_block_size, keep4, tuple(int4_keep_int8))

@@ -90,11 +90,13 @@ def _int8_nodes(path: Path, keep_int8: tuple[str, ...]) -> list[str]:
 
 
 def quantize_graph(source: Path, target: Path, block_size: int = DEFAULT_BLOCK_SIZE, keep_fp32: tuple[str, ...] = (),
-                   keep_int8: tuple[str, ...] = (), accuracy_level: int = ACCURACY_LEVEL) -> list[str]:
+                   keep_int8: tuple[str, ...] = (), accuracy_level: int = ACCURACY_LEVEL, bits: int = 4,
+                   symmetric: bool = SYMMETRIC) -> list[str]:
     """Write `target` (and its data file) from the fp32 graph `source`; returns the MatMul nodes not made 4-bit.
 
     `accuracy_level` is MatMulNBits' (0: weights dequantized to fp32; 4: activations quantized to int8); only the
-    level benchmark (`bench.int4_levels`) sets anything but `ACCURACY_LEVEL`."""
+    level benchmark (`bench.int4_levels`) sets anything but `ACCURACY_LEVEL`. `bits` 8 and `symmetric` write the
+    one-row int8 graph's blocks instead (`export.one_row`)."""
     nbits = _nbits_quantizer()
     kept = excluded_nodes(source, (*keep_fp32, *keep_int8), bias_gathers=False)
     work = target.parent / f".int4-{target.name}"
@@ -103,7 +105,7 @@ def quantize_graph(source: Path, target: Path, block_size: int = DEFAULT_BLOCK_S
     int8 = _int8_nodes(source, keep_int8)
     if int8:
         quantize_int8(source, work / "int8.onnx", INT8_OPS, only=int8)
-    config = nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=SYMMETRIC,
+    config = nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, bits=bits,
                                                 accuracy_level=accuracy_level, op_types_to_quantize=OP_TYPES)
     # every MatMul with a constant weight but the kept ones (the int8 ones are MatMulInteger nodes now)
     quantizer = nbits.MatMulNBitsQuantizer(str(work / "int8.onnx" if int8 else source), nodes_to_exclude=kept,

@@ -17,6 +17,10 @@ USE_CACHE_BRANCH = "use_cache_branch"  # its bool input of shape [1]: False the 
 # with-past graph serves the first step too (a past of length 0), so OnnxT5 holds each decoder weight in one
 # session and one graph, whose fused kernels it keeps (neither holds for the merged graph's branches)
 CROSS_KV = "decoder_cross_kv_model.onnx"
+# with --int8: the with-past graph again, its MatMul weights as 8-bit blocks (MatMulNBits) instead of one int8 scale
+# per tensor, for OnnxT5's one-row steps, where onnxruntime's block kernel reads int8 weights faster than its
+# DynamicQuantizeMatMul does (`export.one_row`)
+ONE_ROW = "decoder_with_past_one_row_quantized.onnx"
 # one row's greedy decoding loop in one graph: onnxruntime's BeamSearch op around the cross-attention K/V and
 # with-past graphs (`export.search_graph`); the weights stay in those graphs' data files
 SEARCH = "search_model.onnx"

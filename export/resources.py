@@ -5,8 +5,8 @@ OOM killer or a full disk, is what this avoids. The prediction follows what `exp
 docs/architecture.md, "Export memory"), one stage at a time: the torch weights while the graphs are traced and
 PyTorch's reference outputs computed (`TORCH_SHARE` of them); then, those freed, one onnxruntime session at a time
 for the validation (`SESSION_SHARE` of the largest graph's weights); the int8 graphs, written a weight at a time
-(`export.dynamic_int8`); the int8 check's OnnxT5 (the fp32 weights served once, `TORCH_SHARE` covers it); for --int4,
-`NBITS_COPIES` of the graph the 4-bit quantizer loads.
+(`export.dynamic_int8`); the int8 check's OnnxT5 (the fp32 weights served once, `TORCH_SHARE` covers it); for the
+one-row int8 graph (`export.one_row`) and --int4, `NBITS_COPIES` of the graph the block quantizer loads.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from distill.sizes import weight_counts
 from export.errors import ExportError
+from export.one_row import BLOCK_SIZE as ONE_ROW_BLOCK_SIZE
 
 # the torch weights with the trace's and the reference outputs' activations (t5-3b: 2.0 GB over its 11.4 GB of
 # weights, the baseline included), or OnnxT5 serving the fp32 graphs (1.02-1.07x): measured with `python -m bench.sizes`
@@ -59,6 +60,12 @@ def q4_bytes_per_weight(block_size: int) -> float:
     return 0.5 + 4.5 / block_size
 
 
+def q8_bytes_per_weight() -> float:
+    """Bytes per weight of the one-row graph's 8-bit MatMuls (`export.one_row`): a byte, and per block an fp32
+    scale."""
+    return 1 + 4 / ONE_ROW_BLOCK_SIZE
+
+
 def predict(fields: dict[str, Any], int8: bool, keep_fp32: tuple[str, ...], int4: bool = False,
             int4_keep: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()), block_size: int = 32) -> Needs:
     """What exporting a model of config `fields` needs (fp32 graphs, the int8 ones with `int8`, the 4-bit ones with
@@ -68,14 +75,19 @@ def predict(fields: dict[str, Any], int8: bool, keep_fp32: tuple[str, ...], int4
     largest = max(graphs.values())
     memory = int(max(TORCH_SHARE * weights, SESSION_SHARE * largest))
     disk = sum(graphs.values()) + graphs["decoder"] + largest  # the merged decoder holds the decoder's weights once
+    embedding = weight_counts(fields).embedding / _decoder_graph(fields)  # the share the block graphs keep int8
     if int8:
         kept = _kept_fraction(fields, keep_fp32)
         int8_bytes = {name: int(size * (kept + (1 - kept) / 4)) for name, size in graphs.items()}
         disk += sum(int8_bytes.values()) + int8_bytes["decoder"]
+        # the one-row graph: the with-past graph's weights as 8-bit blocks (`export.one_row`)
+        rest = max(0.0, 1 - kept - embedding)
+        disk += int(graphs["decoder_with_past"] * (kept + embedding / 4 + rest * q8_bytes_per_weight() / 4))
+        memory = max(memory, int(NBITS_COPIES * largest * (1 - 0.75 * embedding)))
     if int4:
         # shares of the decoder graph's weights (the largest graph): kept fp32, int8 (the embedding, keep_int8), 4-bit
         fp32 = _kept_fraction(fields, int4_keep[0])
-        int8_share = _kept_fraction(fields, int4_keep[1]) + weight_counts(fields).embedding / _decoder_graph(fields)
+        int8_share = _kept_fraction(fields, int4_keep[1]) + embedding
         rest = max(0.0, 1 - fp32 - int8_share)
         q4_bytes = {name: int(size * (fp32 + int8_share / 4 + rest * q4_bytes_per_weight(block_size) / 4))
                     for name, size in graphs.items()}

@@ -36,6 +36,7 @@ from export.layout import (
     ENCODER,
     GRAPHS,
     META_FILE,
+    ONE_ROW,
     QUANTIZED,
     SEARCH,
     TOKENIZER_FILES,
@@ -150,17 +151,19 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
     graphs = (*GRAPHS, DECODER_MERGED, CROSS_KV)
     quantized = tuple(quantized_name(g) for g in graphs)
     q4 = tuple(quantized_name(g, "int4") for g in graphs)  # published when the export has them, not required
+    one_row = (ONE_ROW,)  # OnnxT5's one-row steps on the int8 graphs; published when the export has it
     # the one-row greedy search in one graph, per kind, when the export kept it; its weights are the graphs' files
     search = (SEARCH, *(quantized_name(SEARCH, kind) for kind in ("int8", "int4")))
-    weights = tuple(data_name(g) for g in graphs + quantized + q4)  # each graph's external data, when it has one
+    weights = tuple(data_name(g) for g in graphs + quantized + q4 + one_row)  # each graph's external data, if any
     base_model = base_model or (meta.get("teacher") if is_hub_id(meta.get("teacher")) else None)
     out = out.expanduser().resolve()
     check_output(out, MANIFEST, OUT_WHAT, error=PublishError)
     with staged_dir(out) as staged:
         _copy(model, staged, MODEL_FILES + TOKENIZER_FILES, (*MODEL_FILES, "tokenizer.json"), "the student",
               "It must be a save_pretrained folder with safetensors weights and a fast tokenizer.")
-        _copy(onnx, staged / "onnx", graphs + quantized + q4 + search + weights + ONNX_SIDE_FILES, graphs + quantized,
-              "fp32 and int8 graphs", f"Export with int8 (this version writes {DECODER_MERGED} and {CROSS_KV}): "
+        _copy(onnx, staged / "onnx", graphs + quantized + q4 + one_row + search + weights + ONNX_SIDE_FILES,
+              graphs + quantized, "fp32 and int8 graphs",
+              f"Export with int8 (this version writes {DECODER_MERGED} and {CROSS_KV}): "
               f"make export MODEL={model} OUT={onnx}")
         _transformers_js_config(staged)
         (staged / "distill_meta.json").write_text(json.dumps(_public_meta(meta), indent=2) + "\n")

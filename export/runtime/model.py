@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from export.layout import (
     DTYPES,
     ENCODER,
     GRAPHS,
+    ONE_ROW,
     QUANTIZED,
     SEARCH,
     dtype_name,
@@ -44,6 +46,7 @@ from export.runtime.greedy import greedy_search
 from export.runtime.inputs import checked_inputs
 from export.runtime.log_softmax import LogSoftmax
 from export.runtime.merged import Branch
+from export.runtime.one_row import OneRow
 from export.runtime.search import InGraphSearch
 from export.runtime.sessions import return_freed_heap, session_options, shrink_after_run
 from export.runtime.settings import Settings, read_json_object, resolve, settings_from_file
@@ -63,12 +66,25 @@ SEARCH_MAX_STEP_BYTES = 20 * 2**20
 # input tokens on its int8 encoder (4 MB), 1.05x with 192 and 1.11x with 256; 0.98x with 16 on the fp32 one (16 MB),
 # 1.04x with 64 (docs/results.md, "The search graph's decoder trimmed").
 SEARCH_ENCODER_WORK = 400 * 10**6
+# One-row calls of the int8 graphs step on the one-row graph (`export.one_row`) only where the int8 with-past graph
+# holds more than this many bytes: its block kernel gains in reading the weights, and a step of the default student's
+# decoder (9 MB) is its nodes' fixed costs, where the one-row graph took 1.04x the int8 graph's time; t5-small's
+# (55 MB) took 0.86x, t5-base's 0.94x, mt5-small's 0.85x (docs/results.md, "The one-row int8 graph").
+ONE_ROW_MIN_STEP_BYTES = 20 * 2**20
 MAX_THREADS = 1024  # each session starts this many OS threads; far more fail inside onnxruntime (std::bad_alloc)
 
 
 def _bytes(folder: Path, graph: str) -> int:
     """The bytes of `graph` in `folder` with its external data."""
     return sum((folder / f).stat().st_size for f in graph_files(folder, graph))
+
+
+def _id_check(folder: Path, meta: ExportMeta | None, graph: str, name: str) -> Any:
+    """The check a session opened later (the search graph's, the one-row graph's) runs on it: that `name` carries the
+    folder's export id; none for a folder loaded without export_meta.json (`from_staged`)."""
+    if meta is None:
+        return lambda session: None
+    return lambda session: check_export_ids(folder, meta, {graph: session}, {graph: name})
 
 
 def encoder_rows(length: int) -> int:
@@ -189,6 +205,7 @@ class OnnxT5:
         self.bound: BoundSteps | None = None  # the IO-binding steps, when loaded with io_binding (`bind`)
         self._log_softmax: LogSoftmax | None = None  # beam search's, made by the first one
         self.search: InGraphSearch | None = None  # greedy search in one graph, when the folder has it (`_load`)
+        self.one_row: OneRow | None = None  # the int8 graphs' one-row steps, when the folder has their graph
 
     def bind(self, providers: list[Any]) -> None:
         """Run `generate` through IO binding: the cache and the encoder output stay on the providers' device."""
@@ -201,7 +218,7 @@ class OnnxT5:
     @classmethod
     def from_pretrained(cls, folder: str | Path, quantized: bool | str = False, threads: int | None = None,
                         providers: list[Any] | None = None, verify: bool = False, io_binding: bool | None = None,
-                        dtype: str = "fp32", search_graph: bool = True) -> OnnxT5:
+                        dtype: str = "fp32", search_graph: bool = True, one_row_graph: bool = True) -> OnnxT5:
         """Load a folder written by `python -m export`; `threads`: intra-op threads per session (None: one per core).
 
         `providers`: onnxruntime execution providers, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"].
@@ -211,7 +228,10 @@ class OnnxT5:
         graphs (`python -m export --int8`, `*_quantized.onnx`), "int4" the 4-bit ones (`--int4`, `*_q4.onnx`).
         `search_graph`: let one-row greedy calls on a small decoder run their decoding loop inside onnxruntime, on
         the folder's search graph (`export.search_graph`; on the CPU, on one thread; `InGraphSearch` and
-        SEARCH_MAX_STEP_BYTES say which calls), the same tokens; False: always the Python loop.
+        SEARCH_MAX_STEP_BYTES say which calls), the same tokens; False: always the Python loop. `one_row_graph`:
+        with the int8 graphs, let calls that decode one sequence step on the folder's one-row graph (8-bit blocks,
+        faster at one row on the CPU; `export.one_row`), opened at the first such call; False: every call on the int8
+        with-past graph.
 
         The folder is checked against its export_meta.json first: each graph's size, the export id it carries and its
         shapes (`verify=True` also compares every file's sha256, as `verify()` does). generation_config.json is
@@ -223,21 +243,23 @@ class OnnxT5:
         folder, files = cls._graph_files(folder, quantized, threads, dtype, _weights_once_ok(providers, io_binding))
         meta = read_meta(folder)
         search = cls._search_file(folder, files, search_graph)
+        one_row = cls._one_row_file(folder, files, one_row_graph)
         names = [name for graph in files.values() for name in graph_files(folder, graph)]  # with external data
-        check_sizes(folder, meta, names + ([search] if search else []))
+        names += ([search] if search else []) + (graph_files(folder, one_row) if one_row else [])
+        check_sizes(folder, meta, names)
         if verify:
-            verify_checksums(folder, meta, names + ([search] if search else []))
-        return cls._load(folder, files, threads, providers, meta, io_binding, search)
+            verify_checksums(folder, meta, names)
+        return cls._load(folder, files, threads, providers, meta, io_binding, search, one_row)
 
     @classmethod
     def from_staged(cls, folder: str | Path, quantized: bool | str = False, threads: int | None = None,
                     providers: list[Any] | None = None, io_binding: bool | None = None,
-                    dtype: str = "fp32", search_graph: bool = True) -> OnnxT5:
+                    dtype: str = "fp32", search_graph: bool = True, one_row_graph: bool = True) -> OnnxT5:
         """Load graphs without export_meta.json's checks: for the exporter, which runs the graphs it has just written
         (its int8 and int4 checks) before it writes export_meta.json. Anything else loads with `from_pretrained`."""
         folder, files = cls._graph_files(folder, quantized, threads, dtype, _weights_once_ok(providers, io_binding))
         return cls._load(folder, files, threads, providers, None, io_binding,
-                         cls._search_file(folder, files, search_graph))
+                         cls._search_file(folder, files, search_graph), cls._one_row_file(folder, files, one_row_graph))
 
     @staticmethod
     def _search_file(folder: Path, files: dict[str, str], wanted: bool) -> str | None:
@@ -250,6 +272,16 @@ class OnnxT5:
         kind = _kind_of(files)
         name = quantized_name(SEARCH, kind) if kind else SEARCH
         return name if (folder / name).is_file() else None
+
+    @staticmethod
+    def _one_row_file(folder: Path, files: dict[str, str], wanted: bool) -> str | None:
+        """The one-row graph, where the folder has it, the int8 graphs are loaded and the first step comes from the
+        cross-attention K/V graph (the CPU, no IO binding), which the one-row steps start from too."""
+        if not isinstance(wanted, bool | np.bool_):
+            raise TypeError(f"OnnxT5.from_pretrained: one_row_graph must be True or False, got {wanted!r}.")
+        if not wanted or CROSS_KV not in files or _kind_of(files) != "int8":
+            return None
+        return ONE_ROW if (folder / ONE_ROW).is_file() else None
 
     @staticmethod
     def _graph_files(folder: str | Path, quantized: bool | str, threads: int | None,
@@ -301,7 +333,8 @@ class OnnxT5:
 
     @classmethod
     def _load(cls, folder: Path, files: dict[str, str], threads: int | None, providers: list[Any] | None,
-              meta: ExportMeta | None, io_binding: bool | None = None, search: str | None = None) -> OnnxT5:
+              meta: ExportMeta | None, io_binding: bool | None = None, search: str | None = None,
+              one_row: str | None = None) -> OnnxT5:
         if io_binding is not None and not isinstance(io_binding, bool | np.bool_):
             raise TypeError(f"OnnxT5.from_pretrained: io_binding must be True, False or None (on for a device "
                             f"provider such as CUDA), got {io_binding!r}.")
@@ -327,13 +360,14 @@ class OnnxT5:
         active = [p for p in providers if (p[0] if isinstance(p, tuple) else p) in running]
         if io_binding or (io_binding is None and device_of(active).kind != "cpu"):
             model.bind(active)
-        elif search and _bytes(folder, files[DECODER_WITH_PAST]) <= SEARCH_MAX_STEP_BYTES:
-            check = (lambda session: check_export_ids(folder, meta, {SEARCH: session}, {SEARCH: search})) if meta \
-                else (lambda session: None)
+        elif one_row and _bytes(folder, files[DECODER_WITH_PAST]) > ONE_ROW_MIN_STEP_BYTES:
+            model.one_row = OneRow(folder / one_row, session_options(threads), providers,
+                                   _id_check(folder, meta, ONE_ROW, one_row))
+        if model.bound is None and search and _bytes(folder, files[DECODER_WITH_PAST]) <= SEARCH_MAX_STEP_BYTES:
             # one thread, the caller's: see SEARCH_MAX_STEP_BYTES; so is the encoder for short inputs
             tokens = SEARCH_ENCODER_WORK // _bytes(folder, files[ENCODER]) if threads != 1 else 0
-            model.search = InGraphSearch(folder / search, session_options(1), providers, check,
-                                         (folder / files[ENCODER], tokens))
+            model.search = InGraphSearch(folder / search, session_options(1), providers,
+                                         _id_check(folder, meta, SEARCH, search), (folder / files[ENCODER], tokens))
         # the defaults alone must make a valid call: a bad generation_config.json fails here, not at every generate
         try:
             resolve(settings, {}, model.vocab_size, caller=f"OnnxT5: {folder}: generation_config.json and "
@@ -352,6 +386,8 @@ class OnnxT5:
             raise ValueError(f"OnnxT5.verify: {self.folder} was loaded without export_meta.json (from_staged); "
                              "load it with OnnxT5.from_pretrained.")
         names = [name for graph in self.files.values() for name in graph_files(self.folder, graph)]
+        if self.one_row is not None:
+            names += graph_files(self.folder, self.one_row.path.name)
         return verify_checksums(self.folder, self.meta, names)
 
     @property
@@ -424,6 +460,13 @@ class OnnxT5:
         logits, own = self.steps(tokens, mask, own, cross)
         return logits[:, -1, :], own
 
+    def _stepped_on(self, first: Any, with_past: ort.InferenceSession) -> OnnxT5:
+        """This model with `first` and `with_past` serving its first step and the steps after it (the one-row
+        graph's); its other sessions shared."""
+        view = copy.copy(self)
+        view.decoder, view.decoder_with_past = first, with_past
+        return view
+
     def take_rows(self, tensors: list[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
         """Each tensor with row `rows[i]` as its row i (beam search's reorder of the self-attention cache)."""
         return [t[rows] for t in tensors]
@@ -463,6 +506,8 @@ class OnnxT5:
                                         else self.encode(ids, mask), s)
         steps = self.bound or self  # IO binding: hidden states and K/V stay OrtValues on the provider's device
         hidden = steps.encode(ids, mask)
+        if self.one_row is not None and ids.shape[0] == 1 and s.num_beams == 1 and s.num_return_sequences == 1:
+            return greedy_search(self._stepped_on(*self.one_row.sessions(self.decoder.cross_kv)), hidden, mask, s)
         if s.num_beams > 1:
             if self._log_softmax is None:
                 self._log_softmax = LogSoftmax()

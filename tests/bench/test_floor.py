@@ -45,6 +45,21 @@ def test_measure_reports_each_precision_against_its_floor(tiny_export):
         assert p["per_token_ms"] == pytest.approx(statistics.median(r["per_token_ms"][name] for r in out["rounds"]))
 
 
+def test_the_int8_floor_counts_the_graph_the_runtime_steps_on(tiny_export, monkeypatch):
+    """With the one-row graph in use, "int8" reads its bytes; "int8-tensor" is the int8 with-past graph's."""
+    from export.layout import ONE_ROW
+    from export.runtime import model as runtime_model
+
+    monkeypatch.setattr(runtime_model, "ONE_ROW_MIN_STEP_BYTES", 0)  # the tiny decoder counts as large
+    out = floor.measure(tiny_export, threads=1, input_length=8, new_tokens=4, repeats=1, bandwidth_gib=0.01,
+                        int8_tensor=True)
+    assert set(out["precisions"]) == {"fp32", "int8", "int8-tensor"}
+    mb = {name: p["step_weight_mb"] * 1e6 for name, p in out["precisions"].items()}
+    assert mb["int8"] == floor.step_weight_bytes(tiny_export / ONE_ROW)
+    assert mb["int8-tensor"] == floor.step_weight_bytes(tiny_export / quantized_name(DECODER_WITH_PAST))
+    assert mb["int8"] != mb["int8-tensor"]
+
+
 def test_the_op_profile_counts_every_node_of_a_step_by_type(tiny_export):
     """`bench.op_profile`, which explains the distance to the floor: its node counts per run add up to the nodes
     onnxruntime runs, int8 MatMuls among them, and its shares to the kernel time."""
