@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path, help="output folder (replaced only by a valid export)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
     parser.add_argument("--int8", action="store_true",
-                        help="also write *_quantized.onnx (dynamic int8 MatMuls and embeddings)")
+                        help="also write *_quantized.onnx (dynamic int8 MatMuls and embeddings) and the one-row int8 "
+                             "graph (8-bit blocks, for one-row calls)")
     parser.add_argument("--int8-keep-fp32", default=None, metavar="NAMES",
                         help="comma-separated module names whose MatMuls stay fp32 with --int8, e.g. lm_head,wo; "
                              "'none' for none (default: wo for gated-GELU models: T5 v1.1, flan-t5, mT5)")

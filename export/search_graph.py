@@ -199,7 +199,9 @@ def search_agreement(folder: Path, kind: str | None, name: str, check: Validatio
     (padding included): greedy as it comes (rows that end early included) and with EOS held off; empty when they are
     the same. The graph is checked whatever the decoder's size (the runtime may leave a large one unused)."""
     ex = example_batch(config, check.enc_lengths, 1, check.seed)
-    rt = OnnxT5.from_staged(folder, quantized=kind or False, search_graph=False)  # export_meta.json comes later
+    # the loop on the graphs the search graph holds: the int8 with-past graph, not the one-row graph a large int8
+    # decoder's one-row calls step on (`export.one_row`); export_meta.json comes later
+    rt = OnnxT5.from_staged(folder, quantized=kind or False, search_graph=False, one_row_graph=False)
     search = InGraphSearch(folder / name, session_options(1), ["CPUExecutionProvider"], lambda session: None)
     differ = []
     for least in (0, CHECK_NEW_TOKENS):

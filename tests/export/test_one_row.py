@@ -119,3 +119,21 @@ def test_its_files_are_checked(int8_export, tmp_path, stepping):
     with pytest.raises(ValueError, match=data_name(ONE_ROW)):
         OnnxT5.from_pretrained(changed, quantized="int8")
     assert OnnxT5.from_pretrained(changed, quantized="int8", one_row_graph=False).one_row is None
+
+
+def test_the_search_graph_is_checked_against_the_int8_graphs_loop(int8_export, stepping, monkeypatch):
+    """The int8 search graph holds the int8 with-past graph: its tokens are compared with the loop on that graph,
+    not with one-row calls stepped on the one-row graph (8-bit blocks give other tokens on real models)."""
+    from transformers import T5Config
+
+    from export.layout import SEARCH
+    from export.runtime.one_row import OneRow
+    from export.search_graph import search_agreement
+    from export.validate import Validation
+
+    def refused(self, cross_kv):
+        raise AssertionError("the search graph's check stepped on the one-row graph")
+
+    monkeypatch.setattr(OneRow, "sessions", refused)
+    config = T5Config.from_pretrained(int8_export)
+    assert search_agreement(int8_export, "int8", quantized_name(SEARCH), Validation(), config) == []
