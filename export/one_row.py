@@ -10,7 +10,8 @@ t5-base or mt5-small step took 0.94x / 0.85x the int8 graph's time; with 4 rows 
 (docs/results.md, "The one-row int8 graph"). So the export writes this graph beside the int8 ones and OnnxT5 steps
 one-row calls on it (`export.runtime.one_row`), every other call on the int8 with-past graph.
 
-The graph is the fp32 with-past graph through the 4-bit path's quantizer (`export.int4.quantize_graph`) with 8 bits:
+The graph is the fp32 with-past graph, its MatMuls that read one input fused (`export.fuse_matmuls`: a
+self-attention's q, k and v as one), through the 4-bit path's quantizer (`export.int4.quantize_graph`) with 8 bits:
 the token embeddings int8 as in the int8 graphs, the `keep_fp32` modules fp32 as --int8 keeps them. Blocks of 256
 quantize finer than one scale per tensor (a scale per 256 weights of a column) and cost 4 bytes per block
 (1.016 bytes a weight). Its tokens are compared with the fp32 graphs' on each validation row alone
@@ -19,11 +20,13 @@ quantize finer than one scale per tensor (a scale per 256 weights of a column) a
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from export.fuse_matmuls import fuse_shared_inputs
 from export.int4 import quantize_graph
 from export.layout import DECODER_WITH_PAST, ONE_ROW
 from export.runtime import OnnxT5
@@ -41,9 +44,16 @@ CHECK_NEW_TOKENS = 16  # greedy tokens per validation row, as `export.quantize.a
 def write_one_row(folder: Path, keep_fp32: tuple[str, ...]) -> dict[str, Any]:
     """Write ONE_ROW (and its data file) from the fp32 with-past graph in `folder`; what export_meta.json records of
     it, the token agreement aside."""
-    kept = quantize_graph(folder / DECODER_WITH_PAST, folder / ONE_ROW, BLOCK_SIZE, keep_fp32, bits=BITS,
-                          symmetric=SYMMETRIC)
-    return {"file": ONE_ROW, "bits": BITS, "block_size": BLOCK_SIZE, "symmetric": SYMMETRIC, "kept_nodes": kept}
+    work = folder / ".one-row"
+    work.mkdir()
+    try:
+        fused = fuse_shared_inputs(folder / DECODER_WITH_PAST, work / DECODER_WITH_PAST, keep_fp32)
+        kept = quantize_graph(work / DECODER_WITH_PAST, folder / ONE_ROW, BLOCK_SIZE, keep_fp32, bits=BITS,
+                              symmetric=SYMMETRIC)
+    finally:
+        shutil.rmtree(work)
+    return {"file": ONE_ROW, "bits": BITS, "block_size": BLOCK_SIZE, "symmetric": SYMMETRIC,
+            "fused_matmul_sets": fused, "kept_nodes": kept}
 
 
 def one_row_agreement(folder: Path, check: Validation, model_config: Any) -> dict[str, float | int]:

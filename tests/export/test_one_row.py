@@ -45,6 +45,10 @@ def test_the_graph_is_8_bit_blocks(int8_export):
     meta = json.loads((int8_export / "export_meta.json").read_text())
     one_row = meta["int8"]["one_row"]
     assert (one_row["file"], one_row["bits"], one_row["block_size"]) == (ONE_ROW, BITS, BLOCK_SIZE)
+    # each self-attention's q, k and v as one block MatMul (`export.fuse_matmuls`)
+    layers = json.loads((int8_export / "config.json").read_text())["num_decoder_layers"]
+    assert one_row["fused_matmul_sets"] == layers == ops.count("Split")
+    assert sum(n.name.split("/")[-2] == "q_k_v" for n in blocks) == layers
     assert 0.0 <= one_row["greedy_token_agreement"] <= 1.0 and one_row["rows"] >= 1
     assert {ONE_ROW, data_name(ONE_ROW)} <= set(meta[FILES_KEY])
 
