@@ -134,10 +134,11 @@ def _load_onnx(path: str, quantized: bool | str, threads: int, tokenizer: bool,
     from export.layout import graph_files
 
     def served(runtime: OnnxT5) -> list[Path]:
-        """The files `runtime` loaded: its graphs (encoder, cross-attention K/V and with-past decoder, or an older
-        layout's) and their weights' data files."""
+        """The files `runtime` serves from: its graphs (encoder, cross-attention K/V and with-past decoder, or an
+        older layout's), the one-row graph where it steps one-row calls on it, and their weights' data files."""
         folder = runtime.folder
-        return [folder / name for graph in runtime.files.values() for name in graph_files(folder, graph)]
+        graphs = [*runtime.files.values(), *([runtime.one_row.path.name] if runtime.one_row is not None else [])]
+        return [folder / name for graph in graphs for name in graph_files(folder, graph)]
 
     model = OnnxT5.from_pretrained(path, quantized=quantized, threads=threads)
     files = served(model)
