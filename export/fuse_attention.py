@@ -53,6 +53,30 @@ def grouping(node: Any) -> str | None:
     return kind if kind in (GROUP_QUERY, GROUP_ROWS) else None
 
 
+def ungroup(graph: Any) -> None:
+    """Route `graph` around its grouped cross-attentions' Reshapes (`grouping`), for a graph whose every input has one
+    row of queries: the BeamSearch op's decoder subgraph (the op repeats the encoder K/V and mask for every beam) and
+    the one-row graph (`export.one_row`: one input, one sequence).
+
+    The with-past graph keeps one row of encoder K/V and mask per input and groups each input's beams as the queries
+    of that row; with a row per input both Reshapes leave their tensor as it is. The shape arithmetic that fed them is
+    left to `export.surgery.remove_dead_nodes`."""
+    producer = {out: node for node in graph.node for out in node.output}
+    removed = []
+    for node in graph.node:
+        kind = grouping(node)
+        if kind == GROUP_QUERY:  # the projection's (rows, 1, d_model) is already the queries of each row
+            heads = producer.get(node.input[0])
+            if heads is None or heads.op_type != "Reshape":
+                raise ValueError(f"{graph.name}: {node.name} does not read a Reshape of the projection")
+            removed.append((node.output[0], heads.input[0]))
+        elif kind == GROUP_ROWS:
+            removed.append((node.output[0], node.input[0]))
+    for old, new in removed:
+        for reader in graph.node:
+            reader.input[:] = [new if name == old else name for name in reader.input]
+
+
 class _Graph:
     """Producers, consumers, inputs and shapes of a graph, and the constant scalars it computes."""
 

@@ -10,7 +10,7 @@ its own top-k and bookkeeping in C++. Its subgraphs are the export's graphs, fus
              the encoder on its own session (with its threads), the op's subgraph reads the states from outside
              -> present_key_cross_{i}, present_value_cross_{i}
     decoder  decoder_with_past_model.onnx, its inputs renamed and reordered as the op wants them, and its
-             cross-attention's queries no longer grouped per input (`_ungroup`):
+             cross-attention's queries no longer grouped per input (`export.fuse_attention.ungroup`):
              input_ids (B, 1), encoder_attention_mask (int32), past_key_self_{i}, past_value_self_{i} (every layer),
              then past_key_cross_{i}, past_value_cross_{i} -> logits, present_key_self_{i}, present_value_self_{i}
 
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from export.fuse_attention import GROUP_QUERY, GROUP_ROWS, grouping
+from export.fuse_attention import ungroup
 from export.layout import (
     CROSS_KV,
     DECODER_WITH_PAST,
@@ -101,30 +101,9 @@ def _encoder(folder: Path, kind: str | None, layers: int) -> Any:
     return graph, hidden[0]
 
 
-def _ungroup(graph: Any) -> None:
-    """Route the decoder subgraph around the grouped cross-attention's Reshapes (`export.fuse_attention`).
-
-    The with-past graph keeps one row of encoder K/V and mask per input and groups each input's beams as the queries
-    of that row. The op instead repeats the K/V and the mask for every beam, so that its rows and the inputs are the
-    same, and both Reshapes leave their tensor as it is."""
-    producer = {out: node for node in graph.node for out in node.output}
-    removed = []
-    for node in graph.node:
-        kind = grouping(node)
-        if kind == GROUP_QUERY:  # the projection's (rows, 1, d_model) is already the queries of each row
-            heads = producer.get(node.input[0])
-            if heads is None or heads.op_type != "Reshape":
-                raise ValueError(f"{DECODER_WITH_PAST}: {node.name} does not read a Reshape of the projection")
-            removed.append((node.output[0], heads.input[0]))
-        elif kind == GROUP_ROWS:
-            removed.append((node.output[0], node.input[0]))
-    for old, new in removed:
-        for reader in graph.node:
-            reader.input[:] = [new if name == old else name for name in reader.input]
-
-
 def _decoder(model: Any, layers: int) -> Any:
-    """The op's decoder subgraph: the with-past graph under the op's names and input order, ungrouped (`_ungroup`)."""
+    """The op's decoder subgraph: the with-past graph under the op's names and input order, ungrouped
+    (`export.fuse_attention.ungroup`: the op repeats the encoder K/V and mask for every beam)."""
     graph = model.graph
     for i in range(layers):
         for kv in ("key", "value"):
@@ -145,7 +124,7 @@ def _decoder(model: Any, layers: int) -> Any:
     tokens.dim_value = 1  # one new token per step: see the module's docstring
     for name in ("input_ids", "encoder_attention_mask"):
         _int32_input(graph, name)
-    _ungroup(graph)
+    ungroup(graph)
     remove_dead_nodes(graph)  # the casts and shape arithmetic no node reads any more
     drop_stale_value_info(graph)
     graph.name = "decoder"
