@@ -82,7 +82,7 @@ def fuse_shared_inputs(source: Path, target: Path, keep: tuple[str, ...] = ()) -
             name = "/".join([*group[0].name.split("/")[:-2], "_".join(_module(n) for n in group), "MatMul"])
             joined = np.concatenate(arrays, axis=1)
             graph.initializer.append(data.append(f"{name}.weight", joined.shape, onnx.TensorProto.FLOAT,
-                                                 [np.ascontiguousarray(joined).data]))
+                                                 [joined.data]))
             graph.initializer.append(numpy_helper.from_array(np.array([a.shape[1] for a in arrays], np.int64),
                                                              f"{name}.split"))
             nodes.append(helper.make_node("MatMul", [group[0].input[0], f"{name}.weight"], [f"{name}_output_0"],
