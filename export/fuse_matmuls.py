@@ -100,4 +100,3 @@ def fuse_shared_inputs(source: Path, target: Path, keep: tuple[str, ...] = ()) -
     graph.initializer.extend(kept)
     onnx.save_model(model, str(target))
     return len(sets)
-

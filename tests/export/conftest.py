@@ -63,6 +63,17 @@ def padded_batch(lengths: list[int], seed: int = 0) -> tuple[np.ndarray, np.ndar
     return rng.integers(2, VOCAB, mask.shape) * mask, mask
 
 
+def with_past_feed(session, seed, past=5, length=7):
+    """Random inputs of one with-past step: a row, `past` cached positions, an input of `length` tokens."""
+    rng = np.random.default_rng(seed)
+    feed = {"input_ids": rng.integers(3, 50, size=(1, 1)), "encoder_attention_mask": np.ones((1, length), np.int64)}
+    for arg in session.get_inputs():
+        if arg.name.startswith("past_key_values."):
+            positions = past if ".decoder." in arg.name else length
+            feed[arg.name] = rng.standard_normal((1, arg.shape[1], positions, arg.shape[3])).astype(np.float32)
+    return feed
+
+
 @contextmanager
 def one_torch_thread():
     """Tiny models gain nothing from threads, and on a busy machine each op waits for a preempted OpenMP thread."""

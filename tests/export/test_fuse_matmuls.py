@@ -10,17 +10,7 @@ import pytest
 
 from export.fuse_matmuls import fuse_shared_inputs, shared_input_sets
 from export.layout import DECODER_WITH_PAST
-
-
-def with_past_feed(session, seed, past=5, length=7):
-    """Random inputs of one with-past step: a row, `past` cached positions, an input of `length` tokens."""
-    rng = np.random.default_rng(seed)
-    feed = {"input_ids": rng.integers(3, 50, size=(1, 1)), "encoder_attention_mask": np.ones((1, length), np.int64)}
-    for arg in session.get_inputs():
-        if arg.name.startswith("past_key_values."):
-            positions = past if ".decoder." in arg.name else length
-            feed[arg.name] = rng.standard_normal((1, arg.shape[1], positions, arg.shape[3])).astype(np.float32)
-    return feed
+from tests.export.conftest import with_past_feed
 
 
 @pytest.mark.parametrize("name, per_layer", [("t5-relu-tied", ["q_k_v"]),

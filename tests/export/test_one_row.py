@@ -16,6 +16,7 @@ from export.exporter import export
 from export.fuse_attention import grouping
 from export.layout import CROSS_KV, DECODER_WITH_PAST, ENCODER, FILES_KEY, ONE_ROW, data_name, quantized_name
 from export.one_row import BITS, BLOCK_SIZE
+from tests.export.conftest import with_past_feed
 
 GREEDY = {"num_beams": 1, "do_sample": False, "max_new_tokens": 8, "min_new_tokens": 8}
 
@@ -60,8 +61,6 @@ def test_the_graph_is_8_bit_blocks(int8_export):
 def test_its_step_computes_what_the_fp32_step_does(int8_export):
     """The rewrites (q, k and v as one, ungrouped, 8-bit blocks) keep the step's function: its logits and new cache
     follow the fp32 graph's on one row, within what 8-bit weights move them."""
-    from tests.export.test_fuse_matmuls import with_past_feed
-
     sessions = [ort.InferenceSession(str(int8_export / name), providers=["CPUExecutionProvider"])
                 for name in (DECODER_WITH_PAST, ONE_ROW)]
     feed = with_past_feed(sessions[0], seed=5)
