@@ -7,6 +7,8 @@ median moved 2x from one minute to the next; alternated calls still rank candida
     python -m bench.interleaved generate FOLDER_A FOLDER_B [--quantized int8] [--batch 1] [--input 16] [--beams 1]
         OnnxT5 exports, one whole generate each in turn (random ids, EOS last, 32 new tokens forced);
         --search-graph both: each folder with and without its one-row greedy search graph
+        --shared-cache both: each folder with and without its shared-cache graph (beam search's cache appended in
+        place); --block N: N timed calls of a candidate in a row, after one untimed call
 
 Each round reverses the order of the one before. Prints each candidate's median, 25th percentile and minimum, its
 median against the first candidate's, and whether its outputs equal the first's.
@@ -15,7 +17,8 @@ The graphs' sessions stop their threads' spinning when a run ends (`alternated_o
 spinning keeps a core busy for some 50-80 ms after its run, which the next candidate's call would pay for (a t5-base
 step took 14.4 ms right after another session's runs, 5.9 ms ten calls later). OnnxT5's sessions in `generate`
 keep their own options: there, compare one-row search calls, whose sessions do not spin, or run the candidates in
-turn in blocks (`bench.paired`).
+turn in blocks (`--block`, or `bench.paired` for two engines in two processes), whose untimed first call takes the
+other candidate's spinning.
 """
 
 from __future__ import annotations
@@ -42,15 +45,19 @@ def alternated_options(threads: int) -> Any:
     return options
 
 
-def alternate(calls: list[Callable[[], Any]], rounds: int) -> list[list[float]]:
-    """Seconds of each call of each candidate: `rounds` rounds, each in the reverse order of the one before."""
+def alternate(calls: list[Callable[[], Any]], rounds: int, block: int = 1) -> list[list[float]]:
+    """Seconds of each call of each candidate: `rounds` rounds, each in the reverse order of the one before; with
+    `block` > 1, each turn is one untimed call and `block` timed ones."""
     seconds: list[list[float]] = [[] for _ in calls]
     order = list(range(len(calls)))
     for _ in range(rounds):
         for k in order:
-            start = time.perf_counter()
-            calls[k]()
-            seconds[k].append(time.perf_counter() - start)
+            if block > 1:
+                calls[k]()
+            for _ in range(block):
+                start = time.perf_counter()
+                calls[k]()
+                seconds[k].append(time.perf_counter() - start)
         order.reverse()
     return seconds
 
@@ -86,13 +93,13 @@ def step_candidates(graphs: list[Path], batch: int, past: int, threads: int) -> 
 
 
 def generate_candidates(folders: list[Path], quantized: str | bool, batch: int, length: int, beams: int,
-                        threads: int, search: list[bool]) -> Candidates:
-    """One whole generate per export and `search` setting (`search_graph=`) on the same ids; whether each one's
-    tokens equal the first's."""
+                        threads: int, search: list[bool], shared: tuple[bool, ...] = (True,)) -> Candidates:
+    """One whole generate per export, `search` setting (`search_graph=`) and `shared` setting (`shared_cache=`) on
+    the same ids; whether each one's tokens equal the first's."""
     from export import OnnxT5
 
-    models = [OnnxT5.from_pretrained(f, quantized=quantized, threads=threads, search_graph=on)
-              for f in folders for on in search]
+    models = [OnnxT5.from_pretrained(f, quantized=quantized, threads=threads, search_graph=on, shared_cache=kept)
+              for f in folders for on in search for kept in shared]
     ids = np.random.default_rng(0).integers(2, models[0].vocab_size, (batch, length))
     ids[:, -1] = models[0].settings.eos_token_id
     kwargs = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False, "num_beams": beams}
@@ -114,9 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--beams", type=int, default=1)
     gen.add_argument("--search-graph", choices=("on", "off", "both"), default="on",
                      help="OnnxT5's one-row greedy search graph; both: each folder loaded with it and without")
+    gen.add_argument("--shared-cache", choices=("on", "off", "both"), default="on",
+                     help="OnnxT5's shared-cache graph for beam search; both: each folder with it and without")
     for p in (step, gen):
         p.add_argument("--batch", type=int, default=1)
         p.add_argument("--calls", type=int, default=300, help="timed calls of each candidate")
+        p.add_argument("--block", type=int, default=1, help="timed calls of a candidate in a row (after an untimed "
+                       "one when above 1)")
         p.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if args.what == "step":
@@ -124,11 +135,14 @@ def main(argv: list[str] | None = None) -> None:
         calls, same = step_candidates(args.graphs, args.batch, args.past, args.threads)
     else:
         search = {"on": [True], "off": [False], "both": [False, True]}[args.search_graph]
-        names = [f"{f}{' (search graph)' if on else ''}" for f in args.folders for on in search]
+        shared = {"on": (True,), "off": (False,), "both": (False, True)}[args.shared_cache]
+        names = [f"{f}{' (search graph)' if on else ''}{' (shared cache)' if kept else ''}"
+                 for f in args.folders for on in search for kept in shared]
         quantized = False if args.quantized == "none" else args.quantized
         calls, same = generate_candidates(args.folders, quantized, args.batch, args.input, args.beams, args.threads,
-                                          search)
-    for row in summary(names, alternate(calls, args.calls), same):
+                                          search, shared)
+    rounds = max(1, args.calls // max(1, args.block))
+    for row in summary(names, alternate(calls, rounds, args.block), same):
         print(f"{row['name']}: median {row['median_ms']:.3f} ms ({row['vs_first']:.2f}x the first), "
               f"p25 {row['p25_ms']:.3f}, min {row['min_ms']:.3f}, outputs {'as' if row['same_outputs'] else 'NOT as'}"
               f" the first's")

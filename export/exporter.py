@@ -14,6 +14,9 @@ The folder follows optimum's layout and input/output names (so `ORTModelForSeq2S
     search_model.onnx              one row's greedy decoding loop in one graph: onnxruntime's BeamSearch op around
                                    the cross-attention K/V and with-past graphs, their weights not copied
                                    (`export.search_graph`); kept only if its tokens are the Python loop's
+    decoder_shared_cache_model.onnx   the with-past graph whose self-attention appends to buffers in place and
+                                   follows beams by an index: what OnnxT5's beam search steps on
+                                   (`export.shared_cache`); its weights are the with-past graph's file
     *_quantized.onnx               with --int8: dynamic int8 MatMuls and embeddings (`export.quantize`)
     decoder_with_past_one_row_quantized.onnx   with --int8: the with-past graph as 8-bit blocks, what OnnxT5 steps
                                    one-row calls on (`export.one_row`)
@@ -87,6 +90,7 @@ from export.resources import predict, require
 from export.runtime import OnnxT5
 from export.runtime.model import quantized_kind
 from export.search_graph import CHECK_NEW_TOKENS, search_agreement, token_ids, write_search_graph
+from export.shared_cache import shared_cache_agreement, write_shared_cache
 from export.trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graphs
 from export.validate import Validation, reference, validate
 
@@ -183,6 +187,28 @@ def _search_graphs(staged: Path, kinds: list[str | None], check: Validation, con
             written.append(name)
     return {"written": written, "tokens": dict(zip(("start", "eos"), ids, strict=True)),
             "not_kept": dropped, "checked_new_tokens": CHECK_NEW_TOKENS}
+
+
+def _shared_cache_graphs(staged: Path, kinds: list[str | None], check: Validation, config: Any) -> dict[str, Any]:
+    """The shared-cache graph of each kind's graphs (`export.shared_cache`): the fp32 one kept where its beam search
+    tokens are the Python loop's on the validation batch, the int8 and 4-bit ones with their agreement recorded;
+    what export_meta.json records of them."""
+    written, dropped, checks = [], {}, {}
+    for kind in kinds:
+        try:
+            name = write_shared_cache(staged, kind)
+        except ValueError as e:  # a with-past graph of another form (no fused attention): beam search copies
+            dropped[str(kind or "fp32")] = [str(e)]
+            continue
+        checks[name] = shared_cache_agreement(staged, kind, name, check, config)
+        if kind is None and checks[name]["differ"]:  # the tokens are the bar where the loop's are transformers'
+            (staged / name).unlink()
+            dropped[name] = checks[name]["differ"]
+            warnings.warn(f"export: {name} not kept: its beam search tokens differ from the Python loop's "
+                          f"({checks[name]['differ'][0][:200]})", RuntimeWarning, stacklevel=2)
+        else:
+            written.append(name)
+    return {"written": written, "not_kept": dropped, "checks": checks}
 
 
 def stamp_export_id(path: Path, export_id: str) -> None:
@@ -326,7 +352,9 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
             write_cross_kv(staged, quantized_name(DECODER, "int4"), quantized_name(CROSS_KV, "int4"))
             int4_meta |= {"kept_is_default": int4_keep_fp32 is None and not int4_keep_int8,
                           **agreement(staged, check, facts.config, "int4")}
-        search_meta = _search_graphs(staged, [None] + ["int8"] * int8 + ["int4"] * int4, check, facts.config)
+        kinds: list[str | None] = [None] + ["int8"] * int8 + ["int4"] * int4
+        search_meta = _search_graphs(staged, kinds, check, facts.config)
+        shared_meta = _shared_cache_graphs(staged, kinds, check, facts.config)
         precision = None
         if dtype != "fp32":
             converted = convert_folder(staged, dtype, GRAPHS)
@@ -338,6 +366,7 @@ def export(model_name_or_dir: str, out: Path | str, opset: int = DEFAULT_OPSET, 
         meta["int4"] = int4_meta
         meta["fused_attention"] = fused_attention
         meta["search_graph"] = search_meta
+        meta["shared_cache"] = shared_meta
         meta |= {EXPORT_ID_KEY: export_id, FILES_KEY: file_manifest(staged, skip=(META_FILE,))}
         (staged / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         replace_dir(staged, out, manifest=META_FILE, what="an earlier export", files_key=FILES_KEY)

@@ -21,6 +21,11 @@ CROSS_KV = "decoder_cross_kv_model.onnx"
 # per tensor, for OnnxT5's one-row steps, where onnxruntime's block kernel reads int8 weights faster than its
 # DynamicQuantizeMatMul does (`export.one_row`)
 ONE_ROW = "decoder_with_past_one_row_quantized.onnx"
+# the with-past graph with its self-attention cache kept in place (`export.shared_cache`): beam search appends each
+# step's keys and values to buffers it allocates, and reorders beams through an index instead of copying the cache;
+# the weights stay in the with-past graph's data file
+SHARED_CACHE = "decoder_shared_cache_model.onnx"
+SHARED_CACHE_INPUTS = ("past_sequence_length", "beam_width", "cache_indirection")  # what it takes besides the cache
 # one row's greedy decoding loop in one graph: onnxruntime's BeamSearch op around the cross-attention K/V and
 # with-past graphs (`export.search_graph`); the weights stay in those graphs' data files
 SEARCH = "search_model.onnx"

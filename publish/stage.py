@@ -8,6 +8,8 @@
                                        decoder_with_past_model.onnx, each weight once
     onnx/search_model*.onnx            one-row greedy search in one graph (onnxruntime's BeamSearch op around the
                                        graphs above, reading their weight files), when the export kept it
+    onnx/decoder_shared_cache_model*.onnx   beam search's steps with the cache appended in place (the with-past
+                                       graph's weights), when the export kept it
     onnx/*.onnx_data                   each graph's weights (external data)
     onnx/*_quantized.onnx              int8 (transformers.js picks these with `dtype: "q8"`)
     onnx/*_q4.onnx                     4-bit weights, when the export has them (--int4; transformers.js `dtype: "q4"`)
@@ -39,6 +41,7 @@ from export.layout import (
     ONE_ROW,
     QUANTIZED,
     SEARCH,
+    SHARED_CACHE,
     TOKENIZER_FILES,
     data_name,
     quantized_name,
@@ -154,6 +157,7 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
     one_row = (ONE_ROW,)  # OnnxT5's one-row steps on the int8 graphs; published when the export has it
     # the one-row greedy search in one graph, per kind, when the export kept it; its weights are the graphs' files
     search = (SEARCH, *(quantized_name(SEARCH, kind) for kind in ("int8", "int4")))
+    search += (SHARED_CACHE, *(quantized_name(SHARED_CACHE, kind) for kind in ("int8", "int4")))  # the same: beams
     weights = tuple(data_name(g) for g in graphs + quantized + q4 + one_row)  # each graph's external data, if any
     base_model = base_model or (meta.get("teacher") if is_hub_id(meta.get("teacher")) else None)
     out = out.expanduser().resolve()

@@ -40,6 +40,13 @@ class FirstStep(GraphLike):
                               fixed_size(arg.shape[3], name, DECODER_WITH_PAST))
                        for name, arg in past.items() if ".decoder." in name}
 
+    def cross_attention(self, hidden: np.ndarray, run_options: ort.RunOptions | None = None) -> list[np.ndarray]:
+        """The cross-attention keys and values of `hidden`, one row per input: key, value of each layer in turn."""
+        cross = dict(zip(self._cross_names, self.cross_kv.run(self._cross_names, {"encoder_hidden_states": hidden},
+                                                              run_options), strict=True))
+        layers = len(cross) // 2
+        return [cross[f"present.{i}.encoder.{kv}"] for i in range(layers) for kv in ("key", "value")]
+
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray],
             run_options: ort.RunOptions | None = None) -> list[np.ndarray]:
         cross = dict(zip(self._cross_names, self.cross_kv.run(self._cross_names, {

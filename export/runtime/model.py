@@ -22,6 +22,7 @@ from export.layout import (
     ONE_ROW,
     QUANTIZED,
     SEARCH,
+    SHARED_CACHE,
     dtype_name,
     graph_files,
     quantized_name,
@@ -50,6 +51,7 @@ from export.runtime.one_row import OneRow
 from export.runtime.search import InGraphSearch
 from export.runtime.sessions import return_freed_heap, session_options, shrink_after_run
 from export.runtime.settings import Settings, read_json_object, resolve, settings_from_file
+from export.runtime.shared_cache import SharedCache
 
 # The encoder runs on this many input tokens at a time at most (`OnnxT5.encode`): its activations grow with
 # batch * length^2 (the attention scores), and smaller runs also ran faster (docs/architecture.md, "Runtime").
@@ -150,6 +152,18 @@ def _kind_of(files: dict[str, str]) -> str | None:
     return next((k for k in QUANTIZED if files[ENCODER] == quantized_name(ENCODER, k)), None)
 
 
+def _graph_of_kind(folder: Path, files: dict[str, str], wanted: bool, graph: str, option: str) -> str | None:
+    """`graph`'s file of the loaded graphs' kind, where `wanted` (the bool `option` of `from_pretrained`), the folder
+    has it and the decoder serves from the with-past and cross-attention K/V graphs (the CPU, no IO binding)."""
+    if not isinstance(wanted, bool | np.bool_):
+        raise TypeError(f"OnnxT5.from_pretrained: {option} must be True or False, got {wanted!r}.")
+    if not wanted or CROSS_KV not in files:
+        return None
+    kind = _kind_of(files)
+    name = quantized_name(graph, kind) if kind else graph
+    return name if (folder / name).is_file() else None
+
+
 def _weights_once_ok(providers: Any, io_binding: bool | None) -> bool:
     """Whether the decoder may serve from the layouts that hold each weight once (the cross-attention K/V graph and
     the with-past graph, or the merged graph): the CPU alone and no IO binding (which binds the two graphs'
@@ -206,6 +220,7 @@ class OnnxT5:
         self._log_softmax: LogSoftmax | None = None  # beam search's, made by the first one
         self.search: InGraphSearch | None = None  # greedy search in one graph, when the folder has it (`_load`)
         self.one_row: OneRow | None = None  # the int8 graphs' one-row steps, when the folder has their graph
+        self.shared: SharedCache | None = None  # beam search's steps on a cache kept in place, when the folder has it
 
     def bind(self, providers: list[Any]) -> None:
         """Run `generate` through IO binding: the cache and the encoder output stay on the providers' device."""
@@ -218,7 +233,8 @@ class OnnxT5:
     @classmethod
     def from_pretrained(cls, folder: str | Path, quantized: bool | str = False, threads: int | None = None,
                         providers: list[Any] | None = None, verify: bool = False, io_binding: bool | None = None,
-                        dtype: str = "fp32", search_graph: bool = True, one_row_graph: bool = True) -> OnnxT5:
+                        dtype: str = "fp32", search_graph: bool = True, one_row_graph: bool = True,
+                        shared_cache: bool = True) -> OnnxT5:
         """Load a folder written by `python -m export`; `threads`: intra-op threads per session (None: one per core).
 
         `providers`: onnxruntime execution providers, e.g. ["CUDAExecutionProvider", "CPUExecutionProvider"].
@@ -231,7 +247,9 @@ class OnnxT5:
         SEARCH_MAX_STEP_BYTES say which calls), the same tokens; False: always the Python loop. `one_row_graph`:
         with the int8 graphs, let calls that decode one sequence step on the folder's one-row graph (8-bit blocks,
         faster at one row on the CPU; `export.one_row`), opened at the first such call; False: every call on the int8
-        with-past graph.
+        with-past graph. `shared_cache`: let beam search step on the folder's shared-cache graph (the self-attention
+        cache appended in place and beams followed by an index instead of copies; `export.shared_cache`), opened at
+        the first beam search call, on the CPU without IO binding; False: beam search on the with-past graph.
 
         The folder is checked against its export_meta.json first: each graph's size, the export id it carries and its
         shapes (`verify=True` also compares every file's sha256, as `verify()` does). generation_config.json is
@@ -244,34 +262,32 @@ class OnnxT5:
         meta = read_meta(folder)
         search = cls._search_file(folder, files, search_graph)
         one_row = cls._one_row_file(folder, files, one_row_graph)
+        shared = cls._shared_file(folder, files, shared_cache)
         names = [name for graph in files.values() for name in graph_files(folder, graph)]  # with external data
         names += ([search] if search else []) + (graph_files(folder, one_row) if one_row else [])
+        names += [shared] if shared else []
         check_sizes(folder, meta, names)
         if verify:
             verify_checksums(folder, meta, names)
-        return cls._load(folder, files, threads, providers, meta, io_binding, search, one_row)
+        return cls._load(folder, files, threads, providers, meta, io_binding, search, one_row, shared)
 
     @classmethod
     def from_staged(cls, folder: str | Path, quantized: bool | str = False, threads: int | None = None,
                     providers: list[Any] | None = None, io_binding: bool | None = None,
-                    dtype: str = "fp32", search_graph: bool = True, one_row_graph: bool = True) -> OnnxT5:
+                    dtype: str = "fp32", search_graph: bool = True, one_row_graph: bool = True,
+                    shared_cache: bool = True) -> OnnxT5:
         """Load graphs without export_meta.json's checks: for the exporter, which runs the graphs it has just written
         (its int8 and int4 checks) before it writes export_meta.json. Anything else loads with `from_pretrained`."""
         folder, files = cls._graph_files(folder, quantized, threads, dtype, _weights_once_ok(providers, io_binding))
         return cls._load(folder, files, threads, providers, None, io_binding,
-                         cls._search_file(folder, files, search_graph), cls._one_row_file(folder, files, one_row_graph))
+                         cls._search_file(folder, files, search_graph), cls._one_row_file(folder, files, one_row_graph),
+                         cls._shared_file(folder, files, shared_cache))
 
     @staticmethod
     def _search_file(folder: Path, files: dict[str, str], wanted: bool) -> str | None:
         """The search graph of the loaded graphs' kind, where the folder has it and the decoder serves from the
         with-past graph and the cross-attention K/V graph (the CPU, no IO binding), which the search graph holds."""
-        if not isinstance(wanted, bool | np.bool_):
-            raise TypeError(f"OnnxT5.from_pretrained: search_graph must be True or False, got {wanted!r}.")
-        if not wanted or CROSS_KV not in files:
-            return None
-        kind = _kind_of(files)
-        name = quantized_name(SEARCH, kind) if kind else SEARCH
-        return name if (folder / name).is_file() else None
+        return _graph_of_kind(folder, files, wanted, SEARCH, "search_graph")
 
     @staticmethod
     def _one_row_file(folder: Path, files: dict[str, str], wanted: bool) -> str | None:
@@ -282,6 +298,12 @@ class OnnxT5:
         if not wanted or CROSS_KV not in files or _kind_of(files) != "int8":
             return None
         return ONE_ROW if (folder / ONE_ROW).is_file() else None
+
+    @staticmethod
+    def _shared_file(folder: Path, files: dict[str, str], wanted: bool) -> str | None:
+        """The shared-cache graph of the loaded graphs' kind, where the folder has it and the decoder serves from the
+        with-past graph and the cross-attention K/V graph (the CPU, no IO binding)."""
+        return _graph_of_kind(folder, files, wanted, SHARED_CACHE, "shared_cache")
 
     @staticmethod
     def _graph_files(folder: str | Path, quantized: bool | str, threads: int | None,
@@ -334,7 +356,7 @@ class OnnxT5:
     @classmethod
     def _load(cls, folder: Path, files: dict[str, str], threads: int | None, providers: list[Any] | None,
               meta: ExportMeta | None, io_binding: bool | None = None, search: str | None = None,
-              one_row: str | None = None) -> OnnxT5:
+              one_row: str | None = None, shared: str | None = None) -> OnnxT5:
         if io_binding is not None and not isinstance(io_binding, bool | np.bool_):
             raise TypeError(f"OnnxT5.from_pretrained: io_binding must be True, False or None (on for a device "
                             f"provider such as CUDA), got {io_binding!r}.")
@@ -363,6 +385,9 @@ class OnnxT5:
         elif one_row and _bytes(folder, files[DECODER_WITH_PAST]) > ONE_ROW_MIN_STEP_BYTES:
             model.one_row = OneRow(folder / one_row, session_options(threads), providers,
                                    _id_check(folder, meta, ONE_ROW, one_row))
+        if model.bound is None and shared:
+            model.shared = SharedCache(folder / shared, session_options(threads), providers,
+                                       _id_check(folder, meta, SHARED_CACHE, shared))
         if model.bound is None and search and _bytes(folder, files[DECODER_WITH_PAST]) <= SEARCH_MAX_STEP_BYTES:
             # one thread, the caller's: see SEARCH_MAX_STEP_BYTES; so is the encoder for short inputs
             tokens = SEARCH_ENCODER_WORK // _bytes(folder, files[ENCODER]) if threads != 1 else 0
@@ -388,6 +413,8 @@ class OnnxT5:
         names = [name for graph in self.files.values() for name in graph_files(self.folder, graph)]
         if self.one_row is not None:
             names += graph_files(self.folder, self.one_row.path.name)
+        if self.shared is not None:
+            names.append(self.shared.path.name)
         return verify_checksums(self.folder, self.meta, names)
 
     @property
@@ -511,6 +538,9 @@ class OnnxT5:
         if s.num_beams > 1:
             if self._log_softmax is None:
                 self._log_softmax = LogSoftmax()
+            if self.shared is not None and self.bound is None:  # the cache appended in place, beams by an index
+                return beam_search(self.shared.steps(self, s.num_beams, s.max_length), hidden, mask, s,
+                                   self._log_softmax)
             return beam_search(steps, hidden, mask, s, self._log_softmax)
         if s.num_return_sequences > 1:
             rows = np.repeat(np.arange(mask.shape[0]), s.num_return_sequences)

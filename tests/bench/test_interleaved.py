@@ -18,6 +18,15 @@ def test_rounds_alternate_in_reversed_order():
     assert [len(s) for s in seconds] == [3, 3, 3]
 
 
+def test_blocks_run_one_untimed_call_first():
+    """In blocks, a candidate's first call after the other's takes their spinning threads, and is not timed."""
+    log = []
+    calls = [lambda k=k: log.append(k) for k in range(2)]
+    seconds = interleaved.alternate(calls, rounds=2, block=2)
+    assert log == [0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+    assert [len(s) for s in seconds] == [4, 4]
+
+
 def test_summary_compares_each_median_with_the_first():
     rows = interleaved.summary(["a", "b"], [[0.002, 0.004, 0.006], [0.001, 0.001, 0.004]], [True, False])
     assert rows[0]["median_ms"] == pytest.approx(4.0) and rows[1]["median_ms"] == pytest.approx(1.0)
@@ -46,6 +55,11 @@ def test_candidates_report_whether_their_outputs_are_the_first_ones(tiny_export,
                       "--search-graph", "both"])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and "(search graph)" in out[1] and "outputs as the first's" in out[1]
+    # beam search with the cache copied against the shared-cache graph, in blocks
+    interleaved.main(["generate", str(tiny_export), "--quantized", "none", "--beams", "2", "--calls", "4",
+                      "--block", "2", "--threads", "1", "--shared-cache", "both"])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "(shared cache)" in out[1] and "(shared cache)" not in out[0]
 
 
 def test_alternated_sessions_spin_within_runs_only():

@@ -66,8 +66,9 @@ def test_folder_has_optimum_names_and_a_complete_meta(exported):
     assert diffs["decoder_model.onnx"]["logits"] < 1e-4 and diffs["decoder_with_past_model.onnx"]["logits"] < 1e-4
     assert meta["validation"]["batch"] >= 3 and meta["validation"]["first_decoder_length"] > 1
     graphs = [*GRAPHS, "decoder_model_merged.onnx", "decoder_cross_kv_model.onnx"]
-    # each graph's weights in a file of its own; the search graph's are those of the graphs it runs
-    assert set(meta["file_bytes"]) == {*graphs, *(f"{g}_data" for g in graphs), "search_model.onnx"}
+    # each graph's weights in a file of its own; the search and shared-cache graphs' are those of the graphs they run
+    assert set(meta["file_bytes"]) == {*graphs, *(f"{g}_data" for g in graphs), "search_model.onnx",
+                                       "decoder_shared_cache_model.onnx"}
     # every weight of the with-past graph is one of the first step's: the merged graph holds no more bytes (fewer
     # when tensors are equal, as a fresh model's all-ones layer norms are: it keeps those once)
     assert 0 < meta["file_bytes"]["decoder_model_merged.onnx_data"] <= meta["file_bytes"]["decoder_model.onnx_data"]

@@ -48,8 +48,9 @@ def test_generate_matches_transformers_token_for_token(exported, kwargs, batch):
 @pytest.mark.parametrize("per_input", [True, False], ids=["shared-by-beams", "repeated-per-beam"])
 def test_beams_share_their_inputs_cross_attention_rows(tied, batch, per_input):
     """The runtime feeds one cross-attention K/V row per input; fed a row per beam (optimum's layout), the same graph
-    decodes the same tokens."""
-    runtime = OnnxT5.from_pretrained(tied.onnx_dir)
+    decodes the same tokens. (Beam search on the with-past graph: the shared-cache graph's steps are
+    test_shared_cache.py's.)"""
+    runtime = OnnxT5.from_pretrained(tied.onnx_dir, shared_cache=False)
     rows = []
     step = runtime.decoder_with_past.run
 
