@@ -2,17 +2,18 @@
 
 The with-past graph takes each layer's self-attention keys and values so far and returns them one position longer:
 onnxruntime's MultiHeadAttention copies the whole past into a new present at every step, and beam search then copies
-the present once more, row by row, into the order of the beams that continue (`OnnxT5.take_rows`). At batch 32 x 4
-beams on t5-small that is the cache read and written twice per layer and step, about a fifth of the call.
+the present once more, row by row, into the order of the beams that continue (`OnnxT5.take_rows`): the cache read
+and written twice per layer and step, which this graph saves (0.80-0.90x the call's time at batch 8 and 32 x 4
+beams on the default student and t5-small; docs/results.md, "Beam search with the cache appended in place").
 
-Here each self-attention is onnxruntime's DecoderMaskedMultiHeadAttention with `past_present_share_buffer`: the past
-and the present are one buffer of a fixed number of positions, which the runtime allocates and binds as both, and
-the op writes the new position into it. Beams are not moved: input `cache_indirection` (batch, beams, positions)
-says, for each beam and past position, which beam's row of its input holds that position's keys and values (the
-mechanism onnxruntime's own BeamSearch op uses), and the runtime updates that small index when beams are picked
-(`export.runtime.shared_cache`). The graph's other inputs are the with-past graph's, plus `past_sequence_length`
-(int32 [1]: the positions already in the buffer) and `beam_width` (int32 [1]); the position bias reads the past's
-length from `past_sequence_length`, not from the buffer's shape. The weights stay in the with-past graph's data file.
+Here each self-attention is onnxruntime's DecoderMaskedMultiHeadAttention with `past_present_share_buffer`: the past and
+the present are one buffer of some number of positions, which the runtime allocates (and doubles when full) and binds as
+both, and the op writes the new position into it. Beams are not moved: input `cache_indirection` (batch, beams,
+positions) says, for each beam and past position, which beam's row of its input holds that position's keys and values
+(the mechanism onnxruntime's own BeamSearch op uses), and the runtime updates that small index when beams are picked
+(`export.runtime.shared_cache`). The graph's other inputs are the with-past graph's, plus `past_sequence_length` (int32
+[1]: the positions already in the buffer) and `beam_width` (int32 [1]); the position bias reads the past's length from
+`past_sequence_length`, not from the buffer's shape. The weights stay in the with-past graph's data file.
 
 The op's dot products and softmax are its own: the scores agree with MultiHeadAttention's to a few float32 ulps,
 not bit for bit. The export keeps the fp32 graph only where beam search through it gives the Python loop's tokens

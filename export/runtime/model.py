@@ -539,8 +539,9 @@ class OnnxT5:
             if self._log_softmax is None:
                 self._log_softmax = LogSoftmax()
             if self.shared is not None and self.bound is None:  # the cache appended in place, beams by an index
-                return beam_search(self.shared.steps(self, s.num_beams, s.max_length), hidden, mask, s,
-                                   self._log_softmax)
+                steps_in_place = self.shared.steps(lambda states: self.decoder.cross_attention(states, self._once),
+                                                   self.vocab_size, s.num_beams, s.max_length)
+                return beam_search(steps_in_place, hidden, mask, s, self._log_softmax)
             return beam_search(steps, hidden, mask, s, self._log_softmax)
         if s.num_return_sequences > 1:
             rows = np.repeat(np.arange(mask.shape[0]), s.num_return_sequences)

@@ -5,15 +5,15 @@ it, and an index, not a copy, follows the beams.
 runs on the CPU without IO binding. Every step runs on this graph, the first one too (from the cross-attention K/V
 graph's keys and values): each layer's keys and values go to buffers of (rows, heads, positions, d_kv), which the
 graph's attention reads and appends to in place (the same memory bound as its past and its present). When beams are
-picked, `take_rows` leaves the buffers alone and
-updates `cache_indirection` instead: for each beam and past position, the beam of the same input whose row holds that
-position. The buffers start with `first_width(max_length)` positions and double when full, as the sequence buffers
-do, so that max_new_tokens costs no memory a search does not reach. The session opens at the first call it serves,
-so that a process that never runs beam search does not hold the decoder's weights twice.
-"""
+picked, `take_rows` leaves the buffers alone and updates `cache_indirection` instead: for each beam and past position,
+the beam of the same input whose row holds that position. The buffers start with `first_width(max_length)` positions and
+double when full, as the sequence buffers do, so that max_new_tokens costs no memory a search does not reach. The
+session opens at the first call it serves, so that a process that never runs beam search does not hold the decoder's
+weights twice."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,15 @@ class SharedCache:
         self.path, self.options, self.providers, self.check = path, options, providers, check
         self.session: ort.InferenceSession | None = None
 
-    def steps(self, model: Any, beams: int, max_length: int) -> SharedCacheSteps:
-        """The decoder steps of one beam search call of `model` (its first step, its encoder side)."""
+    def steps(self, cross_attention: Callable[[np.ndarray], list[np.ndarray]], vocab_size: int, beams: int,
+              max_length: int) -> SharedCacheSteps:
+        """The decoder steps of one beam search call: `cross_attention(hidden)` gives the cross-attention keys and
+        values of the encoder's states, one row per input (key, value of each layer in turn)."""
         if self.session is None:
             session = open_session(self.path, self.options, self.providers, reexport_hint(self.path.parent))
             self.check(session)
             self.session = session
-        return SharedCacheSteps(model, self.session, beams, max_length)
+        return SharedCacheSteps(self.session, cross_attention, vocab_size, beams, max_length)
 
 
 class Cache:
@@ -49,12 +51,12 @@ class Cache:
     int32, and the binding that feeds them, the step's tokens and the logits' buffer, all bound once and changed in
     place (a binding made anew each step cost more than the copies it saves on a small decoder)."""
 
-    def __init__(self, buffers: list[np.ndarray]):
-        self.buffers = buffers
+    def __init__(self, buffers: list[np.ndarray], indirection: np.ndarray):
+        self.buffers, self.indirection = buffers, indirection
         self.spread = False  # whether beam search has spread the first step over the beams (`take_rows`)
-        self.indirection = np.zeros((0, 0, 0), dtype=np.int32)
-        self.length = 1
+        self.length = 0
         self.binding: Any = None
+        self.held: list[np.ndarray] = []  # the encoder side as bound: kept alive with the binding
         self.tokens = np.zeros((0, 1), dtype=np.int64)
         self.filled = np.zeros(1, dtype=np.int32)  # `past_sequence_length`: `length` as the graph reads it
         self.logits = np.zeros((0, 1, 0), dtype=np.float32)
@@ -64,8 +66,10 @@ class SharedCacheSteps:
     """`DecoderSteps` for `beam_search` on the shared-cache graph; the self-attention K/V it passes are a `Cache`.
     The logits a step returns are valid until the next step (beam search reads them into new arrays first)."""
 
-    def __init__(self, model: Any, session: ort.InferenceSession, beams: int, max_length: int):
-        self.model, self.session, self.beams, self.max_length = model, session, beams, max_length
+    def __init__(self, session: ort.InferenceSession, cross_attention: Callable[[np.ndarray], list[np.ndarray]],
+                 vocab_size: int, beams: int, max_length: int):
+        self.session, self.cross_attention, self.vocab_size = session, cross_attention, vocab_size
+        self.beams, self.max_length = beams, max_length
         names = [i.name for i in session.get_inputs()]
         self._own = [n for n in names if n.startswith("past_key_values.") and ".decoder." in n]
         self._cross = [n for n in names if n.startswith("past_key_values.") and ".encoder." in n]
@@ -79,15 +83,13 @@ class SharedCacheSteps:
         """The first step on this graph too, every beam's row (each input's repeated): the with-past graph's
         session, whose threads would spin on after it, stays idle while the steps run (on two cores, the two
         pools contended: 0.80x the copies' speed at batch 1). Returns each input's logits, once."""
-        cross = self.model.decoder.cross_attention(hidden, self.model._once)
+        cross = self.cross_attention(hidden)
         inputs, beams = tokens.shape[0], self.beams
         capacity = first_width(self.max_length)
-        heads, d_kv = self._heads, self._d_kv
-        cache = Cache([np.zeros((inputs * beams, heads, capacity, d_kv), dtype=np.float32) for _ in self._own])
-        # position p of beam j is in row j unless a reorder says otherwise
-        cache.indirection = np.empty((inputs, beams, capacity), dtype=np.int32)
-        cache.indirection[:] = np.arange(beams, dtype=np.int32)[None, :, None]
-        cache.length = 0
+        index = np.empty((inputs, beams, capacity), dtype=np.int32)
+        index[:] = np.arange(beams, dtype=np.int32)[None, :, None]  # position p of beam j is in row j until a reorder
+        shape = (inputs * beams, self._heads, capacity, self._d_kv)
+        cache = Cache([np.zeros(shape, dtype=np.float32) for _ in self._own], index)
         logits, cache = self.step(np.repeat(tokens, beams, axis=0), mask, cache, cross)
         return logits[::beams].copy(), cache, cross
 
@@ -126,12 +128,12 @@ class SharedCacheSteps:
         rows = cache.buffers[0].shape[0]
         binding = self.session.io_binding()
         cache.tokens = np.zeros((rows, 1), dtype=np.int64)
-        cache.logits = np.zeros((rows, 1, self.model.vocab_size), dtype=np.float32)
+        cache.logits = np.zeros((rows, 1, self.vocab_size), dtype=np.float32)
         binding.bind_ortvalue_input("input_ids", ort.OrtValue.ortvalue_from_numpy(cache.tokens))
         binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(cache.logits))
-        binding.bind_cpu_input("encoder_attention_mask", np.ascontiguousarray(mask))
-        for name, value in zip(self._cross, cross, strict=True):
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        cache.held = [np.ascontiguousarray(mask), *(np.ascontiguousarray(value) for value in cross)]
+        for name, value in zip(["encoder_attention_mask", *self._cross], cache.held, strict=True):
+            binding.bind_cpu_input(name, value)
         for name, present, buffer in zip(self._own, self._present, cache.buffers, strict=True):
             value = ort.OrtValue.ortvalue_from_numpy(buffer)
             binding.bind_ortvalue_input(name, value)

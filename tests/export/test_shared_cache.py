@@ -74,7 +74,7 @@ def test_index_follows_any_reorder(tied, batch):
     ids, mask = batch([4, 7], seed=1)
     inputs, beams, steps = ids.shape[0], 3, 20
     s = resolve(model.settings, {"num_beams": beams, "max_new_tokens": steps}, model.vocab_size)
-    shared = model.shared.steps(model, beams, s.max_length)
+    shared = model.shared.steps(model.decoder.cross_attention, model.vocab_size, beams, s.max_length)
     hidden = model.encode(ids, mask)
     start = np.zeros((inputs, 1), dtype=np.int64)
     want_logits, own, cross = model.first_step(start, mask, hidden)
@@ -135,7 +135,7 @@ def test_the_graph_is_optional(tied, tmp_path, batch):
 def test_steps_need_a_fixed_cache_shape(tied):
     """The buffers' heads and d_kv come from the graph's inputs, which the export fixes."""
     model = OnnxT5.from_pretrained(tied.onnx_dir)
-    steps = model.shared.steps(model, 2, 10)
+    steps = model.shared.steps(model.decoder.cross_attention, model.vocab_size, 2, 10)
     assert isinstance(steps, SharedCacheSteps)
     config = json.loads((tied.onnx_dir / "config.json").read_text())
     assert (steps._heads, steps._d_kv) == (config["num_heads"], config["d_kv"])
