@@ -538,7 +538,7 @@ class OnnxT5:
         if s.num_beams > 1:
             if self._log_softmax is None:
                 self._log_softmax = LogSoftmax()
-            if self.shared is not None and self.bound is None:  # the cache appended in place, beams by an index
+            if self.shared is not None:  # the cache appended in place, beams by an index (set without IO binding)
                 steps_in_place = self.shared.steps(lambda states: self.decoder.cross_attention(states, self._once),
                                                    self.vocab_size, s.num_beams, s.max_length)
                 return beam_search(steps_in_place, hidden, mask, s, self._log_softmax)

@@ -45,6 +45,13 @@ class SharedCache:
         return SharedCacheSteps(self.session, cross_attention, vocab_size, beams, max_length)
 
 
+def own_rows(inputs: int, beams: int, capacity: int) -> np.ndarray:
+    """The index before any reorder (inputs, beams, capacity) int32: every position of beam j is in beam j's row."""
+    index = np.empty((inputs, beams, capacity), dtype=np.int32)
+    index[:] = np.arange(beams, dtype=np.int32)[None, :, None]
+    return index
+
+
 class Cache:
     """One call's self-attention cache and what its steps feed: per layer a key and a value buffer (rows, heads,
     capacity, d_kv), the positions filled (`length`), the index of each beam's positions (batch, beams, capacity)
@@ -53,6 +60,9 @@ class Cache:
 
     def __init__(self, buffers: list[np.ndarray], indirection: np.ndarray):
         self.buffers, self.indirection = buffers, indirection
+        inputs, beams = indirection.shape[:2]
+        self.each = np.arange(inputs)[:, None]  # x[each, j]: row j of each input's (`take_rows`, made once a call)
+        self.first_rows = self.each * beams  # each input's first row
         self.spread = False  # whether beam search has spread the first step over the beams (`take_rows`)
         self.length = 0
         self.binding: Any = None
@@ -86,10 +96,8 @@ class SharedCacheSteps:
         cross = self.cross_attention(hidden)
         inputs, beams = tokens.shape[0], self.beams
         capacity = first_width(self.max_length)
-        index = np.empty((inputs, beams, capacity), dtype=np.int32)
-        index[:] = np.arange(beams, dtype=np.int32)[None, :, None]  # position p of beam j is in row j until a reorder
         shape = (inputs * beams, self._heads, capacity, self._d_kv)
-        cache = Cache([np.zeros(shape, dtype=np.float32) for _ in self._own], index)
+        cache = Cache([np.zeros(shape, dtype=np.float32) for _ in self._own], own_rows(inputs, beams, capacity))
         logits, cache = self.step(np.repeat(tokens, beams, axis=0), mask, cache, cross)
         return logits[::beams].copy(), cache, cross
 
@@ -101,11 +109,10 @@ class SharedCacheSteps:
         if not cache.spread:
             cache.spread = True
             return cache
-        batch = cache.indirection.shape[0]
-        source = rows.reshape(batch, beams) - (np.arange(batch) * beams)[:, None]  # the beam each beam continues
+        source = rows.reshape(-1, beams) - cache.first_rows  # the beam each beam continues
         # beam j now reads, at each filled position, where the beam it continues read: that beam's own row at the
         # position it wrote last (its index there is still its own), and the rows its index gave before that
-        moved = cache.indirection[np.arange(batch)[:, None], source, :cache.length]
+        moved = cache.indirection[cache.each, source, :cache.length]
         cache.indirection[:, :, :cache.length] = moved  # in place: the binding reads this array
         return cache
 
@@ -117,9 +124,9 @@ class SharedCacheSteps:
             buffer = np.zeros((*old.shape[:2], capacity, old.shape[3]), dtype=old.dtype)
             buffer[:, :, :cache.length] = old[:, :, :cache.length]
             buffers.append(buffer)
-        index = np.empty((*cache.indirection.shape[:2], capacity), dtype=np.int32)
+        inputs, beams = cache.indirection.shape[:2]
+        index = own_rows(inputs, beams, capacity)
         index[:, :, :cache.length] = cache.indirection[:, :, :cache.length]
-        index[:, :, cache.length:] = np.arange(self.beams, dtype=np.int32)[None, :, None]
         cache.buffers, cache.indirection, cache.binding = buffers, index, None
 
     def _bind(self, cache: Cache, mask: np.ndarray, cross: list[Any]) -> None:
