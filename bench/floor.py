@@ -159,7 +159,7 @@ def measure(folder: Path, threads: int, input_length: int = 64, new_tokens: int 
         one, many = (lambda r=runtime, n=n: r.generate(ids, mask, num_beams=1, do_sample=False, min_new_tokens=n,
                                                         max_new_tokens=n) for n in (1, 1 + new_tokens))
         one(), many()  # warm-up: the first calls allocate what the others reuse
-        stepped = runtime.one_row.path if runtime.one_row is not None else folder / graph
+        stepped = runtime.one_row_graph or folder / graph
         runs[precision] = (step_weight_bytes(stepped), one, many)
     rounds = []
     with bandwidth_probe(threads, bandwidth_gib) as probe:

@@ -5,9 +5,10 @@ median moved 2x from one minute to the next; alternated calls still rank candida
     python -m bench.interleaved step A.onnx B.onnx [--batch 1] [--past 16] [--calls 300]
         decoder-with-past graphs, one call each in turn (`bench.decoder_step`'s inputs)
     python -m bench.interleaved generate FOLDER_A FOLDER_B [--quantized int8] [--batch 1] [--input 16] [--beams 1]
-        OnnxT5 exports, one whole generate each in turn (random ids, EOS last, 32 new tokens forced);
+                                        [--new-tokens 32]
+        OnnxT5 exports, one whole generate each in turn (random ids, EOS last, the new tokens forced);
         --search-graph both: each folder with and without its one-row greedy search graph
-        --shared-cache both: each folder with and without its shared-cache graph (beam search's cache appended in
+        --shared-cache both: each folder with and without its shared-cache graphs (the searches' cache appended in
         place); --block N: N timed calls of a candidate in a row, after one untimed call
 
 Each round reverses the order of the one before. Prints each candidate's median, 25th percentile and minimum, its
@@ -93,7 +94,8 @@ def step_candidates(graphs: list[Path], batch: int, past: int, threads: int) -> 
 
 
 def generate_candidates(folders: list[Path], quantized: str | bool, batch: int, length: int, beams: int,
-                        threads: int, search: list[bool], shared: tuple[bool, ...] = (True,)) -> Candidates:
+                        threads: int, search: list[bool], shared: tuple[bool, ...] = (True,),
+                        new_tokens: int = NEW_TOKENS) -> Candidates:
     """One whole generate per export, `search` setting (`search_graph=`) and `shared` setting (`shared_cache=`) on
     the same ids; whether each one's tokens equal the first's."""
     from export import OnnxT5
@@ -102,7 +104,7 @@ def generate_candidates(folders: list[Path], quantized: str | bool, batch: int, 
               for f in folders for on in search for kept in shared]
     ids = np.random.default_rng(0).integers(2, models[0].vocab_size, (batch, length))
     ids[:, -1] = models[0].settings.eos_token_id
-    kwargs = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False, "num_beams": beams}
+    kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "num_beams": beams}
     tokens = [m.generate(ids, **kwargs) for m in models]
     same = [np.array_equal(tokens[0], t) for t in tokens]
     return [lambda m=m: m.generate(ids, **kwargs) for m in models], same
@@ -122,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--search-graph", choices=("on", "off", "both"), default="on",
                      help="OnnxT5's one-row greedy search graph; both: each folder loaded with it and without")
     gen.add_argument("--shared-cache", choices=("on", "off", "both"), default="on",
-                     help="OnnxT5's shared-cache graph for beam search; both: each folder with it and without")
+                     help="OnnxT5's shared-cache graphs; both: each folder with them and without")
+    gen.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="new tokens per row, forced")
     for p in (step, gen):
         p.add_argument("--batch", type=int, default=1)
         p.add_argument("--calls", type=int, default=300, help="timed calls of each candidate")
@@ -140,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                  for f in args.folders for on in search for kept in shared]
         quantized = False if args.quantized == "none" else args.quantized
         calls, same = generate_candidates(args.folders, quantized, args.batch, args.input, args.beams, args.threads,
-                                          search, shared)
+                                          search, shared, args.new_tokens)
     rounds = max(1, args.calls // max(1, args.block))
     for row in summary(names, alternate(calls, rounds, args.block), same):
         print(f"{row['name']}: median {row['median_ms']:.3f} ms ({row['vs_first']:.2f}x the first), "

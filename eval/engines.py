@@ -131,14 +131,10 @@ def _load_onnx(path: str, quantized: bool | str, threads: int, tokenizer: bool,
     import onnxruntime
 
     from export import OnnxT5
-    from export.layout import graph_files
 
     def served(runtime: OnnxT5) -> list[Path]:
-        """The files `runtime` serves from: its graphs (encoder, cross-attention K/V and with-past decoder, or an
-        older layout's), the one-row graph where it steps one-row calls on it, and their weights' data files."""
-        folder = runtime.folder
-        graphs = [*runtime.files.values(), *([runtime.one_row.path.name] if runtime.one_row is not None else [])]
-        return [folder / name for graph in graphs for name in graph_files(folder, graph)]
+        """The files `runtime` serves from (`OnnxT5.served_files`)."""
+        return [runtime.folder / name for name in runtime.served_files()]
 
     model = OnnxT5.from_pretrained(path, quantized=quantized, threads=threads)
     files = served(model)

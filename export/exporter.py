@@ -15,11 +15,12 @@ The folder follows optimum's layout and input/output names (so `ORTModelForSeq2S
                                    the cross-attention K/V and with-past graphs, their weights not copied
                                    (`export.search_graph`); kept only if its tokens are the Python loop's
     decoder_shared_cache_model.onnx   the with-past graph whose self-attention appends to buffers in place and
-                                   follows beams by an index: what OnnxT5's beam search steps on
+                                   follows beams by an index: what OnnxT5's greedy and beam search step on
                                    (`export.shared_cache`); its weights are the with-past graph's file
     *_quantized.onnx               with --int8: dynamic int8 MatMuls and embeddings (`export.quantize`)
     decoder_with_past_one_row_quantized.onnx   with --int8: the with-past graph as 8-bit blocks, what OnnxT5 steps
                                    one-row calls on (`export.one_row`)
+    decoder_shared_cache_one_row_quantized.onnx   with --int8: the one-row graph with its cache in place, as above
     *_q4.onnx                      with --int4: 4-bit block-wise MatMul weights, int8 embeddings (`export.int4`)
     *_fp16.onnx / *_bf16.onnx      with --dtype: converted from fp32, overflow-prone ops kept fp32 (`export.precision`)
     config.json generation_config.json tokenizer files    what `OnnxT5` and transformers read
@@ -75,6 +76,7 @@ from export.layout import (
     GRAPHS,
     META_FILE,
     ONE_ROW,
+    ONE_ROW_SHARED,
     QUANTIZED,
     TOKENIZER_FILES,
     dtype_name,
@@ -90,7 +92,12 @@ from export.resources import predict, require
 from export.runtime import OnnxT5
 from export.runtime.model import quantized_kind
 from export.search_graph import CHECK_NEW_TOKENS, search_agreement, token_ids, write_search_graph
-from export.shared_cache import shared_cache_agreement, write_shared_cache
+from export.shared_cache import (
+    one_row_shared_agreement,
+    shared_cache_agreement,
+    write_one_row_shared,
+    write_shared_cache,
+)
 from export.trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graphs
 from export.validate import Validation, reference, validate
 
@@ -190,9 +197,10 @@ def _search_graphs(staged: Path, kinds: list[str | None], check: Validation, con
 
 
 def _shared_cache_graphs(staged: Path, kinds: list[str | None], check: Validation, config: Any) -> dict[str, Any]:
-    """The shared-cache graph of each kind's graphs (`export.shared_cache`): the fp32 one kept where its beam search
-    tokens are the Python loop's on the validation batch, the int8 and 4-bit ones with their agreement recorded;
-    what export_meta.json records of them."""
+    """The shared-cache graph of each kind's graphs (`export.shared_cache`): the fp32 one kept where its greedy and
+    beam search tokens are the Python loop's on the validation batch, the int8 and 4-bit ones with their agreement
+    recorded; and the one-row graph's, with its agreement with that graph's tokens; what export_meta.json records of
+    them."""
     written, dropped, checks = [], {}, {}
     for kind in kinds:
         try:
@@ -204,9 +212,17 @@ def _shared_cache_graphs(staged: Path, kinds: list[str | None], check: Validatio
         if kind is None and checks[name]["differ"]:  # the tokens are the bar where the loop's are transformers'
             (staged / name).unlink()
             dropped[name] = checks[name]["differ"]
-            warnings.warn(f"export: {name} not kept: its beam search tokens differ from the Python loop's "
+            warnings.warn(f"export: {name} not kept: its tokens differ from the Python loop's "
                           f"({checks[name]['differ'][0][:200]})", RuntimeWarning, stacklevel=2)
         else:
+            written.append(name)
+    if (staged / ONE_ROW).is_file():  # one-row calls, in place too
+        try:
+            name = write_one_row_shared(staged)
+        except ValueError as e:
+            dropped[ONE_ROW_SHARED] = [str(e)]
+        else:
+            checks[name] = one_row_shared_agreement(staged, check, config)
             written.append(name)
     return {"written": written, "not_kept": dropped, "checks": checks}
 

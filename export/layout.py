@@ -21,11 +21,13 @@ CROSS_KV = "decoder_cross_kv_model.onnx"
 # per tensor, for OnnxT5's one-row steps, where onnxruntime's block kernel reads int8 weights faster than its
 # DynamicQuantizeMatMul does (`export.one_row`)
 ONE_ROW = "decoder_with_past_one_row_quantized.onnx"
-# the with-past graph with its self-attention cache kept in place (`export.shared_cache`): beam search appends each
-# step's keys and values to buffers it allocates, and reorders beams through an index instead of copying the cache;
+# the with-past graph with its self-attention cache kept in place (`export.shared_cache`): greedy and beam search append
+# each step's keys and values to buffers they allocate, and beams are reordered through an index, not by copies;
 # the weights stay in the with-past graph's data file
 SHARED_CACHE = "decoder_shared_cache_model.onnx"
 SHARED_CACHE_INPUTS = ("past_sequence_length", "beam_width", "cache_indirection")  # what it takes besides the cache
+# with --int8: the one-row graph rewritten the same way, for one-row calls; its weights are the one-row graph's file
+ONE_ROW_SHARED = "decoder_shared_cache_one_row_quantized.onnx"
 # one row's greedy decoding loop in one graph: onnxruntime's BeamSearch op around the cross-attention K/V and
 # with-past graphs (`export.search_graph`); the weights stay in those graphs' data files
 SEARCH = "search_model.onnx"

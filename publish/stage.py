@@ -39,6 +39,7 @@ from export.layout import (
     GRAPHS,
     META_FILE,
     ONE_ROW,
+    ONE_ROW_SHARED,
     QUANTIZED,
     SEARCH,
     SHARED_CACHE,
@@ -157,7 +158,8 @@ def stage(model: Path, onnx: Path, results_file: Path, repo_id: str, out: Path, 
     one_row = (ONE_ROW,)  # OnnxT5's one-row steps on the int8 graphs; published when the export has it
     # the one-row greedy search in one graph, per kind, when the export kept it; its weights are the graphs' files
     search = (SEARCH, *(quantized_name(SEARCH, kind) for kind in ("int8", "int4")))
-    search += (SHARED_CACHE, *(quantized_name(SHARED_CACHE, kind) for kind in ("int8", "int4")))  # the same: beams
+    search += (SHARED_CACHE, *(quantized_name(SHARED_CACHE, kind) for kind in ("int8", "int4")))  # the same: searches
+    search += (ONE_ROW_SHARED,)  # the one-row graph's, on its data file
     weights = tuple(data_name(g) for g in graphs + quantized + q4 + one_row)  # each graph's external data, if any
     base_model = base_model or (meta.get("teacher") if is_hub_id(meta.get("teacher")) else None)
     out = out.expanduser().resolve()

@@ -26,7 +26,7 @@ def greedy_search(decoder: DecoderSteps, hidden: Any, mask: np.ndarray, s: Resol
     unfinished = np.ones(n, dtype=bool)
     logits, own, cross = decoder.first_step(seqs[:, :1], mask, hidden)
     while True:
-        # onnxruntime returns fresh arrays each step: the logits may be processed in place
+        # each step's logits are its own until the next step (fresh arrays, or a bound buffer): processed in place
         scores = process_logits(logits.astype(np.float32, copy=False), seqs[:, :cur_len], s, beam=False)
         if s.do_sample:
             probs = softmax(scores.astype(np.float64))

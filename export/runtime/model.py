@@ -20,6 +20,7 @@ from export.layout import (
     ENCODER,
     GRAPHS,
     ONE_ROW,
+    ONE_ROW_SHARED,
     QUANTIZED,
     SEARCH,
     SHARED_CACHE,
@@ -51,7 +52,7 @@ from export.runtime.one_row import OneRow
 from export.runtime.search import InGraphSearch
 from export.runtime.sessions import return_freed_heap, session_options, shrink_after_run
 from export.runtime.settings import Settings, read_json_object, resolve, settings_from_file
-from export.runtime.shared_cache import SharedCache
+from export.runtime.shared_cache import SharedCache, SharedCacheSteps
 
 # The encoder runs on this many input tokens at a time at most (`OnnxT5.encode`): its activations grow with
 # batch * length^2 (the attention scores), and smaller runs also ran faster (docs/architecture.md, "Runtime").
@@ -220,7 +221,10 @@ class OnnxT5:
         self._log_softmax: LogSoftmax | None = None  # beam search's, made by the first one
         self.search: InGraphSearch | None = None  # greedy search in one graph, when the folder has it (`_load`)
         self.one_row: OneRow | None = None  # the int8 graphs' one-row steps, when the folder has their graph
-        self.shared: SharedCache | None = None  # beam search's steps on a cache kept in place, when the folder has it
+        # the same on the one-row graph with its cache kept in place, when the folder has that graph (then one_row
+        # is None: a call steps on one of the two)
+        self.one_row_shared: SharedCache | None = None
+        self.shared: SharedCache | None = None  # the search steps on a cache kept in place, when the folder has it
 
     def bind(self, providers: list[Any]) -> None:
         """Run `generate` through IO binding: the cache and the encoder output stay on the providers' device."""
@@ -247,9 +251,10 @@ class OnnxT5:
         SEARCH_MAX_STEP_BYTES say which calls), the same tokens; False: always the Python loop. `one_row_graph`:
         with the int8 graphs, let calls that decode one sequence step on the folder's one-row graph (8-bit blocks,
         faster at one row on the CPU; `export.one_row`), opened at the first such call; False: every call on the int8
-        with-past graph. `shared_cache`: let beam search step on the folder's shared-cache graph (the self-attention
-        cache appended in place and beams followed by an index instead of copies; `export.shared_cache`), opened at
-        the first beam search call, on the CPU without IO binding; False: beam search on the with-past graph.
+        with-past graph. `shared_cache`: let greedy and beam search step on the folder's shared-cache graphs (the
+        self-attention cache appended in place, and beams followed by an index instead of copies;
+        `export.shared_cache`), the one-row calls on the one-row graph's, each opened at the first call it serves, on
+        the CPU without IO binding; False: on the with-past graph (and the one-row graph) as exported.
 
         The folder is checked against its export_meta.json first: each graph's size, the export id it carries and its
         shapes (`verify=True` also compares every file's sha256, as `verify()` does). generation_config.json is
@@ -263,13 +268,14 @@ class OnnxT5:
         search = cls._search_file(folder, files, search_graph)
         one_row = cls._one_row_file(folder, files, one_row_graph)
         shared = cls._shared_file(folder, files, shared_cache)
+        one_row_shared = cls._one_row_shared_file(folder, one_row, shared)
         names = [name for graph in files.values() for name in graph_files(folder, graph)]  # with external data
         names += ([search] if search else []) + (graph_files(folder, one_row) if one_row else [])
-        names += [shared] if shared else []
+        names += [name for name in (shared, one_row_shared) if name]
         check_sizes(folder, meta, names)
         if verify:
             verify_checksums(folder, meta, names)
-        return cls._load(folder, files, threads, providers, meta, io_binding, search, one_row, shared)
+        return cls._load(folder, files, threads, providers, meta, io_binding, search, one_row, shared, one_row_shared)
 
     @classmethod
     def from_staged(cls, folder: str | Path, quantized: bool | str = False, threads: int | None = None,
@@ -279,9 +285,10 @@ class OnnxT5:
         """Load graphs without export_meta.json's checks: for the exporter, which runs the graphs it has just written
         (its int8 and int4 checks) before it writes export_meta.json. Anything else loads with `from_pretrained`."""
         folder, files = cls._graph_files(folder, quantized, threads, dtype, _weights_once_ok(providers, io_binding))
+        one_row, shared = cls._one_row_file(folder, files, one_row_graph), cls._shared_file(folder, files, shared_cache)
         return cls._load(folder, files, threads, providers, None, io_binding,
-                         cls._search_file(folder, files, search_graph), cls._one_row_file(folder, files, one_row_graph),
-                         cls._shared_file(folder, files, shared_cache))
+                         cls._search_file(folder, files, search_graph), one_row, shared,
+                         cls._one_row_shared_file(folder, one_row, shared))
 
     @staticmethod
     def _search_file(folder: Path, files: dict[str, str], wanted: bool) -> str | None:
@@ -304,6 +311,12 @@ class OnnxT5:
         """The shared-cache graph of the loaded graphs' kind, where the folder has it and the decoder serves from the
         with-past graph and the cross-attention K/V graph (the CPU, no IO binding)."""
         return _graph_of_kind(folder, files, wanted, SHARED_CACHE, "shared_cache")
+
+    @staticmethod
+    def _one_row_shared_file(folder: Path, one_row: str | None, shared: str | None) -> str | None:
+        """The one-row graph with its cache kept in place, where the one-row graph and the shared-cache graphs are
+        used and the folder has it."""
+        return ONE_ROW_SHARED if one_row and shared and (folder / ONE_ROW_SHARED).is_file() else None
 
     @staticmethod
     def _graph_files(folder: str | Path, quantized: bool | str, threads: int | None,
@@ -356,7 +369,7 @@ class OnnxT5:
     @classmethod
     def _load(cls, folder: Path, files: dict[str, str], threads: int | None, providers: list[Any] | None,
               meta: ExportMeta | None, io_binding: bool | None = None, search: str | None = None,
-              one_row: str | None = None, shared: str | None = None) -> OnnxT5:
+              one_row: str | None = None, shared: str | None = None, one_row_shared: str | None = None) -> OnnxT5:
         if io_binding is not None and not isinstance(io_binding, bool | np.bool_):
             raise TypeError(f"OnnxT5.from_pretrained: io_binding must be True, False or None (on for a device "
                             f"provider such as CUDA), got {io_binding!r}.")
@@ -383,8 +396,12 @@ class OnnxT5:
         if io_binding or (io_binding is None and device_of(active).kind != "cpu"):
             model.bind(active)
         elif one_row and _bytes(folder, files[DECODER_WITH_PAST]) > ONE_ROW_MIN_STEP_BYTES:
-            model.one_row = OneRow(folder / one_row, session_options(threads), providers,
-                                   _id_check(folder, meta, ONE_ROW, one_row))
+            if one_row_shared:
+                model.one_row_shared = SharedCache(folder / one_row_shared, session_options(threads), providers,
+                                                   _id_check(folder, meta, ONE_ROW_SHARED, one_row_shared))
+            else:
+                model.one_row = OneRow(folder / one_row, session_options(threads), providers,
+                                       _id_check(folder, meta, ONE_ROW, one_row))
         if model.bound is None and shared:
             model.shared = SharedCache(folder / shared, session_options(threads), providers,
                                        _id_check(folder, meta, SHARED_CACHE, shared))
@@ -410,12 +427,24 @@ class OnnxT5:
         if self.meta is None:
             raise ValueError(f"OnnxT5.verify: {self.folder} was loaded without export_meta.json (from_staged); "
                              "load it with OnnxT5.from_pretrained.")
+        return verify_checksums(self.folder, self.meta, self.served_files())
+
+    @property
+    def one_row_graph(self) -> Path | None:
+        """The graph one-row calls step on, where it is not the with-past graph (`one_row`, `one_row_shared`)."""
+        steps = self.one_row_shared or self.one_row
+        return steps.path if steps is not None else None
+
+    def served_files(self) -> list[str]:
+        """The names of the files this model serves from, or will at the first call that needs them: its graphs with
+        their external data, the search, one-row and shared-cache graphs where it uses them."""
         names = [name for graph in self.files.values() for name in graph_files(self.folder, graph)]
         if self.one_row is not None:
-            names += graph_files(self.folder, self.one_row.path.name)
-        if self.shared is not None:
-            names.append(self.shared.path.name)
-        return verify_checksums(self.folder, self.meta, names)
+            names += graph_files(self.folder, ONE_ROW)
+        if self.one_row_shared is not None:  # its weights are the one-row graph's data file
+            names += [name for name in graph_files(self.folder, ONE_ROW) if name != ONE_ROW]
+        names += [steps.path.name for steps in (self.search, self.shared, self.one_row_shared) if steps is not None]
+        return names
 
     @property
     def tokenizer(self) -> Any:
@@ -533,17 +562,26 @@ class OnnxT5:
                                         else self.encode(ids, mask), s)
         steps = self.bound or self  # IO binding: hidden states and K/V stay OrtValues on the provider's device
         hidden = steps.encode(ids, mask)
-        if self.one_row is not None and ids.shape[0] == 1 and s.num_beams == 1 and s.num_return_sequences == 1:
-            return greedy_search(self._stepped_on(*self.one_row.sessions(self.decoder.cross_kv)), hidden, mask, s)
+        if ids.shape[0] == 1 and s.num_beams == 1 and s.num_return_sequences == 1:
+            if self.one_row_shared is not None:
+                return greedy_search(self._in_place(self.one_row_shared, 1, s.max_length), hidden, mask, s)
+            if self.one_row is not None:
+                return greedy_search(self._stepped_on(*self.one_row.sessions(self.decoder.cross_kv)), hidden, mask, s)
         if s.num_beams > 1:
             if self._log_softmax is None:
                 self._log_softmax = LogSoftmax()
             if self.shared is not None:  # the cache appended in place, beams by an index (set without IO binding)
-                steps_in_place = self.shared.steps(lambda states: self.decoder.cross_attention(states, self._once),
-                                                   self.vocab_size, s.num_beams, s.max_length)
-                return beam_search(steps_in_place, hidden, mask, s, self._log_softmax)
+                return beam_search(self._in_place(self.shared, s.num_beams, s.max_length), hidden, mask, s,
+                                   self._log_softmax)
             return beam_search(steps, hidden, mask, s, self._log_softmax)
         if s.num_return_sequences > 1:
             rows = np.repeat(np.arange(mask.shape[0]), s.num_return_sequences)
             hidden, mask = steps.take_rows([hidden], rows)[0], mask[rows]
+        if self.shared is not None:
+            return greedy_search(self._in_place(self.shared, 1, s.max_length), hidden, mask, s)
         return greedy_search(steps, hidden, mask, s)
+
+    def _in_place(self, graph: SharedCache, beams: int, max_length: int) -> SharedCacheSteps:
+        """One call's steps on the shared-cache `graph`, `beams` rows per input (1 for greedy)."""
+        return graph.steps(lambda states: self.decoder.cross_attention(states, self._once), self.vocab_size, beams,
+                           max_length)

@@ -1,14 +1,15 @@
-"""Beam search on the shared-cache graph (`export.shared_cache`): the self-attention cache stays where each beam wrote
-it, and an index, not a copy, follows the beams.
+"""Greedy and beam search on the shared-cache graphs (`export.shared_cache`): the self-attention cache stays where
+each row wrote it, and an index, not a copy, follows the beams.
 
-`OnnxT5.generate` runs beam search (`beam_search`) on `SharedCacheSteps` where the folder has the graph and the model
-runs on the CPU without IO binding. Every step runs on this graph, the first one too (from the cross-attention K/V
+`OnnxT5.generate` runs greedy search (`greedy_search`, one beam) and beam search (`beam_search`) on `SharedCacheSteps`
+where the folder has the graph and the model runs on the CPU without IO binding; one-row calls of the int8 graphs on
+the one-row graph's (`ONE_ROW_SHARED`). Every step runs on this graph, the first one too (from the cross-attention K/V
 graph's keys and values): each layer's keys and values go to buffers of (rows, heads, positions, d_kv), which the
 graph's attention reads and appends to in place (the same memory bound as its past and its present). When beams are
 picked, `take_rows` leaves the buffers alone and updates `cache_indirection` instead: for each beam and past position,
 the beam of the same input whose row holds that position. The buffers start with `first_width(max_length)` positions and
 double when full, as the sequence buffers do, so that max_new_tokens costs no memory a search does not reach. The
-session opens at the first call it serves, so that a process that never runs beam search does not hold the decoder's
+session opens at the first call it serves, so that a process that never runs such a call does not hold the decoder's
 weights twice."""
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class SharedCache:
 
     def steps(self, cross_attention: Callable[[np.ndarray], list[np.ndarray]], vocab_size: int, beams: int,
               max_length: int) -> SharedCacheSteps:
-        """The decoder steps of one beam search call: `cross_attention(hidden)` gives the cross-attention keys and
-        values of the encoder's states, one row per input (key, value of each layer in turn)."""
+        """The decoder steps of one search call (`beams` 1 for greedy): `cross_attention(hidden)` gives the
+        cross-attention keys and values of the encoder's states, one row per input (key, value of each layer in
+        turn)."""
         if self.session is None:
             session = open_session(self.path, self.options, self.providers, reexport_hint(self.path.parent))
             self.check(session)
@@ -73,8 +75,8 @@ class Cache:
 
 
 class SharedCacheSteps:
-    """`DecoderSteps` for `beam_search` on the shared-cache graph; the self-attention K/V it passes are a `Cache`.
-    The logits a step returns are valid until the next step (beam search reads them into new arrays first)."""
+    """`DecoderSteps` for `greedy_search` and `beam_search` on a shared-cache graph; the self-attention K/V it passes
+    are a `Cache`. The logits a step returns are valid until the next step (the searches are done with them by then)."""
 
     def __init__(self, session: ort.InferenceSession, cross_attention: Callable[[np.ndarray], list[np.ndarray]],
                  vocab_size: int, beams: int, max_length: int):

@@ -46,8 +46,9 @@ def test_measure_reports_each_precision_against_its_floor(tiny_export):
 
 
 def test_the_int8_floor_counts_the_graph_the_runtime_steps_on(tiny_export, monkeypatch):
-    """With the one-row graph in use, "int8" reads its bytes; "int8-tensor" is the int8 with-past graph's."""
-    from export.layout import ONE_ROW
+    """With the one-row graph in use (its shared-cache version), "int8" reads its bytes; "int8-tensor" is the int8
+    with-past graph's."""
+    from export.layout import ONE_ROW_SHARED
     from export.runtime import model as runtime_model
 
     monkeypatch.setattr(runtime_model, "ONE_ROW_MIN_STEP_BYTES", 0)  # the tiny decoder counts as large
@@ -55,7 +56,7 @@ def test_the_int8_floor_counts_the_graph_the_runtime_steps_on(tiny_export, monke
                         int8_tensor=True)
     assert set(out["precisions"]) == {"fp32", "int8", "int8-tensor"}
     mb = {name: p["step_weight_mb"] * 1e6 for name, p in out["precisions"].items()}
-    assert mb["int8"] == floor.step_weight_bytes(tiny_export / ONE_ROW)
+    assert mb["int8"] == floor.step_weight_bytes(tiny_export / ONE_ROW_SHARED)
     assert mb["int8-tensor"] == floor.step_weight_bytes(tiny_export / quantized_name(DECODER_WITH_PAST))
     assert mb["int8"] != mb["int8-tensor"]
 

@@ -53,12 +53,14 @@ def test_assisted_engine_predicts_what_the_model_alone_does(tmp_path, tiny_t5_di
     sources = encode(alone.tokenizer, ["translate English to French: " + r["en"] for r in rows], 64)
     generation = GenerationConfig(max_new_tokens=12, batch_size=4)
     assert predict(pair, sources, generation) == predict(alone, sources, generation)
-    # the size counts what serves: the graphs OnnxT5 loaded and their weights' data files, the draft's too
+    # the size counts what serves: the graphs OnnxT5 loaded and their weights' data files (the search and
+    # shared-cache graphs read the decoder's), the draft's too
     from pathlib import Path
 
     assert {Path(f).name for f in alone.files} == {f"{graph}.onnx{data}" for data in ("", "_data")
                                                    for graph in ("encoder_model", "decoder_cross_kv_model",
-                                                                 "decoder_with_past_model")}
+                                                                 "decoder_with_past_model")
+                                                   } | {"search_model.onnx", "decoder_shared_cache_model.onnx"}
     assert alone.size_bytes == sum(Path(f).stat().st_size for f in alone.files)
     assert pair.size_bytes == alone.size_bytes + sum(Path(f).stat().st_size for f in pair.files
                                                       if Path(f).is_relative_to(student_onnx))

@@ -16,7 +16,8 @@ def test_int4_engine_serves_the_q4_graphs_and_counts_their_bytes(tmp_path, tiny_
     fp32, int4 = load_engine("onnx", str(out)), load_engine("onnx", str(out), quantized="int4")
     assert {Path(f).name for f in int4.files} == {f"{graph}_q4.onnx{data}" for data in ("", "_data")
                                                   for graph in ("encoder_model", "decoder_cross_kv_model",
-                                                                "decoder_with_past_model")}
+                                                                "decoder_with_past_model")
+                                                  } | {"search_model_q4.onnx", "decoder_shared_cache_model_q4.onnx"}
     assert int4.size_bytes == sum(Path(f).stat().st_size for f in int4.files)
     assert int4.info["quantized"] == "int4" and int4.model.quantized == "int4"
     # each served the same layout (encoder, cross-attention K/V, with-past): 4-bit weights weigh less

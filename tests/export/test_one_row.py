@@ -14,7 +14,16 @@ import pytest
 from export import OnnxT5
 from export.exporter import export
 from export.fuse_attention import grouping
-from export.layout import CROSS_KV, DECODER_WITH_PAST, ENCODER, FILES_KEY, ONE_ROW, data_name, quantized_name
+from export.layout import (
+    CROSS_KV,
+    DECODER_WITH_PAST,
+    ENCODER,
+    FILES_KEY,
+    ONE_ROW,
+    ONE_ROW_SHARED,
+    data_name,
+    quantized_name,
+)
 from export.one_row import BITS, BLOCK_SIZE
 from tests.export.conftest import with_past_feed
 
@@ -97,38 +106,53 @@ def by_hand(folder, ids, mask, steps):
     return np.array([tokens])
 
 
-def test_one_row_calls_step_on_it(int8_export, batch, stepping):
-    model = OnnxT5.from_pretrained(int8_export, quantized="int8", search_graph=False)
-    assert model.one_row is not None and model.one_row.session is None  # opened by the first call it serves
+@pytest.mark.parametrize("in_place", [False, True], ids=["copies", "shared-cache"])
+def test_one_row_calls_step_on_it(int8_export, batch, stepping, in_place):
+    """On the one-row graph, or (the default) on its shared-cache version, whose attention kernel rounds its own
+    way: on this model its tokens are the one-row graph's all the same."""
+    model = OnnxT5.from_pretrained(int8_export, quantized="int8", search_graph=False, shared_cache=in_place)
+    steps = model.one_row_shared if in_place else model.one_row
+    assert steps is not None and steps.session is None  # opened by the first call it serves
+    assert (model.one_row_shared, model.one_row)[in_place] is None  # one of the two
     ids, mask = batch([5, 9], seed=2)
-    model.generate(ids, mask, **GREEDY)  # two rows: the int8 with-past graph
+    model.generate(ids, mask, **GREEDY)  # two rows: the int8 with-past graph (or its shared-cache one)
     model.generate(ids[:1, :5], mask[:1, :5], **{**GREEDY, "num_beams": 2})  # two beams: the same
-    assert model.one_row.session is None
+    assert steps.session is None
     for i, length in enumerate((5, 9)):
         got = model.generate(ids[i:i + 1, :length], mask[i:i + 1, :length], **GREEDY)
         np.testing.assert_array_equal(got, by_hand(int8_export, ids[i:i + 1, :length], mask[i:i + 1, :length], 8))
-    assert model.one_row.session is not None
+    assert steps.session is not None
+    if in_place:
+        assert ONE_ROW_SHARED in model.verify()
+
+
+def unused(model):
+    return model.one_row is None and model.one_row_shared is None
 
 
 def test_which_loads_use_it(int8_export, tmp_path, batch, stepping):
-    assert OnnxT5.from_pretrained(int8_export, quantized="int8", one_row_graph=False).one_row is None
-    assert OnnxT5.from_pretrained(int8_export).one_row is None  # fp32: the int8 graphs' steps only
+    assert unused(OnnxT5.from_pretrained(int8_export, quantized="int8", one_row_graph=False))
+    assert unused(OnnxT5.from_pretrained(int8_export))  # fp32: the int8 graphs' steps only
     with pytest.raises(TypeError, match="one_row_graph must be True or False"):
         OnnxT5.from_pretrained(int8_export, quantized="int8", one_row_graph="yes")
-    # an export without the graph (made before it existed) loads, and steps every call on the int8 graph
+    # an export without the shared-cache version (made before it existed) steps one-row calls on the one-row graph
     older = tmp_path / "older"
     shutil.copytree(int8_export, older)
+    (older / ONE_ROW_SHARED).unlink()
+    model = OnnxT5.from_pretrained(older, quantized="int8", search_graph=False)
+    assert model.one_row is not None and model.one_row_shared is None
+    # one without the one-row graph either loads, and steps every call on the int8 graph
     for name in (ONE_ROW, data_name(ONE_ROW)):
         (older / name).unlink()
     model = OnnxT5.from_pretrained(older, quantized="int8", search_graph=False)
-    assert model.one_row is None
+    assert unused(model)
     ids, mask = batch([6], seed=1)
     assert model.generate(ids, mask, **GREEDY).shape == (1, 9)
 
 
 def test_small_decoders_keep_the_int8_graph(int8_export):
     """Below ONE_ROW_MIN_STEP_BYTES a step is its nodes' fixed costs, where the block kernel gained nothing."""
-    assert OnnxT5.from_pretrained(int8_export, quantized="int8").one_row is None
+    assert unused(OnnxT5.from_pretrained(int8_export, quantized="int8"))
 
 
 def test_its_files_are_checked(int8_export, tmp_path, stepping):
@@ -138,7 +162,7 @@ def test_its_files_are_checked(int8_export, tmp_path, stepping):
         f.write(b"\0")
     with pytest.raises(ValueError, match=data_name(ONE_ROW)):
         OnnxT5.from_pretrained(changed, quantized="int8")
-    assert OnnxT5.from_pretrained(changed, quantized="int8", one_row_graph=False).one_row is None
+    assert unused(OnnxT5.from_pretrained(changed, quantized="int8", one_row_graph=False))
 
 
 def test_the_search_graph_is_checked_against_the_int8_graphs_loop(int8_export, stepping, monkeypatch):

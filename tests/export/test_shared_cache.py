@@ -1,6 +1,6 @@
-"""The shared-cache graph (`export.shared_cache`): beam search with the self-attention cache appended in place and
-beams followed by an index gives the Python loop's tokens (which copies the cache), and the index follows any
-reorder."""
+"""The shared-cache graphs (`export.shared_cache`): greedy and beam search with the self-attention cache appended in
+place and beams followed by an index give the Python loop's tokens (which copies the cache), the index follows any
+reorder, and one-row calls step on the one-row graph's."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 
 from export import OnnxT5
 from export.exporter import export
-from export.layout import SHARED_CACHE, quantized_name
+from export.layout import ONE_ROW_SHARED, SHARED_CACHE, quantized_name
 from export.runtime.settings import resolve
 from export.runtime.shared_cache import SharedCacheSteps
 
 
 def both(folder, quantized=False):
-    """The folder loaded twice: beam search on the with-past graph (copies), and on the shared-cache graph."""
+    """The folder loaded twice: the searches on the with-past graph (copies), and on the shared-cache graph."""
     return (OnnxT5.from_pretrained(folder, quantized=quantized, shared_cache=False),
             OnnxT5.from_pretrained(folder, quantized=quantized))
 
@@ -42,9 +42,22 @@ def test_beam_tokens_are_the_loops(exported, batch):
     assert graph.shared.session is not None  # the graph ran, not the copies
     if exported.name == "t5-relu-tied":  # the model whose searches end early within these lengths
         assert ended, "every search ran to max_new_tokens: the EOS path went unchecked"
-    # greedy calls step on the with-past graph as before
-    np.testing.assert_array_equal(graph.generate(ids, mask, max_new_tokens=8), loop.generate(ids, mask,
-                                                                                             max_new_tokens=8))
+
+
+GREEDY = [
+    {"max_new_tokens": 12},
+    {"max_new_tokens": 12, "min_new_tokens": 12, "no_repeat_ngram_size": 2, "repetition_penalty": 1.3},
+    {"max_new_tokens": 100, "min_new_tokens": 100},  # the buffers double twice
+]
+
+
+def test_greedy_tokens_are_the_loops(exported, batch):
+    loop, graph = both(exported.onnx_dir)
+    ids, mask = batch([3, 9, 6], seed=4)
+    for kwargs in GREEDY:
+        np.testing.assert_array_equal(graph.generate(ids, mask, **kwargs), loop.generate(ids, mask, **kwargs),
+                                      err_msg=f"{exported.name} {kwargs}")
+    assert graph.shared.session is not None and loop.shared is None  # greedy alone opened it
 
 
 def test_beam_sampling_repeats_with_its_seed(tied, batch):
@@ -97,11 +110,11 @@ def test_index_follows_any_reorder(tied, batch):
 def test_export_records_the_graphs_and_int8_agreement(tied, tmp_path, batch):
     out = export(str(tied.model_dir), tmp_path / "onnx", int8=True, require_tokenizer=False)
     meta = json.loads((out / "export_meta.json").read_text())["shared_cache"]
-    names = [SHARED_CACHE, quantized_name(SHARED_CACHE)]
+    names = [SHARED_CACHE, quantized_name(SHARED_CACHE), ONE_ROW_SHARED]
     assert meta["written"] == names and not meta["not_kept"]
     assert meta["checks"][SHARED_CACHE]["differ"] == [] and meta["checks"][SHARED_CACHE]["agreement"] == 1.0
-    int8 = meta["checks"][names[1]]
-    assert int8["tokens_compared"] > 0 and 0.5 < int8["agreement"] <= 1.0
+    for name in names[1:]:
+        assert meta["checks"][name]["tokens_compared"] > 0 and 0.5 < meta["checks"][name]["agreement"] <= 1.0
     # the graphs hold no weights of their own: they read the with-past graphs' data files
     assert all((out / n).stat().st_size < 200_000 for n in names)
     loop, graph = both(out, quantized=True)

@@ -35,6 +35,7 @@ def test_a_dry_run_stages_a_folder_that_loads_with_a_card_holding_the_measured_n
                  "onnx/decoder_with_past_model.onnx", "onnx/encoder_model_quantized.onnx",
                  "onnx/decoder_model_quantized.onnx", "onnx/decoder_with_past_model_quantized.onnx",
                  "onnx/encoder_model_q4.onnx", "onnx/encoder_model_q4.onnx_data", "onnx/decoder_model_merged_q4.onnx",
+                 "onnx/decoder_shared_cache_model_quantized.onnx", "onnx/decoder_shared_cache_one_row_quantized.onnx",
                  "onnx/config.json", "onnx/tokenizer.json", "onnx/export_meta.json"):
         assert name in names, name
 
