@@ -126,11 +126,13 @@ def best_seconds(call: Callable[[], Any], tries: int) -> float:
 
 
 def measure(folder: Path, threads: int, input_length: int = 64, new_tokens: int = 32, repeats: int = 7,
-            bandwidth_gib: float = 1.0, int8_tensor: bool = False) -> dict[str, Any]:
+            bandwidth_gib: float = 1.0, int8_tensor: bool = False, copies: bool = False) -> dict[str, Any]:
     """The floor and the measured per-token time of an export's fp32 graphs, and of its int8 and 4-bit graphs when
     it has them, in `repeats` rounds. A step's bytes are those of the graph OnnxT5 steps on: for int8, the one-row
     graph where the runtime uses it (`export.one_row`); `int8_tensor` adds "int8-tensor", the int8 graphs with every
-    step on the int8 with-past graph (one scale per tensor), as the runtime steps them without the one-row graph.
+    step on the int8 with-past graph (one scale per tensor), as the runtime steps them without the one-row graph;
+    `copies` adds "fp32-copies" and "int8-copies", the same graphs without the shared-cache ones (`shared_cache=False`:
+    MultiHeadAttention copies the past into a new present at every step).
 
     Each round reads the bandwidth (on an array of `bandwidth_gib`, far larger than any cache), then times each
     precision's generate for 1 and for 1 + `new_tokens` new tokens, at batch 1, greedy, each the best of `TRIES`
@@ -147,15 +149,20 @@ def measure(folder: Path, threads: int, input_length: int = 64, new_tokens: int 
                           np.full((1, 1), config["eos_token_id"])], axis=1).astype(np.int64)
     mask = np.ones_like(ids)
     runs: dict[str, tuple[int, Callable[[], Any], Callable[[], Any]]] = {}
-    precisions = [("fp32", False, DECODER_WITH_PAST, True),
-                  ("int8", "int8", quantized_name(DECODER_WITH_PAST, "int8"), True),
-                  ("int4", "int4", quantized_name(DECODER_WITH_PAST, "int4"), True)]
+    int8 = quantized_name(DECODER_WITH_PAST, "int8")
+    # name, quantized, the with-past graph, one_row_graph, shared_cache
+    precisions = [("fp32", False, DECODER_WITH_PAST, True, True), ("int8", "int8", int8, True, True),
+                  ("int4", "int4", quantized_name(DECODER_WITH_PAST, "int4"), True, True)]
     if int8_tensor:
-        precisions.insert(2, ("int8-tensor", "int8", quantized_name(DECODER_WITH_PAST, "int8"), False))
-    for precision, quantized, graph, one_row in precisions:
+        precisions.insert(2, ("int8-tensor", "int8", int8, False, True))
+    if copies:
+        precisions[1:1] = [("fp32-copies", False, DECODER_WITH_PAST, True, False)]
+        precisions.insert(3, ("int8-copies", "int8", int8, True, False))
+    for precision, quantized, graph, one_row, shared in precisions:
         if not (folder / graph).is_file():
             continue
-        runtime = OnnxT5.from_pretrained(folder, quantized=quantized, threads=threads, one_row_graph=one_row)
+        runtime = OnnxT5.from_pretrained(folder, quantized=quantized, threads=threads, one_row_graph=one_row,
+                                         shared_cache=shared)
         one, many = (lambda r=runtime, n=n: r.generate(ids, mask, num_beams=1, do_sample=False, min_new_tokens=n,
                                                         max_new_tokens=n) for n in (1, 1 + new_tokens))
         one(), many()  # warm-up: the first calls allocate what the others reuse
@@ -203,13 +210,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write the measurements here")
     parser.add_argument("--int8-tensor", action="store_true",
                         help="also the int8 graphs without the one-row graph: every step on the int8 with-past graph")
+    parser.add_argument("--copies", action="store_true",
+                        help="also fp32 and int8 without the shared-cache graphs (the past copied at every step)")
     args = parser.parse_args(argv)
     with cli_errors(parser.prog):
         if not (args.onnx / DECODER_WITH_PAST).is_file():
             raise BenchError(f"{args.onnx} holds no {DECODER_WITH_PAST}; make one with "
                                     f"`python -m export --model MODEL --out {args.onnx} --int8`.")
         result = measure(args.onnx, args.threads, new_tokens=args.new_tokens, repeats=args.repeats,
-                         int8_tensor=args.int8_tensor)
+                         int8_tensor=args.int8_tensor, copies=args.copies)
         if args.json:
             args.json.write_text(json.dumps(result, indent=2) + "\n")
 

@@ -61,6 +61,22 @@ def test_the_int8_floor_counts_the_graph_the_runtime_steps_on(tiny_export, monke
     assert mb["int8"] != mb["int8-tensor"]
 
 
+def test_copies_are_the_graphs_without_the_shared_cache(tiny_export, monkeypatch):
+    """--copies: fp32 and int8 again with shared_cache=False, so each step reads the graph the runtime then steps on
+    (the one-row graph itself, not its shared-cache version)."""
+    from export.layout import ONE_ROW, ONE_ROW_SHARED
+    from export.runtime import model as runtime_model
+
+    monkeypatch.setattr(runtime_model, "ONE_ROW_MIN_STEP_BYTES", 0)
+    out = floor.measure(tiny_export, threads=1, input_length=8, new_tokens=4, repeats=1, bandwidth_gib=0.01,
+                        copies=True)
+    assert list(out["precisions"]) == ["fp32", "fp32-copies", "int8", "int8-copies"]
+    mb = {name: p["step_weight_mb"] * 1e6 for name, p in out["precisions"].items()}
+    assert mb["int8"] == floor.step_weight_bytes(tiny_export / ONE_ROW_SHARED)
+    assert mb["int8-copies"] == floor.step_weight_bytes(tiny_export / ONE_ROW)
+    assert all(t > 0 for r in out["rounds"] for t in r["per_token_ms"].values())
+
+
 def test_the_op_profile_counts_every_node_of_a_step_by_type(tiny_export):
     """`bench.op_profile`, which explains the distance to the floor: its node counts per run add up to the nodes
     onnxruntime runs, int8 MatMuls among them, and its shares to the kernel time."""
