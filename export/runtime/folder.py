@@ -30,6 +30,7 @@ from export.layout import (
     GRAPH_EXPORT_ID,
     META_FILE,
     MODEL_KEY,
+    SHARED_CACHE_INPUTS,
     USE_CACHE_BRANCH,
 )
 from export.runtime.settings import read_json_object
@@ -123,8 +124,10 @@ def open_session(path: Path, options: ort.SessionOptions, providers: list[Any], 
                          f"truncated; {fix}.") from None
 
 
-def _shape_problems(graph: str, session: ort.InferenceSession, model: dict[str, int]) -> list[str]:
-    """Where a graph's inputs and outputs disagree with the model's shape (static dimensions only)."""
+def _shape_problems(graph: str, session: ort.InferenceSession, model: dict[str, int],
+                    extra: tuple[str, ...] = ()) -> list[str]:
+    """Where a graph's inputs and outputs disagree with the model's shape (static dimensions only); `extra`: inputs the
+    graph may take besides its kind's."""
     layers, heads, d_kv, d_model, vocab = (model[k] for k in SHAPE_KEYS)
     ins = {i.name: i.shape for i in session.get_inputs()}
     outs = {o.name: o.shape for o in session.get_outputs()}
@@ -164,21 +167,24 @@ def _shape_problems(graph: str, session: ort.InferenceSession, model: dict[str, 
                     what = {1: "heads", 2: "vocabulary" if name == "logits" else "d_model", 3: "d_kv"}[axis]
                     problems.append(f"{kind} {name} has {what} {got}, the model {size}")
     if graph in (DECODER_WITH_PAST, DECODER_MERGED):
-        extra = sorted(set(ins) - set(want_in))
-        if extra:
-            problems.append(f"unexpected input(s) {', '.join(extra[:4])}")
+        unexpected = sorted(set(ins) - set(want_in) - set(extra))
+        if unexpected:
+            problems.append(f"unexpected input(s) {', '.join(unexpected[:4])}")
     return [*problems[:3], "..."] if len(problems) > 3 else problems
 
 
 def check_graphs(folder: Path, meta: ExportMeta, sessions: dict[str, ort.InferenceSession],
-                 files: dict[str, str]) -> None:
+                 files: dict[str, str], in_place: bool = False) -> None:
     """Each loaded graph carries the folder's export id, and its shapes fit export_meta.json's model.
 
     `sessions` and `files` are keyed by graph (ENCODER, ...); `files` gives the file each session was loaded from.
+    `in_place`: DECODER_WITH_PAST's session is the shared-cache graph's (`export.shared_cache`), which also takes
+    SHARED_CACHE_INPUTS.
     """
     check_export_ids(folder, meta, sessions, files)
     for graph, session in sessions.items():
-        shape = _shape_problems(graph, session, meta.model)
+        extra = SHARED_CACHE_INPUTS if in_place and graph == DECODER_WITH_PAST else ()
+        shape = _shape_problems(graph, session, meta.model, extra)
         if shape:
             model = ", ".join(f"{k} {v}" for k, v in meta.model.items())
             raise ValueError(f"OnnxT5: {folder / files[graph]} does not fit {META_FILE}'s model ({model}): "

@@ -24,6 +24,7 @@ from export.layout import (
     QUANTIZED,
     SEARCH,
     SHARED_CACHE,
+    SHARED_CACHE_INPUTS,
     dtype_name,
     graph_files,
     quantized_name,
@@ -31,6 +32,7 @@ from export.layout import (
 from export.runtime.assisted import DRAFT_OPTIONS, AssistedStats, Draft, assisted_search
 from export.runtime.beam import beam_search
 from export.runtime.binding import BoundSteps, device_of
+from export.runtime.deferred import DeferredSession
 from export.runtime.draft_length import DRAFT_START, default_schedule
 from export.runtime.first_step import FirstStep
 from export.runtime.folder import (
@@ -253,8 +255,10 @@ class OnnxT5:
         faster at one row on the CPU; `export.one_row`), opened at the first such call; False: every call on the int8
         with-past graph. `shared_cache`: let greedy and beam search step on the folder's shared-cache graphs (the
         self-attention cache appended in place, and beams followed by an index instead of copies;
-        `export.shared_cache`), the one-row calls on the one-row graph's, each opened at the first call it serves, on
-        the CPU without IO binding; False: on the with-past graph (and the one-row graph) as exported.
+        `export.shared_cache`), the one-row calls on the one-row graph's, on the CPU without IO binding; the
+        shared-cache graph then opens at load and the with-past graph at its first run (`DeferredSession`: only
+        assisted decoding and `steps` called directly run it), so the decoder's weights are held once; False: on the
+        with-past graph (and the one-row graph) as exported.
 
         The folder is checked against its export_meta.json first: each graph's size, the export id it carries and its
         shapes (`verify=True` also compares every file's sha256, as `verify()` does). generation_config.json is
@@ -381,13 +385,23 @@ class OnnxT5:
             if getattr(settings, key) is None:
                 setattr(settings, key, config.get(key))
         providers = check_providers(providers)
-        sessions = {g: open_session(folder / f, session_options(threads, spin=g not in (ENCODER, DECODER, CROSS_KV)),
-                                    providers, fix)
-                    for g, f in files.items()}
+        # where the searches step on the shared-cache graph, it opens now in the with-past graph's place (checked as
+        # it), and the with-past graph at its first run (`DeferredSession`): one session of the decoder's weights
+        opened = {g: shared if shared and g == DECODER_WITH_PAST else f for g, f in files.items()}
+        sessions: dict[str, Any] = {g: open_session(folder / f, session_options(
+            threads, spin=g not in (ENCODER, DECODER, CROSS_KV)), providers, fix) for g, f in opened.items()}
         warn_if_fallen_back(sessions[ENCODER], providers)
         if meta:
-            check_graphs(folder, meta, sessions, files)
+            check_graphs(folder, meta, sessions, opened, in_place=bool(shared))
             check_config(folder, config, meta)
+        in_place = sessions[DECODER_WITH_PAST] if shared else None
+        if in_place is not None:
+            def open_with_past(name: str = files[DECODER_WITH_PAST]) -> ort.InferenceSession:
+                session = open_session(folder / name, session_options(threads), providers, fix)
+                _id_check(folder, meta, DECODER_WITH_PAST, name)(session)
+                return session
+
+            sessions[DECODER_WITH_PAST] = DeferredSession(open_with_past, in_place, SHARED_CACHE_INPUTS)
         kind = _kind_of(files) or False
         model = cls(folder, sessions, settings, config, meta, quantized=kind, files=files)
         model.dtype = next((d for d in DTYPES if files[ENCODER] == dtype_name(ENCODER, d)), "fp32")  # int8/4: fp32
@@ -402,9 +416,9 @@ class OnnxT5:
             else:
                 model.one_row = OneRow(folder / one_row, session_options(threads), providers,
                                        _id_check(folder, meta, ONE_ROW, one_row))
-        if model.bound is None and shared:
+        if model.bound is None and shared:  # (the CPU without IO binding: `_shared_file`)
             model.shared = SharedCache(folder / shared, session_options(threads), providers,
-                                       _id_check(folder, meta, SHARED_CACHE, shared))
+                                       _id_check(folder, meta, SHARED_CACHE, shared), in_place)
         if model.bound is None and search and _bytes(folder, files[DECODER_WITH_PAST]) <= SEARCH_MAX_STEP_BYTES:
             # one thread, the caller's: see SEARCH_MAX_STEP_BYTES; so is the encoder for short inputs
             tokens = SEARCH_ENCODER_WORK // _bytes(folder, files[ENCODER]) if threads != 1 else 0
@@ -493,8 +507,12 @@ class OnnxT5:
 
     @property
     def multi_token_steps(self) -> bool:
-        """Whether the decoder with past takes several new tokens per call (exports before it took exactly one)."""
-        return self.decoder_with_past.get_inputs()[0].shape[1] != 1
+        """Whether the decoder with past takes several new tokens per call (exports before it took exactly one).
+        Opens a deferred with-past graph: only the graph itself knows its input's length (the shared-cache graph that
+        answers for it before takes one token or several by its own export)."""
+        graph = self.decoder_with_past
+        session = graph.session if isinstance(graph, DeferredSession) else graph
+        return session.get_inputs()[0].shape[1] != 1
 
     def steps(self, tokens: np.ndarray, mask: np.ndarray, own: list[np.ndarray],
               cross: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -9,8 +9,8 @@ graph's attention reads and appends to in place (the same memory bound as its pa
 picked, `take_rows` leaves the buffers alone and updates `cache_indirection` instead: for each beam and past position,
 the beam of the same input whose row holds that position. The buffers start with `first_width(max_length)` positions and
 double when full, as the sequence buffers do, so that max_new_tokens costs no memory a search does not reach. The
-session opens at the first call it serves, so that a process that never runs such a call does not hold the decoder's
-weights twice."""
+with-past graph's session then opens only when something else runs it (`export.runtime.deferred`), so that a process
+holds the decoder's weights once; the one-row graph's session opens at the first one-row call."""
 
 from __future__ import annotations
 
@@ -29,11 +29,12 @@ from export.runtime.sessions import fixed_size
 
 class SharedCache:
     """The graph at `path`, opened when first needed with `options` and `providers`; `check(session)` is run on it
-    then (the folder's export id)."""
+    then (the folder's export id). `session`: the graph's session, opened and checked already."""
 
-    def __init__(self, path: Path, options: ort.SessionOptions, providers: list[Any], check: Any):
+    def __init__(self, path: Path, options: ort.SessionOptions, providers: list[Any], check: Any,
+                 session: ort.InferenceSession | None = None):
         self.path, self.options, self.providers, self.check = path, options, providers, check
-        self.session: ort.InferenceSession | None = None
+        self.session = session
 
     def steps(self, cross_attention: Callable[[np.ndarray], list[np.ndarray]], vocab_size: int, beams: int,
               max_length: int) -> SharedCacheSteps:

@@ -25,6 +25,7 @@ from export.layout import (
     GRAPH_EXPORT_ID,
     META_FILE,
     MODEL_KEY,
+    SHARED_CACHE,
     data_name,
 )
 
@@ -153,13 +154,22 @@ def test_corrupt_graph_that_onnxruntime_cannot_load_is_named(folder):
 def test_graph_from_another_export_of_the_same_shape_is_refused(whole, folder, tmp_path):
     other = Path(shutil.copytree(whole, tmp_path / "other"))
     restamp(other, uuid.uuid4().hex)  # another export of a model of the same shape
-    # the cross-attention K/V graph serves the first step by default; IO binding runs the first-step graph
-    for graph, io_binding in ((CROSS_KV, None), (DECODER, True)):
+    # the cross-attention K/V graph serves the first step by default, the shared-cache graph the steps after it; IO
+    # binding runs the first-step graph
+    for graph, io_binding in ((CROSS_KV, None), (SHARED_CACHE, None), (DECODER, True)):
         shutil.copy(other / graph, folder / graph)
         assert (folder / graph).stat().st_size == read_meta(folder)[FILES_KEY][graph]["bytes"]
         with pytest.raises(ValueError, match=rf"{graph} belongs to another export.*mixes files of different "
                                              rf"exports; {REEXPORT}"):
             OnnxT5.from_pretrained(folder, io_binding=io_binding)
+        shutil.copy(whole / graph, folder / graph)
+    # the with-past graph opens at its first run there (`DeferredSession`), and is checked then
+    shutil.copy(other / DECODER_WITH_PAST, folder / DECODER_WITH_PAST)
+    model = OnnxT5.from_pretrained(folder)
+    ids = np.array([[4, 5, 1], [6, 7, 1]])
+    assert model.generate(ids, max_new_tokens=3).shape[0] == 2  # the searches do not run it
+    with pytest.raises(ValueError, match=rf"{DECODER_WITH_PAST} belongs to another export.*mixes files"):
+        model.first_step(np.zeros((1, 1), np.int64), np.ones_like(ids), model.encode(ids, np.ones_like(ids)))
 
 
 def test_export_meta_of_another_export_is_refused(whole, folder, tmp_path):

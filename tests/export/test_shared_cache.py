@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from export import OnnxT5
 from export.exporter import export
 from export.layout import ONE_ROW_SHARED, SHARED_CACHE, quantized_name
+from export.runtime.deferred import DeferredSession
 from export.runtime.settings import resolve
 from export.runtime.shared_cache import SharedCacheSteps
 
@@ -32,14 +34,15 @@ SETTINGS = [
 
 def test_beam_tokens_are_the_loops(exported, batch):
     loop, graph = both(exported.onnx_dir)
-    assert graph.shared is not None and graph.shared.session is None  # opened by the first beam search call
+    assert graph.shared is not None and graph.shared.session is not None  # opened at load, in the with-past graph's
+    assert isinstance(graph.decoder_with_past, DeferredSession) and not graph.decoder_with_past.opened  # place
     ids, mask = batch([3, 9, 6], seed=2)
     ended = 0
     for kwargs in SETTINGS:
         want, got = loop.generate(ids, mask, **kwargs), graph.generate(ids, mask, **kwargs)
         np.testing.assert_array_equal(got, want, err_msg=f"{exported.name} {kwargs}")
         ended += int(want.shape[1] < 1 + kwargs["max_new_tokens"])
-    assert graph.shared.session is not None  # the graph ran, not the copies
+    assert not graph.decoder_with_past.opened  # the graph ran, not the copies
     if exported.name == "t5-relu-tied":  # the model whose searches end early within these lengths
         assert ended, "every search ran to max_new_tokens: the EOS path went unchecked"
 
@@ -57,7 +60,32 @@ def test_greedy_tokens_are_the_loops(exported, batch):
     for kwargs in GREEDY:
         np.testing.assert_array_equal(graph.generate(ids, mask, **kwargs), loop.generate(ids, mask, **kwargs),
                                       err_msg=f"{exported.name} {kwargs}")
-    assert graph.shared.session is not None and loop.shared is None  # greedy alone opened it
+    assert not graph.decoder_with_past.opened and loop.shared is None
+
+
+def test_the_with_past_graph_opens_at_its_first_run(tied, batch):
+    """Where the searches step on the shared-cache graph, the with-past graph's session (a second copy of the
+    decoder's weights) opens only when something runs it: the steps called directly, assisted decoding."""
+    loop, graph = both(tied.onnx_dir)
+    assert isinstance(loop.decoder_with_past, ort.InferenceSession)  # without the graph: opened at load
+    ids, mask = batch([4, 7], seed=8)
+    hidden = graph.encode(ids, mask)
+    start = np.zeros((2, 1), dtype=np.int64)
+    assert not graph.decoder_with_past.opened
+    want, got = loop.first_step(start, mask, hidden), graph.first_step(start, mask, hidden)
+    for a, b in zip([want[0], *want[1], *want[2]], [got[0], *got[1], *got[2]], strict=True):
+        np.testing.assert_array_equal(b, a)  # logits, self- and cross-attention K/V: the same graphs ran
+    assert graph.decoder_with_past.opened
+    assert graph.multi_token_steps == loop.multi_token_steps
+    # its inputs and outputs, read from the shared-cache graph before it opened, are the with-past graph's names
+    session = graph.decoder_with_past.session
+    assert [i.name for i in graph.decoder_with_past.get_inputs()] == [i.name for i in session.get_inputs()]
+    assert [o.name for o in graph.decoder_with_past.get_outputs()] == [o.name for o in session.get_outputs()]
+    # a draft model verified several tokens a step: the with-past graph of each, the model's tokens
+    draft = OnnxT5.from_pretrained(tied.onnx_dir)
+    kwargs = {"max_new_tokens": 8}
+    np.testing.assert_array_equal(graph.generate(ids, mask, assistant=draft, **kwargs),
+                                  loop.generate(ids, mask, **kwargs))
 
 
 def test_beam_sampling_repeats_with_its_seed(tied, batch):
