@@ -9,7 +9,9 @@ median moved 2x from one minute to the next; alternated calls still rank candida
         OnnxT5 exports, one whole generate each in turn (random ids, EOS last, the new tokens forced);
         --search-graph both: each folder with and without its one-row greedy search graph
         --shared-cache both: each folder with and without its shared-cache graphs (the searches' cache appended in
-        place); --block N: N timed calls of a candidate in a row, after one untimed call
+        place); --subnormals both: each folder with beam search's log-softmax flushing subnormals to zero and
+        keeping them (`export/runtime/log_softmax.py`); --block N: N timed calls of a candidate in a row, after one
+        untimed call
 
 Each round reverses the order of the one before. Prints each candidate's median, 25th percentile and minimum, its
 median against the first candidate's, and whether its outputs equal the first's.
@@ -25,6 +27,7 @@ other candidate's spinning.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -95,13 +98,18 @@ def step_candidates(graphs: list[Path], batch: int, past: int, threads: int) -> 
 
 def generate_candidates(folders: list[Path], quantized: str | bool, batch: int, length: int, beams: int,
                         threads: int, search: list[bool], shared: tuple[bool, ...] = (True,),
-                        new_tokens: int = NEW_TOKENS) -> Candidates:
-    """One whole generate per export, `search` setting (`search_graph=`) and `shared` setting (`shared_cache=`) on
-    the same ids; whether each one's tokens equal the first's."""
+                        new_tokens: int = NEW_TOKENS, flushed: tuple[bool, ...] = (True,)) -> Candidates:
+    """One whole generate per export, `search` setting (`search_graph=`), `shared` setting (`shared_cache=`) and
+    `flushed` setting (beam search's log-softmax flushing subnormals) on the same ids; whether each one's tokens equal
+    the first's."""
     from export import OnnxT5
+    from export.runtime.log_softmax import LogSoftmax
 
-    models = [OnnxT5.from_pretrained(f, quantized=quantized, threads=threads, search_graph=on, shared_cache=kept)
-              for f in folders for on in search for kept in shared]
+    models = []
+    for f, on, kept, flush in itertools.product(folders, search, shared, flushed):
+        model = OnnxT5.from_pretrained(f, quantized=quantized, threads=threads, search_graph=on, shared_cache=kept)
+        model._log_softmax = LogSoftmax(flush_subnormals=flush)  # else made by the first beam call, flushing
+        models.append(model)
     ids = np.random.default_rng(0).integers(2, models[0].vocab_size, (batch, length))
     ids[:, -1] = models[0].settings.eos_token_id
     kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "num_beams": beams}
@@ -125,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
                      help="OnnxT5's one-row greedy search graph; both: each folder loaded with it and without")
     gen.add_argument("--shared-cache", choices=("on", "off", "both"), default="on",
                      help="OnnxT5's shared-cache graphs; both: each folder with them and without")
+    gen.add_argument("--subnormals", choices=("flushed", "kept", "both"), default="flushed",
+                     help="in beam search's log-softmax; both: each folder flushing them to zero and keeping them")
     gen.add_argument("--new-tokens", type=int, default=NEW_TOKENS, help="new tokens per row, forced")
     for p in (step, gen):
         p.add_argument("--batch", type=int, default=1)
@@ -139,11 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         search = {"on": [True], "off": [False], "both": [False, True]}[args.search_graph]
         shared = {"on": (True,), "off": (False,), "both": (False, True)}[args.shared_cache]
+        flushed = {"flushed": (True,), "kept": (False,), "both": (True, False)}[args.subnormals]
         names = [f"{f}{' (search graph)' if on else ''}{' (shared cache)' if kept else ''}"
-                 for f in args.folders for on in search for kept in shared]
+                 f"{'' if flush else ' (subnormals kept)'}"
+                 for f in args.folders for on in search for kept in shared for flush in flushed]
         quantized = False if args.quantized == "none" else args.quantized
         calls, same = generate_candidates(args.folders, quantized, args.batch, args.input, args.beams, args.threads,
-                                          search, shared, args.new_tokens)
+                                          search, shared, args.new_tokens, flushed)
     rounds = max(1, args.calls // max(1, args.block))
     for row in summary(names, alternate(calls, rounds, args.block), same):
         print(f"{row['name']}: median {row['median_ms']:.3f} ms ({row['vs_first']:.2f}x the first), "

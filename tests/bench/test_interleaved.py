@@ -60,6 +60,11 @@ def test_candidates_report_whether_their_outputs_are_the_first_ones(tiny_export,
                       "--block", "2", "--threads", "1", "--shared-cache", "both"])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and "(shared cache)" in out[1] and "(shared cache)" not in out[0]
+    # beam search's log-softmax flushing subnormals and keeping them: the same tokens
+    interleaved.main(["generate", str(tiny_export), "--beams", "2", "--calls", "2", "--threads", "1",
+                      "--subnormals", "both"])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "(subnormals kept)" in out[1] and "outputs as the first's" in out[1]
 
 
 def test_alternated_sessions_spin_within_runs_only():
