@@ -7,10 +7,10 @@ single thread. Its values also equal torch's bit for bit more often than numpy's
 scores nearly tie (docs/results.md, "Batch 32, beam 4: which measurement was right").
 
 The kernel runs with subnormals flushed to zero (`subnormals.py`). Logits more than 87 below their row's maximum make
-its exponentials subnormal, which Intel CPUs compute several times slower, and mT5's 250,112 logits span 200 and
-more. A flushed exponential is below 1.2e-38 and adds to a sum of at least 1: float32 cannot hold the difference, so
-the log-probabilities are the same bit for bit (docs/results.md, "Subnormal exponentials in beam search's
-log-softmax").
+its exponentials subnormal, which Intel CPUs compute several times slower, and the logits of the bench's random-weight
+mT5 (250,112 a row) span 200 and more. A flushed exponential is below 1.2e-38 and adds to a sum of at least 1: float32
+cannot hold the difference, so the log-probabilities are the same bit for bit (docs/results.md, "Subnormal
+exponentials in beam search's log-softmax").
 """
 
 from __future__ import annotations

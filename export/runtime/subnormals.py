@@ -1,7 +1,8 @@
 """Subnormal floats flushed to zero on the calling thread, for the span of a `with FlushedSubnormals():` block.
 
 An exponential that underflows to a subnormal float costs Intel CPUs a microcode assist, several times the time of a
-normal one; beam search's log-softmax meets many (`log_softmax.py`). x86's MXCSR register holds two modes that
+normal one (docs/results.md, "Subnormal exponentials in beam search's log-softmax"); beam search's log-softmax meets
+many (`log_softmax.py`). x86's MXCSR register holds two modes that
 avoid them, per thread: flush-to-zero (a subnormal result becomes 0) and denormals-are-zero (a subnormal input reads
 as 0). TensorFlow runs its kernels under the same two modes (its `ScopedFlushDenormal`); onnxruntime can set them only
 on its pool's threads and, once per process, on the thread that creates its first session
@@ -57,24 +58,22 @@ class FlushedSubnormals:
     """Flush-to-zero and denormals-are-zero on the calling thread inside the `with` block; the thread's modes as they
     were after it, whatever the block raises. Only the calling thread's own computations change: a pool's threads
     keep theirs (a thread started inside the block would inherit them, as POSIX threads inherit the floating-point
-    environment). A class rather than a generator: it runs at every beam step, and costs half as much."""
+    environment). A class rather than a generator, which costs more: it runs at every beam step."""
 
     __slots__ = ("saved",)
 
     def __enter__(self) -> None:
+        self.saved = None
         if _LIBM is None:
             return
-        self.saved = _Mode()
-        if _LIBM.fegetmode(self.saved) != 0:
-            del self.saved
-            return
-        saved = self.saved
-        _LIBM.fesetmode(_Mode(saved.control_word, saved.reserved, saved.mxcsr | FLUSH_TO_ZERO | DENORMALS_ARE_ZERO))
+        saved = _Mode()
+        if _LIBM.fegetmode(saved) == 0:
+            _LIBM.fesetmode(_Mode(saved.control_word, saved.reserved, saved.mxcsr | FLUSH_TO_ZERO | DENORMALS_ARE_ZERO))
+            self.saved = saved
 
     def __exit__(self, *exc: object) -> None:
-        saved = getattr(self, "saved", None)
-        if saved is not None:
-            _LIBM.fesetmode(saved)
+        if self.saved is not None:
+            _LIBM.fesetmode(self.saved)
 
 
 def current_mxcsr() -> int | None:
