@@ -16,12 +16,12 @@ median moved 2x from one minute to the next; alternated calls still rank candida
 Each round reverses the order of the one before. Prints each candidate's median, 25th percentile and minimum, its
 median against the first candidate's, and whether its outputs equal the first's.
 
-The graphs' sessions stop their threads' spinning when a run ends (`alternated_options`): an onnxruntime pool left
-spinning keeps a core busy for some 50-80 ms after its run, which the next candidate's call would pay for (a t5-base
-step took 14.4 ms right after another session's runs, 5.9 ms ten calls later). OnnxT5's sessions in `generate`
-keep their own options: there, compare one-row search calls, whose sessions do not spin, or run the candidates in
-turn in blocks (`--block`, or `bench.paired` for two engines in two processes), whose untimed first call takes the
-other candidate's spinning.
+The `step` graphs' sessions stop their threads' spinning when a run ends (`session_options`' "in_run"): an
+onnxruntime pool left spinning keeps a core busy for some 50-80 ms after its run, which the next candidate's call
+would pay for (a t5-base step took 14.4 ms right after another session's runs, 5.9 ms ten calls later). OnnxT5's
+sessions in `generate` keep their own options, and its per-step sessions spin on after their runs: there, run the
+candidates in turn in blocks (`--block`, or `bench.paired` for two engines in two processes), whose untimed first
+call takes the other candidate's spinning.
 """
 
 from __future__ import annotations
@@ -36,17 +36,6 @@ from typing import Any
 import numpy as np
 
 NEW_TOKENS = 32
-
-
-def alternated_options(threads: int) -> Any:
-    """The runtime's session options (`export.runtime.sessions.session_options`), whose threads spin between a run's
-    nodes as they do in decoding, but stop when the run ends, so that no candidate's pool spins into the next one's
-    call (module docstring)."""
-    from export.runtime.sessions import session_options
-
-    options = session_options(threads)
-    options.add_session_config_entry("session.force_spinning_stop", "1")
-    return options
 
 
 def alternate(calls: list[Callable[[], Any]], rounds: int, block: int = 1) -> list[list[float]]:
@@ -87,9 +76,10 @@ def step_candidates(graphs: list[Path], batch: int, past: int, threads: int) -> 
     import onnxruntime as ort
 
     from bench.decoder_step import step_feed
+    from export.runtime.sessions import session_options
 
-    sessions = [ort.InferenceSession(str(g), alternated_options(threads), providers=["CPUExecutionProvider"])
-                for g in graphs]
+    sessions = [ort.InferenceSession(str(g), session_options(threads, spin="in_run"),
+                                     providers=["CPUExecutionProvider"]) for g in graphs]
     feed = step_feed(sessions[0], batch, past)
     outputs = [s.run(None, feed) for s in sessions]
     same = [all(np.array_equal(a, b) for a, b in zip(outputs[0], out, strict=True)) for out in outputs]

@@ -57,7 +57,7 @@ def measure(paths: dict[str, Path], threads: int, calls: int, rounds: int, gib: 
     from export.runtime.sessions import session_options
 
     # pools that sleep after each run: alternated, spinning pools would take each other's cores
-    sessions = {name: ort.InferenceSession(str(p), session_options(threads, spin=False),
+    sessions = {name: ort.InferenceSession(str(p), session_options(threads, spin="never"),
                                            providers=["CPUExecutionProvider"]) for name, p in paths.items()}
     rows = sessions["fp32"].get_inputs()[0].shape[-1]
     feed = {"x": np.random.default_rng(1).standard_normal((1, 1, rows)).astype(np.float32)}

@@ -60,11 +60,14 @@ def measure(graph: Path, batch: int, past: int, calls: int, threads: int) -> dic
     import onnxruntime as ort
 
     from bench.decoder_step import step_feed
-    from bench.interleaved import alternate, alternated_options
+    from bench.interleaved import alternate
+    from export.runtime.sessions import session_options
 
-    step = ort.InferenceSession(str(graph), alternated_options(threads), providers=["CPUExecutionProvider"])
+    # pools that sleep when a run ends: alternated, a pool spinning on would take the other session's core
+    step = ort.InferenceSession(str(graph), session_options(threads, spin="in_run"),
+                                providers=["CPUExecutionProvider"])
     cut, weight_bytes = matmul_graph(graph)
-    matmuls = ort.InferenceSession(cut.SerializeToString(), alternated_options(threads),
+    matmuls = ort.InferenceSession(cut.SerializeToString(), session_options(threads, spin="in_run"),
                                    providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     step_inputs = step_feed(step, batch, past)

@@ -29,7 +29,7 @@ class LogSoftmax:
     `flush_subnormals=False` keeps the caller's floating-point modes (what `bench.interleaved` compares with)."""
 
     def __init__(self, flush_subnormals: bool = True) -> None:
-        self.session = ort.InferenceSession(log_softmax_graph(), session_options(1, spin=False),
+        self.session = ort.InferenceSession(log_softmax_graph(), session_options(1, spin="never"),
                                             providers=["CPUExecutionProvider"])
         self.flush_subnormals = flush_subnormals
 

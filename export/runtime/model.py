@@ -52,25 +52,25 @@ from export.runtime.log_softmax import LogSoftmax
 from export.runtime.merged import Branch
 from export.runtime.one_row import OneRow
 from export.runtime.search import InGraphSearch
-from export.runtime.sessions import return_freed_heap, session_options, shrink_after_run
+from export.runtime.sessions import Spin, return_freed_heap, session_options, shrink_after_run
 from export.runtime.settings import Settings, read_json_object, resolve, settings_from_file
 from export.runtime.shared_cache import SharedCache, SharedCacheSteps
 
 # The encoder runs on this many input tokens at a time at most (`OnnxT5.encode`): its activations grow with
 # batch * length^2 (the attention scores), and smaller runs also ran faster (docs/architecture.md, "Runtime").
 ENCODER_CHUNK_TOKENS = 2048
-# The search graph (`export.search_graph`) runs on the caller's thread alone, and only for decoders whose with-past
-# graph holds at most this many bytes: on two threads its pool must spin to be fast, and a pool left spinning takes
-# a core from the next call's sessions; on one thread it beat the two-thread loop on the default student's decoder
-# (3-18 MB) and lost on t5-small's (40-55 MB), whose MatMuls need both cores (docs/results.md, "One-row greedy
-# search in one graph").
+# The search graph (`export.search_graph`) serves only decoders whose with-past graph holds at most this many bytes.
+# Its pool spins within its run only ("in_run"), so that it takes no core from the next call's sessions; so it beat
+# the loop on the default student's decoder (3-18 MB). On t5-small's int8 decoders (40-55 MB) it matched the one-row
+# loop (`export.one_row`'s 8-bit blocks) with 16 and 64 input tokens and led only with 256, through its encoder's
+# pool, while holding the decoder's weights a second time (docs/results.md, "Pools that spin within their run").
 SEARCH_MAX_STEP_BYTES = 20 * 2**20
 # Before the search graph, an input whose tokens times the encoder's weight bytes come to at most this runs the encoder
-# on the caller's thread too (a session of its own): waking a second thread for each of the encoder's nodes costs
-# more than it gives on so little work. On the default student's one-row greedy calls: 0.92-0.95x the time with 16-128
-# input tokens on its int8 encoder (4 MB), 1.05x with 192 and 1.11x with 256; 0.98x with 16 on the fp32 one (16 MB),
-# 1.04x with 64 (docs/results.md, "The search graph's decoder trimmed").
-SEARCH_ENCODER_WORK = 400 * 10**6
+# on the caller's thread alone (a session of its own); a longer one on the search graph's threads, spinning within
+# the run. On the default student's one-row greedy calls the one-thread encoder was the faster up to 32-64 input
+# tokens on its int8 encoder (4 MB) and below 32 on its fp32 one (16 MB) (docs/results.md, "Pools that spin within
+# their run").
+SEARCH_ENCODER_WORK = 250 * 10**6
 # One-row calls of the int8 graphs step on the one-row graph (`export.one_row`) only where the int8 with-past graph
 # holds more than this many bytes: its block kernel gains in reading the weights, and a step of the default student's
 # decoder (9 MB) is its nodes' fixed costs, where the one-row graph took 1.04x the int8 graph's time; t5-small's
@@ -388,8 +388,12 @@ class OnnxT5:
         # where the searches step on the shared-cache graph, it opens now in the with-past graph's place (checked as
         # it), and the with-past graph at its first run (`DeferredSession`): one session of the decoder's weights
         opened = {g: shared if shared and g == DECODER_WITH_PAST else f for g, f in files.items()}
-        sessions: dict[str, Any] = {g: open_session(folder / f, session_options(
-            threads, spin=g not in (ENCODER, DECODER, CROSS_KV)), providers, fix) for g, f in opened.items()}
+        # the per-step graphs' pools spin on between their back-to-back runs, and into the next call's first
+        # milliseconds: there the encoder's and first step's pools, spinning too, took longer than sleeping ones
+        # (docs/results.md, "Pools that spin within their run")
+        spins: dict[str, Spin] = {ENCODER: "never", DECODER: "never", CROSS_KV: "never"}
+        sessions: dict[str, Any] = {g: open_session(folder / f, session_options(threads, spins.get(g, "always")),
+                                                    providers, fix) for g, f in opened.items()}
         warn_if_fallen_back(sessions[ENCODER], providers)
         if meta:
             check_graphs(folder, meta, sessions, opened, in_place=bool(shared))
@@ -420,10 +424,11 @@ class OnnxT5:
             model.shared = SharedCache(folder / shared, session_options(threads), providers,
                                        _id_check(folder, meta, SHARED_CACHE, shared), in_place)
         if model.bound is None and search and _bytes(folder, files[DECODER_WITH_PAST]) <= SEARCH_MAX_STEP_BYTES:
-            # one thread, the caller's: see SEARCH_MAX_STEP_BYTES; so is the encoder for short inputs
-            tokens = SEARCH_ENCODER_WORK // _bytes(folder, files[ENCODER]) if threads != 1 else 0
-            model.search = InGraphSearch(folder / search, session_options(1), providers,
-                                         _id_check(folder, meta, SEARCH, search), (folder / files[ENCODER], tokens))
+            # its pool spins only within its run (SEARCH_MAX_STEP_BYTES); short inputs' encoder on the caller's thread
+            tokens = SEARCH_ENCODER_WORK // _bytes(folder, files[ENCODER])
+            model.search = InGraphSearch(folder / search, session_options(threads, spin="in_run"), providers,
+                                         _id_check(folder, meta, SEARCH, search),
+                                         (folder / files[ENCODER], tokens) if threads != 1 else None)
         # the defaults alone must make a valid call: a bad generation_config.json fails here, not at every generate
         try:
             resolve(settings, {}, model.vocab_size, caller=f"OnnxT5: {folder}: generation_config.json and "
@@ -575,8 +580,8 @@ class OnnxT5:
             self.assisted_stats = AssistedStats()
             return assisted_search(self, draft, ids, mask, s, self.assisted_stats)
         if self.search is not None and ids.shape[0] == 1 and self.search.serves(s):
-            short = self.search.encodes(ids.shape[1])  # else the encoder on its own threads
-            return self.search.generate(ids, mask, self.search.encode(ids, mask, self._once) if short
+            own = self.search.encoder_path is not None  # else a one-thread model's own encoder
+            return self.search.generate(ids, mask, self.search.encode(ids, mask, self._once) if own
                                         else self.encode(ids, mask), s)
         steps = self.bound or self  # IO binding: hidden states and K/V stay OrtValues on the provider's device
         hidden = steps.encode(ids, mask)

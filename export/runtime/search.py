@@ -5,9 +5,10 @@
 (no sampling, one sequence per input), no repetition penalty or n-gram ban (the op's own would be another
 implementation to trust), one EOS id, and the token ids the graph holds. Any other call runs the Python loop. One
 row only: on two threads the graph was slower than the loop at batch 8 and 32 on the default student
-(docs/results.md). It runs on the caller's thread alone, for small decoders only (`model.SEARCH_MAX_STEP_BYTES`), and
-so does the encoder before it for short inputs (`model.SEARCH_ENCODER_WORK`). The sessions open at the first call
-they serve, so that a process that never decodes one row greedily does not hold the weights twice.
+(docs/results.md). It runs for small decoders only (`model.SEARCH_MAX_STEP_BYTES`), on the model's threads, whose
+pool spins within its run only; the encoder before it runs on the caller's thread alone for short inputs
+(`model.SEARCH_ENCODER_WORK`), on a session with the search graph's options for longer ones. The sessions open at the
+first call they serve, so that a process that never decodes one row greedily does not hold the weights twice.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ import onnxruntime as ort
 
 from export.layout import NO_TOKEN, SEARCH_HIDDEN, SEARCH_TOKENS_KEY
 from export.runtime.folder import open_session, reexport_hint
+from export.runtime.sessions import session_options
 from export.runtime.settings import Resolved
 
 INT32_MAX = np.iinfo(np.int32).max  # the op's ids and lengths are int32
 
 
 class InGraphSearch:
-    """The search graph at `path`, opened when first needed with `options` (one thread) and `providers`;
-    `check(session)` is run on it then (the folder's export id). `encoder`: the folder's encoder graph and the longest
-    input (tokens) that `encode` runs on it with the same options, in a session opened with the search graph's where
-    that is at least one token."""
+    """The search graph at `path`, opened when first needed with `options` and `providers`; `check(session)` is run
+    on it then (the folder's export id). `encoder`: the folder's encoder graph and the longest input (tokens) that
+    `encode` runs on the caller's thread alone; longer inputs run it with `options`, whose pool spins within the run
+    only, as the search graph's does. Each encoder session opens at the first input it takes."""
 
     def __init__(self, path: Path, options: ort.SessionOptions, providers: list[Any], check: Any,
                  encoder: tuple[Path, int] | None = None):
@@ -37,16 +39,14 @@ class InGraphSearch:
         self.encoder_path: Path | None = encoder[0] if encoder else None
         self.encoder_tokens = encoder[1] if encoder else 0
         self.session: ort.InferenceSession | None = None
-        self.encoder: ort.InferenceSession | None = None
+        self.encoder: ort.InferenceSession | None = None  # on one thread, for inputs up to encoder_tokens
+        self.long_encoder: ort.InferenceSession | None = None  # with `options`, for longer ones
         self.tokens: tuple[int, int] | None = None  # (start, eos) the op holds
 
     def open(self) -> ort.InferenceSession:
         if self.session is None:
             session = open_session(self.path, self.options, self.providers, reexport_hint(self.path.parent))
             self.check(session)
-            if self.encoder_path is not None and self.encoder_tokens >= 1:
-                self.encoder = open_session(self.encoder_path, self.options, self.providers,
-                                            reexport_hint(self.path.parent))
             held = session.get_modelmeta().custom_metadata_map.get(SEARCH_TOKENS_KEY, "")
             try:
                 start, eos = (int(t) for t in held.split(","))
@@ -65,16 +65,22 @@ class InGraphSearch:
         self.open()
         return self.tokens == (s.start, int(s.eos[0]))
 
-    def encodes(self, length: int) -> bool:
-        """Whether `encode` takes a row of `length` tokens (after `serves`, which opens the sessions)."""
-        return self.encoder is not None and length <= self.encoder_tokens
-
     def encode(self, ids: np.ndarray, mask: np.ndarray, run_options: ort.RunOptions | None = None) -> np.ndarray:
-        """The encoder states of one row, on the caller's thread (`encodes`)."""
-        if self.encoder is None:
-            raise ValueError("InGraphSearch.encode: no encoder session; it opens with the search graph's, for a "
-                             "search made with an encoder that takes at least one token.")
-        return self.encoder.run(None, {"input_ids": ids, "attention_mask": mask}, run_options)[0]
+        """The encoder states of one row: on the caller's thread up to `encoder_tokens` tokens, else with the search
+        graph's options."""
+        if self.encoder_path is None:
+            raise ValueError("InGraphSearch.encode: made without an encoder graph; run the model's encoder.")
+        if ids.shape[1] <= self.encoder_tokens:
+            if self.encoder is None:
+                self.encoder = open_session(self.encoder_path, session_options(1), self.providers,
+                                            reexport_hint(self.path.parent))
+            session = self.encoder
+        else:
+            if self.long_encoder is None:
+                self.long_encoder = open_session(self.encoder_path, self.options, self.providers,
+                                                 reexport_hint(self.path.parent))
+            session = self.long_encoder
+        return session.run(None, {"input_ids": ids, "attention_mask": mask}, run_options)[0]
 
     def generate(self, ids: np.ndarray, mask: np.ndarray, hidden: np.ndarray, s: Resolved) -> np.ndarray:
         """(1, length) ids, mask and encoder states -> (1, width) int64 tokens, as `greedy_search` returns them: the

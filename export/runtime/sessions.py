@@ -4,26 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from typing import Any
+from typing import Any, Literal, get_args
 
 import onnxruntime as ort
 
+# When a session's worker threads spin-wait for work (`session_options`)
+Spin = Literal["always", "in_run", "never"]
 
-def session_options(threads: int | None = None, spin: bool = True) -> ort.SessionOptions:
+
+def session_options(threads: int | None = None, spin: Spin = "always") -> ort.SessionOptions:
     """The options every session gets; chosen for one-request-at-a-time decoding on CPU.
 
-    `threads`: intra-op threads (None: onnxruntime's default, one per physical core). `spin`: whether the session's
-    worker threads spin-wait for work after a run. Each session has its own pool, so a pool left spinning after the
-    encoder takes a core from the first decoder step: only the decoder with past, which runs back to back, should
-    spin (docs/architecture.md, "Runtime").
+    `threads`: intra-op threads (None: onnxruntime's default, one per physical core). `spin`: when the session's
+    worker threads spin-wait for work. "always": between runs too, for the per-step graphs, which run back to back.
+    "in_run": only between a run's nodes, and they sleep when it ends, for the graphs that run once per call (the
+    encoder, the first step, the search graph): each session has its own pool, and one left spinning after its run
+    takes a core from the next session's. "never": they sleep after each node's work and are woken for the next,
+    which costs more than the spinning on short nodes (docs/architecture.md, "Runtime").
     """
+    if spin not in get_args(Spin):
+        raise ValueError(f"session_options: spin must be one of {', '.join(get_args(Spin))}, got {spin!r}.")
     options = ort.SessionOptions()
     # ENABLE_ALL: layer-norm, GELU and MatMul fusions on top of constant folding; what the export is validated with
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # T5's graphs are one chain: no parallel branches
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = threads or 0  # 0: onnxruntime's default, one thread per physical core
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spin == "never" else "1")
+    if spin == "in_run":  # onnxruntime stops the pool's spinning when the run returns and restarts it at the next
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     # The int8 graphs are dynamically quantized: their only DequantizeLinear is the int8 embedding lookup's, which
     # onnxruntime's QDQ passes copy once per reader (four per step in the committed teacher's), leaving the first norm
     # unfused; without those passes it is one node and the norm fuses (docs/architecture.md, "Runtime")

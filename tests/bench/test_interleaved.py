@@ -66,10 +66,3 @@ def test_candidates_report_whether_their_outputs_are_the_first_ones(tiny_export,
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and "(subnormals kept)" in out[1] and "outputs as the first's" in out[1]
 
-
-def test_alternated_sessions_spin_within_runs_only():
-    """A pool left spinning after its run would take a core from the next candidate's call."""
-    options = interleaved.alternated_options(2)
-    entry = options.get_session_config_entry
-    assert (entry("session.intra_op.allow_spinning"), entry("session.force_spinning_stop")) == ("1", "1")
-    assert options.intra_op_num_threads == 2

@@ -46,32 +46,49 @@ def test_greedy_tokens_are_the_loops(exported, batch):
 
 
 def test_short_inputs_encode_on_the_callers_thread(tied, batch):
-    """Served calls whose input is short for the encoder's size run it on a one-thread session of their own, with the
-    same states; longer ones, and every call of a one-thread model, on the model's encoder session."""
+    """Served calls whose input is short for the encoder's size run it on a one-thread session of their own, longer
+    ones on a session with the search graph's options (its threads spinning only within the run), both with the model
+    encoder's states; a one-thread model's calls on the model's encoder session."""
     from export.layout import ENCODER, graph_files
     from export.runtime.model import SEARCH_ENCODER_WORK
 
     model = OnnxT5.from_pretrained(tied.onnx_dir, threads=2)
-    assert model.search.encoder is None  # opened with the search graph, at the first call it serves
+    assert model.search.encoder is None and model.search.long_encoder is None  # opened at the first input each takes
     ids, mask = batch([7], seed=3)
     want = OnnxT5.from_pretrained(tied.onnx_dir, search_graph=False).generate(ids, mask, max_new_tokens=6)
     np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=6), want)
     size = sum((tied.onnx_dir / f).stat().st_size for f in graph_files(tied.onnx_dir, ENCODER))
-    assert model.search.encoder_tokens == SEARCH_ENCODER_WORK // size and model.search.encodes(7)
+    assert model.search.encoder_tokens == SEARCH_ENCODER_WORK // size >= 7
     assert model.search.encoder.get_session_options().intra_op_num_threads == 1
+    assert model.search.long_encoder is None
     assert model.encoder.get_session_options().intra_op_num_threads == 2
     np.testing.assert_array_equal(model.search.encode(ids, mask), model.encode(ids, mask))
-    calls = []
-    own = model.search.encode
-    model.search.encode = lambda *a: calls.append(a[0].shape[1]) or own(*a)
-    model.search.encoder_tokens = 6  # a 7-token row is too long for it now
+    model.search.encoder_tokens = 6  # a 7-token row is too long for the one-thread session now
     np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=6), want)
-    model.search.encoder_tokens = 7
-    np.testing.assert_array_equal(model.generate(ids, mask, max_new_tokens=6), want)
-    assert calls == [7]
+    options = model.search.long_encoder.get_session_options()
+    assert options.intra_op_num_threads == 2
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    np.testing.assert_array_equal(model.search.encode(ids, mask), model.encode(ids, mask))
     alone = OnnxT5.from_pretrained(tied.onnx_dir, threads=1)
     np.testing.assert_array_equal(alone.generate(ids, mask, max_new_tokens=6), want)
-    assert alone.search.encoder is None and not alone.search.encodes(7)
+    assert alone.search.encoder_path is None and alone.search.encoder is None
+    with pytest.raises(ValueError, match="without an encoder graph"):
+        alone.search.encode(ids, mask)
+
+
+def test_search_pool_spins_within_its_run_only(tied):
+    """The search graph runs on the model's threads, which stop spinning when its run ends: a pool spinning on would
+    take a core from the next call's sessions; the per-step graphs' pools spin on between their back-to-back runs, and
+    the model's encoder's never spin (the previous call's per-step pool may still be spinning)."""
+    model = OnnxT5.from_pretrained(tied.onnx_dir, threads=2)
+    entry = model.search.options.get_session_config_entry
+    assert model.search.options.intra_op_num_threads == 2
+    assert (entry("session.intra_op.allow_spinning"), entry("session.force_spinning_stop")) == ("1", "1")
+    step = model.decoder_with_past.get_session_options().get_session_config_entry
+    assert step("session.intra_op.allow_spinning") == "1"
+    with pytest.raises(RuntimeError):  # onnxruntime's answer for an entry never set
+        model.decoder_with_past.get_session_options().get_session_config_entry("session.force_spinning_stop")
+    assert model.encoder.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_other_calls_run_the_loop(tied, batch):
