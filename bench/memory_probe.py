@@ -59,7 +59,7 @@ def main() -> None:
     shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     sessions = {}
     for graph in GRAPHS:
-        options = session_options(2, spin="always" if graph == DECODER_WITH_PAST else "in_run")
+        options = session_options(2, spin="always" if graph == DECODER_WITH_PAST else "never")
         options.enable_cpu_mem_arena = not (variant == "noarena" or (variant == "noarena-step"
                                                                      and graph == DECODER_WITH_PAST))
         session = ort.InferenceSession(str(folder / quantized_name(graph)), options,
