@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from distill.errors import cli_errors
+
 NEW_TOKENS = 32
 
 
@@ -75,15 +77,21 @@ def step_candidates(graphs: list[Path], batch: int, past: int, threads: int) -> 
     """One decoder-with-past call per graph on the same inputs; whether each graph's outputs equal the first's."""
     import onnxruntime as ort
 
-    from bench.decoder_step import step_feed
+    from bench.decoder_step import step_call, step_feed
+    from bench.errors import BenchError
     from export.runtime.sessions import session_options
 
     sessions = [ort.InferenceSession(str(g), session_options(threads, spin="in_run"),
                                      providers=["CPUExecutionProvider"]) for g in graphs]
+    inputs = [{i.name for i in s.get_inputs()} for s in sessions]
+    for graph, names in zip(graphs[1:], inputs[1:], strict=True):
+        if names != inputs[0]:
+            raise BenchError(f"{graph} takes other inputs than {graphs[0]} (a shared-cache graph against a with-past "
+                             "one?): alternate graphs of one kind, which take the same inputs")
     feed = step_feed(sessions[0], batch, past)
     outputs = [s.run(None, feed) for s in sessions]
     same = [all(np.array_equal(a, b) for a, b in zip(outputs[0], out, strict=True)) for out in outputs]
-    return [lambda s=s: s.run(None, feed) for s in sessions], same
+    return [step_call(s, feed) for s in sessions], same
 
 
 def generate_candidates(folders: list[Path], quantized: str | bool, batch: int, length: int, beams: int,
@@ -133,6 +141,12 @@ def main(argv: list[str] | None = None) -> None:
                        "one when above 1)")
         p.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    with cli_errors(parser.prog):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    """The candidates `args` names, alternated, and their summary printed."""
     if args.what == "step":
         names = [str(g) for g in args.graphs]
         calls, same = step_candidates(args.graphs, args.batch, args.past, args.threads)

@@ -1,15 +1,16 @@
 """The rate at which each weight format's one-row MatMul kernel reads its weights: one MatMul of a given shape (by
-default mt5-small's output projection, 512 x 250,112) as the export writes it in fp32, int8 and 4-bit, each timed
-alone at batch 1 and alternated call by call, against the bandwidth probe of `bench.floor` in the same run.
+default mt5-small's output projection, 512 x 250,112) as the export writes it in fp32, int8, 8-bit blocks (the one-row
+graph's, `export.one_row`) and 4-bit, each timed alone at batch 1 and alternated call by call, against the bandwidth
+probe of `bench.floor` in the same run.
 
     python -m bench.kernel_rate [--rows 512] [--cols 250112] [--threads 2] [--calls 60] [--rounds 3]
 
 `bench.floor` puts a step's time against its weight bytes at the probe's rate; a kernel that reads its weights more
 slowly than the probe sets a floor of its own, which no change of the graph around it removes. The weights must be
 larger than the CPU's last-level cache for the rate to be the memory's: a matrix that stays cached between calls
-reads faster than the probe. The int8 and 4-bit graphs are made by the export's own passes (`export.dynamic_int8`,
-`export.int4`) from the fp32 one, and run with the runtime's session options, so the kernels are the ones an
-exported step runs.
+reads faster than the probe. The quantized graphs are made by the export's own passes (`export.dynamic_int8`,
+`export.int4`, with `export.one_row`'s settings for the 8-bit blocks) from the fp32 one, and run with the runtime's
+session options, so the kernels are the ones an exported step runs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from bench.floor import bandwidth_probe, step_weight_bytes
 
-FORMATS = ("fp32", "int8", "4-bit")
+FORMATS = ("fp32", "int8", "8-bit blocks", "4-bit")
 
 
 def write_graphs(folder: Path, rows: int, cols: int) -> dict[str, Path]:
@@ -34,18 +35,20 @@ def write_graphs(folder: Path, rows: int, cols: int) -> dict[str, Path]:
     from onnx import TensorProto, helper, numpy_helper
 
     from export.dynamic_int8 import quantize_graph as quantize_int8
-    from export.int4 import quantize_graph as quantize_int4
+    from export.int4 import quantize_graph as quantize_nbits
+    from export.one_row import BITS, BLOCK_SIZE, SYMMETRIC
 
     weight = (np.random.default_rng(0).standard_normal((rows, cols)) * 0.02).astype(np.float32)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="lm_head/MatMul")], "kernel",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, rows])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, cols])],
                               [numpy_helper.from_array(weight, "w")])
-    paths = {name: folder / f"{name}.onnx" for name in FORMATS}
+    paths = {name: folder / f"{name.replace(' ', '-')}.onnx" for name in FORMATS}
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(paths["fp32"]),
               save_as_external_data=True, location="fp32.onnx_data")
     quantize_int8(paths["fp32"], paths["int8"], ("MatMul",))
-    quantize_int4(paths["fp32"], paths["4-bit"])
+    quantize_nbits(paths["fp32"], paths["8-bit blocks"], BLOCK_SIZE, bits=BITS, symmetric=SYMMETRIC)
+    quantize_nbits(paths["fp32"], paths["4-bit"])
     return paths
 
 

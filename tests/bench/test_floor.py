@@ -110,7 +110,7 @@ def test_the_matmul_share_cuts_a_step_down_to_its_weight_matmuls(tiny_export, ki
 
 
 def test_the_kernel_rate_times_the_exports_formats_of_one_matmul(tmp_path):
-    """`bench.kernel_rate`, which explains what `bench.floor` cannot: the one MatMul in the export's three formats
+    """`bench.kernel_rate`, which explains what `bench.floor` cannot: the one MatMul in the export's four formats
     (made by its own passes) computes the fp32 product within each format's rounding, reads fewer bytes as the
     format shrinks, and is timed beside the probe."""
     import onnx
@@ -118,14 +118,34 @@ def test_the_kernel_rate_times_the_exports_formats_of_one_matmul(tmp_path):
 
     from bench import kernel_rate
 
-    paths = kernel_rate.write_graphs(tmp_path, 64, 96)
+    paths = kernel_rate.write_graphs(tmp_path, 512, 96)  # two of the 8-bit format's blocks of 256 along K
     ops = {name: {n.op_type for n in onnx.load(str(p)).graph.node} for name, p in paths.items()}
     assert ops["fp32"] == {"MatMul"} and "MatMulInteger" in ops["int8"] and "MatMulNBits" in ops["4-bit"]
-    x = {"x": np.random.default_rng(2).standard_normal((1, 1, 64)).astype(np.float32)}
+    bits = {name: [a.i for n in onnx.load(str(paths[name])).graph.node if n.op_type == "MatMulNBits"
+                   for a in n.attribute if a.name == "bits"] for name in ("8-bit blocks", "4-bit")}
+    assert bits == {"8-bit blocks": [8], "4-bit": [4]}
+    x = {"x": np.random.default_rng(2).standard_normal((1, 1, 512)).astype(np.float32)}
     y = {name: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, x)[0]
          for name, p in paths.items()}
     scale = np.abs(y["fp32"]).max()
     assert np.abs(y["int8"] - y["fp32"]).max() < 0.05 * scale and np.abs(y["4-bit"] - y["fp32"]).max() < 0.2 * scale
+    assert np.abs(y["8-bit blocks"] - y["fp32"]).max() < 0.05 * scale
     out = kernel_rate.measure(paths, threads=1, calls=2, rounds=1, gib=0.01)
-    assert out["bytes"]["fp32"] == 64 * 96 * 4 and out["bytes"]["4-bit"] < out["bytes"]["int8"] < out["bytes"]["fp32"]
+    assert out["bytes"]["fp32"] == 512 * 96 * 4
+    assert out["bytes"]["4-bit"] < out["bytes"]["int8"] < out["bytes"]["8-bit blocks"] < out["bytes"]["fp32"]
     assert all(len(v) == 1 and v[0] > 0 for v in out["seconds"].values()) and out["probe"][0] > 0
+
+
+def test_the_op_profile_runs_the_shared_cache_graph_as_the_runtime_does(tiny_export):
+    """The graph OnnxT5 steps on profiles too (it has no fixed-length past to feed): one self-attention appending in
+    place per layer."""
+    import onnx
+
+    from bench.op_profile import profile
+    from export.layout import SHARED_CACHE
+
+    graph = tiny_export / quantized_name(SHARED_CACHE)
+    out = profile(graph, batch=1, past=4, runs=5, warmup=2, encoder_length=9)
+    layers = sum(i.name.endswith(".decoder.key") for i in onnx.load(str(graph), load_external_data=False).graph.input)
+    assert layers > 0 and out["ops"]["DecoderMaskedMultiHeadAttention"]["nodes"] == pytest.approx(layers)
+    assert out["nodes"] == pytest.approx(sum(row["nodes"] for row in out["ops"].values()))

@@ -66,3 +66,23 @@ def test_candidates_report_whether_their_outputs_are_the_first_ones(tiny_export,
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and "(subnormals kept)" in out[1] and "outputs as the first's" in out[1]
 
+
+
+def test_steps_of_graphs_that_take_other_inputs_are_refused_in_one_line(tiny_export, capsys):
+    from export.layout import SHARED_CACHE
+
+    with pytest.raises(SystemExit) as stop:
+        interleaved.main(["step", str(tiny_export / SHARED_CACHE), str(tiny_export / DECODER_WITH_PAST),
+                          "--calls", "2", "--threads", "1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "takes other inputs than" in err and "alternate graphs of one kind" in err and "Traceback" not in err
+
+
+def test_shared_cache_steps_alternate_as_the_runtime_makes_them(tiny_export, capsys):
+    from export.layout import SHARED_CACHE
+
+    fp32, int8 = tiny_export / SHARED_CACHE, tiny_export / quantized_name(SHARED_CACHE)
+    interleaved.main(["step", str(fp32), str(fp32), str(int8), "--calls", "2", "--threads", "1", "--past", "3"])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and "outputs as the first's" in out[1] and "NOT as the first's" in out[2]
