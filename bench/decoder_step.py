@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.errors import BenchError
 from bench.floor import median_seconds
 from export.layout import SHARED_CACHE_INPUTS
 
@@ -43,8 +44,8 @@ def step_feed(session: Any, batch: int, past: int, encoder_length: int = ENCODER
             length = (past + 1 if shared else past) if own else encoder_length
             feed[inp.name] = rng.standard_normal((batch, heads, length, d_kv)).astype(np.float32)
         else:
-            raise ValueError(f"{inp.name} is not an input of a decoder-with-past graph; give bench.decoder_step a "
-                             "decoder_with_past or decoder_shared_cache graph of an export")
+            raise BenchError(f"{inp.name} is not an input of a decoder-with-past graph; give one of an export's "
+                             "decoder_with_past or decoder_shared_cache graphs")
     return feed
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from distill.errors import cli_errors
+
 WEIGHT_MATMULS = ("MatMul", "MatMulInteger", "MatMulNBits")  # with a weight initializer as their second input
 
 
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=200, help="timed calls of each")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    out = measure(args.graph, args.batch, args.past, args.calls, args.threads)
+    with cli_errors(parser.prog):
+        out = measure(args.graph, args.batch, args.past, args.calls, args.threads)
     print(f"{args.graph}: step {out['step_ms']:.3f} ms, its {out['matmul_nodes']} weight MatMuls alone "
           f"{out['matmuls_ms']:.3f} ms ({100 * out['share']:.0f} %), reading {out['weight_mb']:.1f} MB at "
           f"{out['matmul_gb_s']:.1f} GB/s (medians of {args.calls} alternated calls)")

@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.decoder_step import ENCODER_LENGTH, step_call, step_feed
+from distill.errors import cli_errors
 from export.runtime.sessions import session_options
 
 
@@ -55,7 +56,8 @@ def main() -> None:
                         help="encoder positions the cross-attention reads")
     parser.add_argument("--runs", type=int, default=100)
     args = parser.parse_args()
-    out = profile(args.graph, args.batch, args.past, args.runs, encoder_length=args.encoder_length)
+    with cli_errors(parser.prog):
+        out = profile(args.graph, args.batch, args.past, args.runs, encoder_length=args.encoder_length)
     print(f"{args.graph}: run {out['run_ms']:.3f} ms (profiled), kernels {out['kernel_ms']:.3f} ms, "
           f"{out['nodes']:.0f} nodes per run")
     for op, row in out["ops"].items():

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from bench.decoder_step import BoundStep, step_call, step_feed, step_ms
+from bench.errors import BenchError
 from export.exporter import export
 from export.layout import DECODER_WITH_PAST, SHARED_CACHE, quantized_name
 
@@ -59,5 +60,5 @@ def test_a_with_past_step_runs_its_graph_as_it_is(tiny_export):
 
 def test_an_input_no_decoder_step_has_is_named():
     other = SimpleNamespace(get_inputs=lambda: [SimpleNamespace(name="pixel_values", shape=[1, 3, 8, 8])])
-    with pytest.raises(ValueError, match="pixel_values is not an input of a decoder-with-past graph"):
+    with pytest.raises(BenchError, match="pixel_values is not an input of a decoder-with-past graph"):
         step_feed(other, batch=1, past=1)
