@@ -17,6 +17,12 @@ from bench.floor import median_seconds
 from export.layout import SHARED_CACHE_INPUTS
 
 ENCODER_LENGTH = 64  # the encoder positions every step's cross-attention reads
+LENGTH, WIDTH, INDEX = SHARED_CACHE_INPUTS  # what a shared-cache graph takes besides its cache
+
+
+def is_shared_cache(names: Any) -> bool:
+    """Whether a graph whose inputs (or feed) have these names is a shared-cache one."""
+    return set(SHARED_CACHE_INPUTS) <= set(names)
 
 
 def step_feed(session: Any, batch: int, past: int, encoder_length: int = ENCODER_LENGTH) -> dict[str, np.ndarray]:
@@ -24,19 +30,18 @@ def step_feed(session: Any, batch: int, past: int, encoder_length: int = ENCODER
     `past` cached self-attention positions and `encoder_length` cross-attention ones, random keys and values. A
     shared-cache graph gets buffers of `past + 1` positions, `past` of them filled, and one beam per row."""
     rng = np.random.default_rng(0)
-    names = {inp.name for inp in session.get_inputs()}
-    shared = set(SHARED_CACHE_INPUTS) <= names
+    shared = is_shared_cache(inp.name for inp in session.get_inputs())
     feed = {}
     for inp in session.get_inputs():
         if inp.name == "input_ids":
             feed[inp.name] = np.full((batch, 1), 5, dtype=np.int64)
         elif inp.name == "encoder_attention_mask":
             feed[inp.name] = np.ones((batch, encoder_length), dtype=np.int64)
-        elif inp.name == "past_sequence_length":
+        elif inp.name == LENGTH:
             feed[inp.name] = np.array([past], dtype=np.int32)
-        elif inp.name == "beam_width":
+        elif inp.name == WIDTH:
             feed[inp.name] = np.array([1], dtype=np.int32)
-        elif inp.name == "cache_indirection":  # (inputs, beams, capacity): every position in the row's own buffer
+        elif inp.name == INDEX:  # (inputs, beams, capacity): every position in the row's own buffer
             feed[inp.name] = np.zeros((batch, 1, past + 1), dtype=np.int32)
         elif inp.name.startswith("past_key_values."):  # past_key_values.{i}.{decoder,encoder}.{key,value}
             heads, d_kv = inp.shape[1], inp.shape[3]
@@ -75,7 +80,7 @@ class BoundStep:
 def step_call(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
     """One call of `session` on `feed` as OnnxT5 makes it: a shared-cache graph's by `BoundStep`, any other's by
     `run`."""
-    if set(SHARED_CACHE_INPUTS) <= set(feed):
+    if is_shared_cache(feed):
         return BoundStep(session, feed)
     return lambda: session.run(None, feed)
 
